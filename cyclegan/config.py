@@ -1,0 +1,199 @@
+"""Typed run configuration: YAML files plus dotted `key=value` overrides.
+
+The dataclasses below are the schema. `load_config` merges a YAML file and overrides onto
+it with OmegaConf, which rejects unknown keys and wrong types, then `validate` checks the
+values that only make sense together. Every failure becomes one `ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from cyclegan.errors import ConfigError
+
+NORMS = ("instance", "batch", "none")
+GAN_MODES = ("lsgan", "vanilla")
+PREPROCESS = ("resize_and_crop", "crop", "scale_width_and_crop", "scale_shorter_and_crop")
+PRECISIONS = ("no", "bf16", "fp16")
+
+
+@dataclass
+class ModelConfig:
+    """The two ResNet generators and two PatchGAN discriminators."""
+
+    ngf: int = 64  # generator base width; the paper's 64
+    n_blocks: int = 9  # residual blocks: the paper uses 9 at 256 px, 6 at 128 px
+    ndf: int = 64  # discriminator base width
+    n_layers_d: int = 3  # 3 strided layers give the 70x70 PatchGAN
+    # instance (paper); batch or none change the state_dict, so official checkpoints no longer load
+    norm: str = "instance"
+    # Dropout(0.5) in each residual block shifts the keys after it: breaks official checkpoints
+    dropout: bool = False
+    init_gain: float = 0.02  # std of the N(0, gain) conv weight init, as the official code
+
+
+@dataclass
+class DataConfig:
+    """Where the shards are and how images become training crops."""
+
+    root: Optional[str] = None  # folder written by scripts/make_shards.py (holds manifest.json)
+    # Explicit shard lists override the manifest: comma-separated paths, brace patterns or URLs
+    train_a: Optional[str] = None
+    train_b: Optional[str] = None
+    test_a: Optional[str] = None
+    test_b: Optional[str] = None
+    num_a: int = 0  # samples in train_a, needed without a manifest to size an epoch
+    num_b: int = 0  # samples in train_b, likewise
+    load_size: int = 286  # images are resized to this before the random crop (paper: 286)
+    crop_size: int = 256  # training crop (paper: 256)
+    preprocess: str = "resize_and_crop"  # also crop, scale_width_and_crop, scale_shorter_and_crop
+    flip: bool = True  # random horizontal flip, as the paper
+    num_workers: int = 4  # loader processes per rank
+    shuffle_buffer: int = 256  # samples mixed in memory on top of the shard shuffle
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, schedule, precision and checkpoints."""
+
+    batch_size: int = 1  # per device; the paper trains with 1
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 2e-4  # Adam learning rate (paper)
+    beta1: float = 0.5  # Adam betas (paper)
+    beta2: float = 0.999
+    epochs: int = 100  # epochs at constant learning rate
+    decay_epochs: int = 100  # epochs of linear decay to zero after that
+    max_steps: Optional[int] = None  # stop after this many optimizer steps (None: whole schedule)
+    gan_mode: str = "lsgan"  # lsgan (paper) or vanilla (BCE with logits)
+    lambda_cycle: float = 10.0  # weight of the cycle-consistency L1 (paper)
+    lambda_identity: float = 0.5  # identity L1 weight, as a fraction of lambda_cycle (paper)
+    pool_size: int = 50  # history of generated images shown to D (paper); 0 turns it off
+    mixed_precision: str = "no"  # no, bf16 or fp16
+    grad_clip: float = 0.0  # max gradient norm per optimizer; 0 turns clipping off
+    checkpoint_every: int = 1000  # optimizer steps between checkpoints
+    keep_checkpoints: int = 3  # newest checkpoints kept on disk
+
+
+@dataclass
+class TrackingConfig:
+    """What is logged and how often."""
+
+    log_every: int = 50  # optimizer steps between scalar logs (each one syncs the device)
+    image_every: int = 500  # optimizer steps between sample grids
+    num_images: int = 4  # fixed test images per domain in each grid
+
+
+@dataclass
+class EvalConfig:
+    """Translation of the test split."""
+
+    batch_size: int = 8  # images per forward pass when translating test images
+
+
+@dataclass
+class RunConfig:
+    """One training run."""
+
+    output_dir: str = "runs/cyclegan"  # checkpoints, exports, metrics and samples land here
+    seed: int = 0  # seeds weights, data order, augmentation and the image pools
+    resume: Optional[str] = None  # None, "auto" (newest complete checkpoint) or a checkpoint path
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Build a validated `RunConfig` from an optional YAML file and `key=value` overrides."""
+    schema = OmegaConf.structured(RunConfig)
+    layers = [schema]
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            layers.append(OmegaConf.load(path))
+        except Exception as err:  # yaml errors come in many classes
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.lr=1e-4)")
+    try:
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(*layers)
+        config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise ConfigError(_describe(err, path)) from None
+    validate(config)
+    return config
+
+
+def _describe(err: OmegaConfBaseException, path: Optional[Path]) -> str:
+    key = getattr(err, "full_key", None) or "?"
+    source = f" (from {path} or the overrides)" if path else ""
+    first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if "not in" in first_line or "Key" in type(err).__name__:
+        return f"unknown config key '{key}'{source}; see cyclegan/config.py for the valid keys"
+    return f"bad value for config key '{key}'{source}: {first_line}"
+
+
+def validate(config: RunConfig) -> None:
+    """Reject values that are well typed but impossible, naming the key."""
+    m, d, t, k = config.model, config.data, config.train, config.tracking
+    checks = [
+        ("model.ngf", m.ngf >= 1, "must be at least 1"),
+        ("model.n_blocks", m.n_blocks >= 0, "must not be negative"),
+        ("model.ndf", m.ndf >= 1, "must be at least 1"),
+        ("model.n_layers_d", m.n_layers_d >= 1, "must be at least 1"),
+        ("model.norm", m.norm in NORMS, f"must be one of {', '.join(NORMS)}"),
+        ("model.init_gain", m.init_gain > 0, "must be positive"),
+        ("data.crop_size", d.crop_size >= 16, "must be at least 16"),
+        ("data.crop_size", d.crop_size % 4 == 0, "must be a multiple of 4 (two stride-2 layers)"),
+        ("data.load_size", d.load_size >= 1, "must be positive"),
+        ("data.crop_size", d.preprocess == "crop" or d.crop_size <= d.load_size,
+         f"({d.crop_size}) is larger than data.load_size ({d.load_size})"),
+        ("data.preprocess", d.preprocess in PREPROCESS, f"must be one of {', '.join(PREPROCESS)}"),
+        ("data.num_workers", d.num_workers >= 0, "must not be negative"),
+        ("data.num_a", d.num_a >= 0, "must not be negative"),
+        ("data.num_b", d.num_b >= 0, "must not be negative"),
+        ("data.shuffle_buffer", d.shuffle_buffer >= 1, "must be at least 1"),
+        ("train.batch_size", t.batch_size >= 1, "must be at least 1"),
+        ("train.grad_accum", t.grad_accum >= 1, "must be at least 1"),
+        ("train.lr", t.lr > 0, "must be positive"),
+        ("train.beta1", 0 <= t.beta1 < 1, "must lie in [0, 1)"),
+        ("train.beta2", 0 <= t.beta2 < 1, "must lie in [0, 1)"),
+        ("train.epochs", t.epochs >= 0, "must not be negative"),
+        ("train.decay_epochs", t.decay_epochs >= 0, "must not be negative"),
+        ("train.epochs", t.epochs + t.decay_epochs >= 1, "plus train.decay_epochs must be at least 1"),
+        ("train.max_steps", t.max_steps is None or t.max_steps >= 1, "must be at least 1 (or null)"),
+        ("train.gan_mode", t.gan_mode in GAN_MODES, f"must be one of {', '.join(GAN_MODES)}"),
+        ("train.lambda_cycle", t.lambda_cycle >= 0, "must not be negative"),
+        ("train.lambda_identity", t.lambda_identity >= 0, "must not be negative"),
+        ("train.pool_size", t.pool_size >= 0, "must not be negative"),
+        ("train.mixed_precision", t.mixed_precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
+        ("train.grad_clip", t.grad_clip >= 0, "must not be negative"),
+        ("train.checkpoint_every", t.checkpoint_every >= 1, "must be at least 1"),
+        ("train.keep_checkpoints", t.keep_checkpoints >= 1, "must be at least 1"),
+        ("tracking.log_every", k.log_every >= 1, "must be at least 1"),
+        ("tracking.image_every", k.image_every >= 1, "must be at least 1"),
+        ("tracking.num_images", k.num_images >= 0, "must not be negative"),
+        ("eval.batch_size", config.eval.batch_size >= 1, "must be at least 1"),
+    ]
+    for key, ok, message in checks:
+        if not ok:
+            raise ConfigError(f"config key '{key}' {message}")
+
+
+def save_config(config: RunConfig, path: Path) -> None:
+    """Write the resolved config as YAML, so that a run folder says how it was made."""
+    path.write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))

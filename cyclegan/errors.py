@@ -1,0 +1,45 @@
+"""User-facing errors.
+
+Everything a user can get wrong (a config key, an image, a checkpoint, a shard) raises
+`UserError` with a message that names the culprit and what to do. The scripts print that
+message instead of a traceback; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class UserError(Exception):
+    """A problem with the user's input, explained in the message."""
+
+
+class ConfigError(UserError):
+    """An unknown key, a wrong type or an impossible value in the run config."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be read or does not fit the network."""
+
+
+class DataError(UserError):
+    """Missing shards, an empty domain, or images that cannot be used."""
+
+
+def exit_on_user_error(main: Callable[..., T]) -> Callable[..., T]:
+    """Wrap a script's `main` so that a `UserError` ends it with its message and exit code 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapper

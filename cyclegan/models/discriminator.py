@@ -1,0 +1,45 @@
+"""The N-layer PatchGAN discriminator; three layers give the paper's 70x70 patches.
+
+Laid out as the official `NLayerDiscriminator` (one `nn.Sequential` named `model`), so
+official `latest_net_D_*.pth` files load with `strict=True`. It outputs raw scores, no sigmoid:
+the losses decide how to read them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cyclegan.models.common import init_weights, make_norm, uses_bias
+
+
+class NLayerDiscriminator(nn.Module):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        ndf: int = 64,
+        n_layers: int = 3,
+        norm: str = "instance",
+        init_gain: float = 0.02,
+    ) -> None:
+        super().__init__()
+        bias = uses_bias(norm)
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, ndf, kernel_size=4, stride=2, padding=1),
+            nn.LeakyReLU(0.2, True),
+        ]
+        mult = 1
+        for n in range(1, n_layers + 1):
+            prev, mult = mult, min(2**n, 8)
+            stride = 2 if n < n_layers else 1  # the last feature layer keeps the resolution
+            layers += [
+                nn.Conv2d(ndf * prev, ndf * mult, kernel_size=4, stride=stride, padding=1, bias=bias),
+                make_norm(norm, ndf * mult),
+                nn.LeakyReLU(0.2, True),
+            ]
+        layers.append(nn.Conv2d(ndf * mult, 1, kernel_size=4, stride=1, padding=1))
+        self.model = nn.Sequential(*layers)
+        init_weights(self, init_gain)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)

@@ -1,0 +1,163 @@
+"""Reading and writing network weights: official `.pth` state_dicts and our safetensors exports.
+
+Official files are plain state_dicts; the generator's architecture is read off its tensors.
+Our exports are `NAME.safetensors` plus `NAME.json` holding the `GeneratorSpec`. Every
+failure is a `CheckpointError` that names the file and says what was expected.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import zipfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from cyclegan.errors import CheckpointError
+from cyclegan.models.generator import GeneratorSpec, ResnetGenerator
+
+LEGACY_NORM_STATS = ("running_mean", "running_var", "num_batches_tracked")
+GENERATOR_FILE_NAMES = {"AtoB": "g_ab", "BtoA": "g_ba"}
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a state_dict from `.safetensors` or a torch file, safely (`weights_only=True`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); was its download or save interrupted?")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(f"checkpoint {path} is not a readable safetensors file ({err})") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = str(err).splitlines()[0]
+        raise CheckpointError(
+            f"checkpoint {path} was refused by torch.load(weights_only=True): it holds Python objects, "
+            f"not only tensors ({reason}). Re-save it as a plain state_dict of tensors from a source you trust."
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read as a PyTorch file; it may be truncated or not a checkpoint "
+            f"at all ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"checkpoint {path} is not a state_dict (a mapping of names to tensors)")
+    return state
+
+
+def load_into(net: nn.Module, state: dict[str, torch.Tensor], path: str | Path, expected: str) -> None:
+    """`net.load_state_dict(state, strict=True)`, with mismatches explained instead of raised raw."""
+    own = net.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong_shape = [
+        f"{key}: file {tuple(state[key].shape)} vs network {tuple(own[key].shape)}"
+        for key in sorted(set(own) & set(state))
+        if state[key].shape != own[key].shape
+    ]
+    if missing or unexpected or wrong_shape:
+        parts = [f"checkpoint {path} does not fit the expected {expected}"]
+        for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong_shape)):
+            if items:
+                shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
+                parts.append(f"{label}: {shown}")
+        raise CheckpointError("; ".join(parts))
+    net.load_state_dict(state, strict=True)
+
+
+def infer_generator_spec(state: dict[str, torch.Tensor], path: str | Path) -> GeneratorSpec:
+    """Read ngf, block count, norm, dropout and channels off an official-layout state_dict."""
+    first = state.get("model.1.weight")
+    if first is None or first.dim() != 4 or first.shape[-1] != 7:
+        hint = " It looks like a discriminator." if "model.0.weight" in state else ""
+        raise CheckpointError(
+            f"checkpoint {path} is not a ResNet generator state_dict: it has no 7x7 'model.1.weight'.{hint}"
+        )
+    blocks = {int(m.group(1)) for key in state if (m := re.match(r"model\.(\d+)\.conv_block\.", key))}
+    first_block = min(blocks) if blocks else None
+    dropout = first_block is not None and f"model.{first_block}.conv_block.6.weight" in state
+    if "model.2.weight" in state:
+        norm = "batch"
+    elif "model.1.bias" in state:
+        norm = "instance"
+    else:
+        norm = "none"
+    convs = [
+        (int(m.group(1)), tensor)
+        for key, tensor in state.items()
+        if (m := re.fullmatch(r"model\.(\d+)\.weight", key)) and tensor.dim() == 4
+    ]
+    last = max(convs, key=lambda item: item[0])[1]
+    return GeneratorSpec(
+        in_channels=first.shape[1],
+        out_channels=last.shape[0],
+        ngf=first.shape[0],
+        n_blocks=len(blocks),
+        norm=norm,
+        dropout=dropout,
+    )
+
+
+def describe(spec: GeneratorSpec) -> str:
+    return (
+        f"ResNet generator (ngf={spec.ngf}, n_blocks={spec.n_blocks}, norm={spec.norm}, "
+        f"dropout={spec.dropout}, channels {spec.in_channels}->{spec.out_channels})"
+    )
+
+
+def resolve_generator_path(path: str | Path, direction: str = "AtoB") -> Path:
+    """A directory of exports stands for its `g_ab` (AtoB) or `g_ba` (BtoA) generator."""
+    path = Path(path)
+    if path.is_dir():
+        name = GENERATOR_FILE_NAMES[direction]
+        candidate = path / f"{name}.safetensors"
+        if not candidate.is_file():
+            raise CheckpointError(f"{path} is a folder without {candidate.name}; pass a generator file or an export folder")
+        return candidate
+    return path
+
+
+def load_generator(
+    path: str | Path, expected: GeneratorSpec | None = None, direction: str = "AtoB"
+) -> ResnetGenerator:
+    """Load an official `.pth` or an exported `.safetensors` generator, checked key by key.
+
+    Without `expected`, the architecture comes from the export's JSON or, for official files,
+    from the tensors. Legacy InstanceNorm running statistics are dropped, as the official
+    test code does.
+    """
+    path = resolve_generator_path(path, direction)
+    state = read_state_dict(path)
+    spec = expected or _export_spec(path) or infer_generator_spec(state, path)
+    if spec.norm == "instance":
+        state = {k: v for k, v in state.items() if not k.endswith(LEGACY_NORM_STATS)}
+    net = ResnetGenerator(spec)
+    load_into(net, state, path, describe(spec))
+    return net.eval()
+
+
+def _export_spec(path: Path) -> GeneratorSpec | None:
+    sidecar = path.with_suffix(".json")
+    if path.suffix != ".safetensors" or not sidecar.is_file():
+        return None
+    try:
+        return GeneratorSpec(**json.loads(sidecar.read_text()))
+    except (json.JSONDecodeError, TypeError) as err:
+        raise CheckpointError(f"architecture file {sidecar} is not a valid generator description ({err})") from None
+
+
+def export_generator(net: ResnetGenerator, path: Path) -> None:
+    """Write `path` (.safetensors) and its architecture JSON beside it."""
+    state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    save_file(state, str(path))
+    path.with_suffix(".json").write_text(json.dumps(net.spec.to_dict(), indent=2) + "\n")
