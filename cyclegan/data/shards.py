@@ -1,0 +1,181 @@
+"""Packing image folders into WebDataset tar shards, with a manifest and a report of bad files.
+
+Every image is decoded once. Clean 8-bit RGB JPEG and PNG files keep their bytes; anything
+else (greyscale, palette, alpha, CMYK, 16-bit, TIFF, BMP, WebP, ...) becomes an RGB PNG.
+Files that are empty, truncated or not images are skipped and reported. The output is
+written under a temporary name and renamed at the end, so a folder with a manifest is
+always complete.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass
+from multiprocessing import Pool
+from pathlib import Path
+
+import webdataset as wds
+from PIL import Image
+from tqdm import tqdm
+
+from cyclegan.errors import DataError
+from cyclegan.images import ImageDecodeError, list_images, open_image, to_rgb
+
+MANIFEST = "manifest.json"
+SPLIT_FOLDERS = {("train", "A"): "trainA", ("train", "B"): "trainB", ("test", "A"): "testA", ("test", "B"): "testB"}
+KEPT_FORMATS = {"JPEG": "jpg", "PNG": "png"}
+
+
+@dataclass
+class Prepared:
+    """One source file, ready to write (`data` set) or skipped (`error` set)."""
+
+    key: str
+    ext: str = ""
+    data: bytes = b""
+    converted_from: str | None = None
+    error: str | None = None
+
+
+def sample_key(relative: Path) -> str:
+    """A tar key from a relative path: WebDataset splits names at the first dot, so none may remain."""
+    return relative.with_suffix("").as_posix().replace(".", "_")
+
+
+def prepare_image(job: tuple[Path, Path, int | None]) -> Prepared:
+    """Decode one file to validate it and decide which bytes go into the shard."""
+    path, root, max_side = job
+    prepared = Prepared(key=sample_key(path.relative_to(root)))
+    try:
+        image = open_image(path, name=str(path))
+    except ImageDecodeError as err:
+        prepared.error = str(err)
+        return prepared
+    fmt = image.format
+    too_big = max_side is not None and max(image.size) > max_side
+    if fmt in KEPT_FORMATS and image.mode == "RGB" and not too_big:
+        prepared.ext, prepared.data = KEPT_FORMATS[fmt], path.read_bytes()
+        return prepared
+    rgb, mode = to_rgb(image)
+    prepared.converted_from = mode or (fmt if fmt not in KEPT_FORMATS else None)
+    if too_big:
+        rgb.thumbnail((max_side, max_side), Image.LANCZOS)
+    buffer = io.BytesIO()
+    if fmt == "JPEG" and mode is None:
+        rgb.save(buffer, format="JPEG", quality=95)  # a downsized JPEG stays a JPEG
+        prepared.ext = "jpg"
+    else:
+        rgb.save(buffer, format="PNG")
+        prepared.ext = "png"
+    prepared.data = buffer.getvalue()
+    return prepared
+
+
+def find_domains(root: Path | None, domain_a: Path | None, domain_b: Path | None) -> dict[tuple[str, str], Path]:
+    """(split, domain) -> source folder, from ROOT/{train,test}{A,B} or two explicit folders."""
+    if domain_a or domain_b:
+        if not (domain_a and domain_b):
+            raise DataError("--domain-a and --domain-b go together: give both folders")
+        sources = {("train", "A"): domain_a, ("train", "B"): domain_b}
+    elif root is not None:
+        sources = {key: root / name for key, name in SPLIT_FOLDERS.items() if (root / name).is_dir()}
+        for domain in "AB":
+            if ("train", domain) not in sources:
+                raise DataError(f"{root} has no train{domain}/ folder; expected trainA/ trainB/ [testA/ testB/]")
+    else:
+        raise DataError("give --input ROOT or --domain-a DIR --domain-b DIR")
+    for folder in sources.values():
+        if not folder.is_dir():
+            raise DataError(f"source folder {folder} does not exist")
+    return sources
+
+
+def write_shards(
+    sources: dict[tuple[str, str], Path],
+    output: Path,
+    shard_size: int = 1000,
+    max_side: int | None = None,
+    overwrite: bool = False,
+    workers: int = 4,
+) -> dict:
+    """Write `output/{split}/{domain}-NNNNNN.tar` and `output/manifest.json`; return the manifest."""
+    if shard_size < 1:
+        raise DataError("--shard-size must be at least 1")
+    if output.exists() and not overwrite:
+        raise DataError(f"output {output} already exists; pass --overwrite to replace it")
+    staging = output.with_name(f".{output.name}.partial-{int(time.time())}")
+    staging.mkdir(parents=True)
+    manifest: dict = {"format": 1, "shard_size": shard_size, "max_side": max_side, "splits": {}, "skipped": []}
+    converted: Counter = Counter()
+    try:
+        with Pool(workers) as pool:
+            for (split, domain), folder in sorted(sources.items()):
+                files = list_images(folder)
+                jobs = [(path, folder, max_side) for path in files]
+                results = tqdm(
+                    pool.imap(prepare_image, jobs, chunksize=8), total=len(jobs), desc=f"{split}/{domain}", unit="img"
+                )
+                entry = _write_domain(results, staging, split, domain, shard_size, manifest["skipped"], converted)
+                if entry["samples"] == 0:
+                    raise DataError(f"domain {split}/{domain} ({folder}) has no usable image: nothing to train on")
+                entry["source"] = str(folder.resolve())
+                manifest["splits"].setdefault(split, {})[domain] = entry
+        manifest["converted"] = dict(sorted(converted.items()))
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        if output.exists():
+            shutil.rmtree(output)
+        staging.rename(output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _write_domain(results, staging: Path, split: str, domain: str, shard_size: int, skipped: list, converted: Counter) -> dict:
+    (staging / split).mkdir(exist_ok=True)
+    shards: list[str] = []
+    seen: Counter = Counter()
+    count = total_bytes = 0
+    writer = None
+    for item in results:
+        if item.error:
+            skipped.append({"split": split, "domain": domain, "reason": item.error})
+            continue
+        if item.converted_from:
+            converted[item.converted_from] += 1
+        seen[item.key] += 1
+        key = item.key if seen[item.key] == 1 else f"{item.key}_{seen[item.key]}"
+        if count % shard_size == 0:
+            if writer:
+                writer.close()
+            name = f"{split}/{domain}-{len(shards):06d}.tar"
+            shards.append(name)
+            writer = wds.TarWriter(str(staging / name), encoder=False, mtime=0)
+        writer.write({"__key__": key, item.ext: item.data})
+        count += 1
+        total_bytes += len(item.data)
+    if writer:
+        writer.close()
+    return {"shards": shards, "samples": count, "bytes": total_bytes}
+
+
+def report(manifest: dict, output: Path) -> str:
+    """A readable summary of what was written and what was skipped."""
+    lines = [f"wrote {output}"]
+    for split, domains in manifest["splits"].items():
+        for domain, entry in domains.items():
+            lines.append(
+                f"  {split}/{domain}: {entry['samples']} images in {len(entry['shards'])} shard(s), "
+                f"{entry['bytes'] / 1e6:.1f} MB"
+            )
+    if manifest.get("converted"):
+        modes = ", ".join(f"{mode} ({n})" for mode, n in manifest["converted"].items())
+        lines.append(f"  converted to RGB PNG: {modes}")
+    if manifest["skipped"]:
+        lines.append(f"  skipped {len(manifest['skipped'])} file(s):")
+        lines += [f"    {item['reason']}" for item in manifest["skipped"]]
+    return "\n".join(lines)

@@ -1,0 +1,88 @@
+"""Turning image files of any common mode into RGB, and RGB into the networks' [-1, 1] tensors.
+
+Shared by the shard writer, the loader and translation, so every path treats a 16-bit TIFF
+or a palette PNG the same way.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from cyclegan.errors import DataError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"}
+HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+class ImageDecodeError(DataError):
+    """A file that is empty, truncated or not an image."""
+
+
+def list_images(root: Path) -> list[Path]:
+    """Image files under `root` (recursively), in a stable order."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def open_image(source: Path | bytes, name: str | None = None, draft: tuple[int, int] | None = None) -> Image.Image:
+    """Open and fully decode an image, so that truncated files fail here and not later.
+
+    `draft` lets a JPEG decode at a reduced scale that is still at least that size.
+    """
+    label = name or str(source)
+    if isinstance(source, Path):
+        if source.stat().st_size == 0:
+            raise ImageDecodeError(f"{label}: empty file (0 bytes)")
+        stream = source.open("rb")
+    else:
+        if len(source) == 0:
+            raise ImageDecodeError(f"{label}: empty image (0 bytes)")
+        stream = io.BytesIO(source)
+    with stream:
+        try:
+            image = Image.open(stream)
+            if draft and image.format == "JPEG":
+                image.draft("RGB", draft)
+            image.load()
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            raise ImageDecodeError(f"{label}: cannot be decoded ({err})") from None
+    return image
+
+
+def to_rgb(image: Image.Image) -> tuple[Image.Image, str | None]:
+    """Convert any PIL mode to 8-bit RGB; return the image and the original mode if it changed.
+
+    16-bit and 32-bit greyscale is scaled to 8 bits (not clipped, as PIL's own conversion
+    does); alpha is dropped, as the official code does; palettes and CMYK are expanded.
+    """
+    mode = image.mode
+    if mode == "RGB":
+        return image, None
+    if mode in HIGH_DEPTH_MODES:
+        array = np.asarray(image, dtype=np.float64)
+        if mode == "F":
+            top = 1.0 if array.max(initial=0.0) <= 1.0 else 255.0
+        elif mode.startswith("I;16") or array.max(initial=0) > 255:
+            top = 65535.0
+        else:
+            top = 255.0
+        grey = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB"), mode
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return image.convert("RGB"), mode
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """8-bit RGB image -> CHW float tensor in [-1, 1], with the official arithmetic."""
+    array = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True))
+    return array.permute(2, 0, 1).float().div(255.0).sub(0.5).div(0.5)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] tensors -> uint8 of the same layout, as the official `(y + 1) / 2 * 255` cast."""
+    return ((images.float() + 1.0) / 2.0 * 255.0).clamp(0, 255).to(torch.uint8)
