@@ -156,8 +156,12 @@ def _export_spec(path: Path) -> GeneratorSpec | None:
         raise CheckpointError(f"architecture file {sidecar} is not a valid generator description ({err})") from None
 
 
+def save_weights(net: nn.Module, path: Path) -> None:
+    """A network's state_dict as safetensors (no pickle, so loading it runs no code)."""
+    save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, str(path))
+
+
 def export_generator(net: ResnetGenerator, path: Path) -> None:
     """Write `path` (.safetensors) and its architecture JSON beside it."""
-    state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
-    save_file(state, str(path))
+    save_weights(net, path)
     path.with_suffix(".json").write_text(json.dumps(net.spec.to_dict(), indent=2) + "\n")

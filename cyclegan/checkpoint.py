@@ -1,0 +1,218 @@
+"""Checkpoints: save, rotate, find the newest complete one, and resume from it.
+
+A checkpoint is the folder `checkpoints/step_XXXXXXX/` (named by global optimizer step):
+
+    g_ab.safetensors g_ab.json g_ba.safetensors g_ba.json   the generators, also an export
+    d_a.safetensors d_b.safetensors                         the discriminators
+    optim.pt                                                optimizers, schedulers, scaler
+    rank_R.pt                                               rank R's image pools and RNG states
+    state.json                                              step, epoch, world size, architecture
+
+Every rank writes into `.step_XXXXXXX.partial/`; after a barrier the main process renames
+it. A rename is atomic, so a folder with the final name is always complete, and a save cut
+short leaves only a `.partial` folder, which is ignored and cleaned up. Everything is read
+back with safetensors or `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from cyclegan.errors import CheckpointError
+from cyclegan.models.loading import export_generator, load_into, read_state_dict, save_weights
+from cyclegan.step import Networks, Optimizers, Pools
+
+STEP_PATTERN = re.compile(r"step_(\d{7})")
+NET_NAMES = ("g_ab", "g_ba", "d_a", "d_b")
+
+
+@dataclass
+class TrainState:
+    """What besides tensors a resume needs, and what it must agree with."""
+
+    step: int
+    epoch: int
+    world_size: int
+    num_workers: int
+    model: dict
+    tracker_run_id: str | None = None
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return root / f"step_{step:07d}"
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoint folders under `root`, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and STEP_PATTERN.fullmatch(p.name)]
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
+def find_resume_point(resume: str | None, root: Path) -> Path | None:
+    """`auto`: the newest complete checkpoint or None; a path: that checkpoint, which must exist."""
+    if not resume:
+        return None
+    if resume == "auto":
+        found = complete_checkpoints(root)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / "state.json").is_file():
+        raise CheckpointError(f"resume={resume} is not a complete checkpoint folder (no state.json in it)")
+    return path
+
+
+def _rng_state() -> dict:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
+                  "has_gauss": has_gauss, "gauss": gauss},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    accelerator: Accelerator,
+    root: Path,
+    state: TrainState,
+    nets: Networks,
+    opts: Optimizers,
+    schedulers: dict,
+    pools: Pools,
+    keep: int,
+) -> Path:
+    """Write one complete checkpoint from every rank, then keep only the newest `keep`."""
+    final = step_dir(root, state.step)
+    partial = root / f".{final.name}.partial"
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    rank = accelerator.process_index
+    torch.save({"pools": {"fake_a": pools.fake_a.state_dict(), "fake_b": pools.fake_b.state_dict()},
+                "rng": _rng_state()}, partial / f"rank_{rank}.pt")
+    if accelerator.is_main_process:
+        for name in NET_NAMES:
+            net = accelerator.unwrap_model(getattr(nets, name))
+            save = export_generator if name.startswith("g_") else save_weights
+            save(net, partial / f"{name}.safetensors")
+        extra = {"opt_g": opts.g.state_dict(), "opt_d": opts.d.state_dict(),
+                 "schedulers": {k: s.state_dict() for k, s in schedulers.items()}}
+        if accelerator.scaler is not None:
+            extra["scaler"] = accelerator.scaler.state_dict()
+        torch.save(extra, partial / "optim.pt")
+        (partial / "state.json").write_text(json.dumps(state.__dict__, indent=2) + "\n")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():
+            shutil.rmtree(final)
+        partial.rename(final)
+        publish_export(final, root.parent / "export")
+        for old in complete_checkpoints(root)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def publish_export(checkpoint: Path, export: Path) -> None:
+    """Refresh `OUTPUT/export/` with the checkpoint's generators, swapped in by rename."""
+    staging = export.with_name(f".{export.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    for name in ("g_ab", "g_ba"):
+        for suffix in (".safetensors", ".json"):
+            shutil.copy2(checkpoint / f"{name}{suffix}", staging / f"{name}{suffix}")
+    old = export.with_name(f".{export.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if export.exists():
+        export.rename(old)
+    staging.rename(export)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_train_state(path: Path) -> TrainState:
+    try:
+        return TrainState(**json.loads((path / "state.json").read_text()))
+    except (OSError, json.JSONDecodeError, TypeError) as err:
+        raise CheckpointError(f"checkpoint {path} has no readable state.json ({err})") from None
+
+
+def load_checkpoint(
+    accelerator: Accelerator,
+    path: Path,
+    expected: TrainState,
+    nets: Networks,
+    opts: Optimizers,
+    schedulers: dict,
+    pools: Pools,
+) -> TrainState:
+    """Restore everything `save_checkpoint` wrote; refuse a changed world size or architecture."""
+    saved = read_train_state(path)
+    if saved.world_size != expected.world_size or saved.num_workers != expected.num_workers:
+        raise CheckpointError(
+            f"checkpoint {path} was written by {saved.world_size} process(es) with data.num_workers="
+            f"{saved.num_workers}; this run has {expected.world_size} and {expected.num_workers}. The data "
+            "stream is split by both, so resume with the same values, or start a new output_dir."
+        )
+    if saved.model != expected.model:
+        changed = sorted(k for k in expected.model if saved.model.get(k) != expected.model[k])
+        raise CheckpointError(
+            f"checkpoint {path} holds another architecture: "
+            + ", ".join(f"model.{k} is {saved.model.get(k)} there, {expected.model[k]} here" for k in changed)
+        )
+    for name in NET_NAMES:
+        file = path / f"{name}.safetensors"
+        load_into(accelerator.unwrap_model(getattr(nets, name)), read_state_dict(file), file, f"network {name}")
+    extra = _torch_load(path / "optim.pt")
+    opts.g.load_state_dict(extra["opt_g"])
+    opts.d.load_state_dict(extra["opt_d"])
+    for key, scheduler in schedulers.items():
+        scheduler.load_state_dict(extra["schedulers"][key])
+    if accelerator.scaler is not None and "scaler" in extra:
+        accelerator.scaler.load_state_dict(extra["scaler"])
+    mine = _torch_load(path / f"rank_{accelerator.process_index}.pt")
+    pools.fake_a.load_state_dict(mine["pools"]["fake_a"])
+    pools.fake_b.load_state_dict(mine["pools"]["fake_b"])
+    pools.fake_a.to(accelerator.device)
+    pools.fake_b.to(accelerator.device)
+    _set_rng_state(mine["rng"])
+    return saved
+
+
+def _torch_load(path: Path) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {path} is missing; the checkpoint is incomplete")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch.load raises many kinds for damaged files
+        raise CheckpointError(f"checkpoint file {path} cannot be read ({str(err).splitlines()[0]})") from None
+
+
+def clean_partial(root: Path) -> None:
+    """Remove leftovers of saves that were cut short."""
+    if root.is_dir():
+        for leftover in root.glob(".step_*.partial"):
+            shutil.rmtree(leftover, ignore_errors=True)

@@ -1,0 +1,140 @@
+"""One CycleGAN update of all four networks, in the official order.
+
+translate both ways -> freeze D -> generator losses, step G -> unfreeze D ->
+discriminator losses on real and pooled, detached fakes, step D.
+
+Everything runs inside ONE `accelerator.accumulate(g_ab, g_ba, d_a, d_b)`: two contexts per
+step would leave the generator optimizer unstepped under accumulation. D is frozen during
+the generator backward so that none of the generator loss leaks into D's accumulated
+gradient. Each discriminator's real and fake terms are summed before its single backward,
+since two backwards through one DDP module let ranks drift apart. `d_a` judges domain A
+images (real_a against fake_a), `d_b` judges domain B; the official code names them the
+other way round (its D_A judges B).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from cyclegan.config import TrainConfig
+from cyclegan.losses import adversarial_loss, cycle_loss, identity_loss
+from cyclegan.pool import ImagePool
+
+
+@dataclass
+class Networks:
+    g_ab: nn.Module
+    g_ba: nn.Module
+    d_a: nn.Module
+    d_b: nn.Module
+
+
+@dataclass
+class Optimizers:
+    g: torch.optim.Optimizer  # one Adam over both generators
+    d: torch.optim.Optimizer  # one Adam over both discriminators
+
+
+@dataclass
+class Pools:
+    fake_a: ImagePool
+    fake_b: ImagePool
+
+
+@dataclass
+class StepLosses:
+    """Detached loss tensors, still on the device: reading them is left to logging steps."""
+
+    adv_ab: torch.Tensor
+    adv_ba: torch.Tensor
+    cycle_a: torch.Tensor
+    cycle_b: torch.Tensor
+    idt_a: torch.Tensor
+    idt_b: torch.Tensor
+    d_a: torch.Tensor
+    d_b: torch.Tensor
+
+    def stacked(self) -> torch.Tensor:
+        return torch.stack([getattr(self, f.name) for f in fields(self)])
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+@dataclass
+class StepResult:
+    losses: StepLosses
+    grad_norm_g: torch.Tensor | None  # set on optimizer (sync) steps only
+    grad_norm_d: torch.Tensor | None
+
+
+def set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
+    for net in nets:
+        net.requires_grad_(flag)
+
+
+def train_step(
+    accelerator: Accelerator, nets: Networks, opts: Optimizers, pools: Pools, batch: dict, cfg: TrainConfig
+) -> StepResult:
+    real_a, real_b = batch["A"], batch["B"]
+    g_ab, g_ba, d_a, d_b = nets.g_ab, nets.g_ba, nets.d_a, nets.d_b
+    lambda_idt = cfg.lambda_cycle * cfg.lambda_identity
+    zero = real_a.new_zeros(())
+    with accelerator.accumulate(g_ab, g_ba, d_a, d_b):
+        # 1. translate both ways
+        fake_b = g_ab(real_a)
+        rec_a = g_ba(fake_b)
+        fake_a = g_ba(real_b)
+        rec_b = g_ab(fake_a)
+
+        # 2. generators: identity, adversarial against frozen discriminators, cycle
+        set_requires_grad([d_a, d_b], False)
+        idt_a = identity_loss(g_ba(real_a), real_a) * lambda_idt if lambda_idt > 0 else zero
+        idt_b = identity_loss(g_ab(real_b), real_b) * lambda_idt if lambda_idt > 0 else zero
+        adv_ab = adversarial_loss(d_b(fake_b), True, cfg.gan_mode)
+        adv_ba = adversarial_loss(d_a(fake_a), True, cfg.gan_mode)
+        cycle_a = cycle_loss(rec_a, real_a) * cfg.lambda_cycle
+        cycle_b = cycle_loss(rec_b, real_b) * cfg.lambda_cycle
+        accelerator.backward(adv_ab + adv_ba + cycle_a + cycle_b + idt_a + idt_b)
+        grad_norm_g = clip_and_measure(accelerator, opts.g, cfg.grad_clip)
+        opts.g.step()
+        opts.g.zero_grad(set_to_none=True)
+        set_requires_grad([d_a, d_b], True)
+
+        # 3. discriminators: real vs pooled fake, half weight each, one backward per discriminator
+        pooled_b = pools.fake_b.query(fake_b.detach())
+        loss_d_b = 0.5 * (adversarial_loss(d_b(real_b), True, cfg.gan_mode)
+                          + adversarial_loss(d_b(pooled_b), False, cfg.gan_mode))
+        accelerator.backward(loss_d_b)
+        pooled_a = pools.fake_a.query(fake_a.detach())
+        loss_d_a = 0.5 * (adversarial_loss(d_a(real_a), True, cfg.gan_mode)
+                          + adversarial_loss(d_a(pooled_a), False, cfg.gan_mode))
+        accelerator.backward(loss_d_a)
+        grad_norm_d = clip_and_measure(accelerator, opts.d, cfg.grad_clip)
+        opts.d.step()
+        opts.d.zero_grad(set_to_none=True)
+
+    terms = (adv_ab, adv_ba, cycle_a, cycle_b, idt_a, idt_b, loss_d_a, loss_d_b)
+    return StepResult(StepLosses(*(t.detach() for t in terms)), grad_norm_g, grad_norm_d)
+
+
+def clip_and_measure(accelerator: Accelerator, optimizer: torch.optim.Optimizer, max_norm: float) -> torch.Tensor | None:
+    """On a sync step: the optimizer's gradient norm (unscaled under fp16), clipped if asked.
+
+    Only this optimizer is unscaled: `accelerator.clip_grad_norm_` would unscale both.
+    """
+    if not accelerator.sync_gradients:
+        return None
+    accelerator.unscale_gradients(optimizer=optimizer)
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads)
+    if max_norm > 0:
+        torch.nn.utils.clip_grads_with_norm_(
+            [p for group in optimizer.param_groups for p in group["params"]], max_norm, norm
+        )
+    return norm

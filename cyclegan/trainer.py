@@ -1,0 +1,245 @@
+"""The training loop: Accelerator setup, networks, resume, then optimizer steps over the stream.
+
+The loop counts optimizer steps over an endless stream; epochs only size the learning-rate
+schedule and name the data order. Nothing reads a device value except at logging steps.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.utils import set_seed
+from tqdm import tqdm
+
+from cyclegan.checkpoint import TrainState, clean_partial, find_resume_point, load_checkpoint, save_checkpoint
+from cyclegan.config import RunConfig, save_config
+from cyclegan.data.stream import DataSources, UnpairedStream, epoch_steps, find_sources, mix_seed, test_images, train_loader
+from cyclegan.models import GeneratorSpec, NLayerDiscriminator, ResnetGenerator
+from cyclegan.pool import ImagePool
+from cyclegan.schedule import make_scheduler
+from cyclegan.step import Networks, Optimizers, Pools, StepLosses, train_step
+from cyclegan.tracking import RunLog, image_grid
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The numbers a run is sized by, derived from the config, the data and the world size."""
+
+    world_size: int
+    global_batch: int
+    steps_per_epoch: int
+    total_steps: int
+    max_steps: int
+
+
+def make_plan(cfg: RunConfig, sources: DataSources, world_size: int) -> Plan:
+    t = cfg.train
+    global_batch = t.batch_size * t.grad_accum * world_size
+    per_epoch = epoch_steps(sources, global_batch)
+    total = (t.epochs + t.decay_epochs) * per_epoch
+    return Plan(world_size, global_batch, per_epoch, total, min(t.max_steps or total, total))
+
+
+def build_networks(cfg: RunConfig) -> Networks:
+    m = cfg.model
+    spec = GeneratorSpec(ngf=m.ngf, n_blocks=m.n_blocks, norm=m.norm, dropout=m.dropout)
+    return Networks(
+        g_ab=ResnetGenerator(spec, m.init_gain),
+        g_ba=ResnetGenerator(spec, m.init_gain),
+        d_a=NLayerDiscriminator(3, m.ndf, m.n_layers_d, m.norm, m.init_gain),
+        d_b=NLayerDiscriminator(3, m.ndf, m.n_layers_d, m.norm, m.init_gain),
+    )
+
+
+def build_optimizers(nets: Networks, cfg: RunConfig) -> Optimizers:
+    t = cfg.train
+
+    def adam(*modules: torch.nn.Module) -> torch.optim.Adam:
+        params = itertools.chain(*(m.parameters() for m in modules))
+        return torch.optim.Adam(params, lr=t.lr, betas=(t.beta1, t.beta2))
+
+    return Optimizers(g=adam(nets.g_ab, nets.g_ba), d=adam(nets.d_a, nets.d_b))
+
+
+class MetricWindow:
+    """Loss and gradient-norm sums kept on the device between two logging steps."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.losses = torch.zeros(len(StepLosses.names()), device=self.device)
+        self.grad_norms = torch.zeros(2, device=self.device)
+        self.micro = self.steps = self.skipped = 0
+        self.data_wait = 0.0
+        self.started = time.perf_counter()
+
+    def add(self, result, skipped: int, data_wait: float) -> None:
+        self.losses += result.losses.stacked().float()
+        self.micro += 1
+        self.skipped += skipped
+        self.data_wait += data_wait
+        if result.grad_norm_g is not None:
+            self.grad_norms += torch.stack([result.grad_norm_g, result.grad_norm_d]).float()
+            self.steps += 1
+
+    def read(self, accelerator: Accelerator, global_batch: int) -> dict[str, float]:
+        """Means over the window and over ranks: the one device-to-host sync of a logging step."""
+        means = accelerator.reduce(torch.cat([self.losses / self.micro, self.grad_norms / self.steps]), "mean")
+        skipped = accelerator.reduce(torch.tensor([float(self.skipped)], device=self.device), "sum")
+        seconds = time.perf_counter() - self.started
+        values = dict(zip([f"loss/{n}" for n in StepLosses.names()] + ["grad_norm/g", "grad_norm/d"], means.tolist()))
+        values["data/skipped_samples"] = skipped.item()
+        values["perf/images_per_s"] = global_batch * self.steps / seconds
+        values["perf/seconds_per_step"] = seconds / self.steps
+        values["perf/data_wait_fraction"] = self.data_wait / seconds
+        return values
+
+
+def fixed_test_images(sources: DataSources, cfg: RunConfig) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The first test images of each domain, shown in every sample grid."""
+    n = cfg.tracking.num_images
+    if not (sources.test_a and sources.test_b) or n == 0:
+        return None
+    size = cfg.data.crop_size
+    a = [t for _, t in test_images(sources.test_a, size, limit=n)]
+    b = [t for _, t in test_images(sources.test_b, size, limit=n)]
+    return (torch.stack(a), torch.stack(b)) if a and b else None
+
+
+@torch.no_grad()
+def sample_grids(accelerator: Accelerator, nets: Networks, images: tuple[torch.Tensor, torch.Tensor]) -> dict:
+    """real | translated | reconstructed, for fixed test images of each domain."""
+    g_ab, g_ba = accelerator.unwrap_model(nets.g_ab), accelerator.unwrap_model(nets.g_ba)
+    real_a, real_b = (x.to(accelerator.device) for x in images)
+    with accelerator.autocast():
+        fake_b, fake_a = g_ab(real_a), g_ba(real_b)
+        grids = {"AtoB": image_grid([real_a, fake_b, g_ba(fake_b)]), "BtoA": image_grid([real_b, fake_a, g_ab(fake_a)])}
+    return grids
+
+
+def train(cfg: RunConfig) -> Path:
+    """Train as configured; return the run folder."""
+    return Trainer(cfg).run()
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        ddp = DistributedDataParallelKwargs(gradient_as_bucket_view=True)
+        self.acc = acc = Accelerator(
+            mixed_precision=cfg.train.mixed_precision,
+            gradient_accumulation_steps=cfg.train.grad_accum,
+            step_scheduler_with_optimizer=False,  # stepped by hand, once per optimizer step
+            kwargs_handlers=[ddp],
+        )
+        set_seed(cfg.seed)
+        self.sources = find_sources(cfg.data)
+        self.plan = make_plan(cfg, self.sources, acc.num_processes)
+        self.output = Path(cfg.output_dir)
+        self.ckpt_root = self.output / "checkpoints"
+        nets = build_networks(cfg)
+        opts = build_optimizers(nets, cfg)
+        prepared = acc.prepare(nets.g_ab, nets.g_ba, nets.d_a, nets.d_b, opts.g, opts.d)
+        self.nets, self.opts = Networks(*prepared[:4]), Optimizers(*prepared[4:])
+        p = self.plan
+        self.schedulers = {
+            "g": make_scheduler(self.opts.g.optimizer, p.steps_per_epoch, cfg.train.epochs, cfg.train.decay_epochs),
+            "d": make_scheduler(self.opts.d.optimizer, p.steps_per_epoch, cfg.train.epochs, cfg.train.decay_epochs),
+        }
+        rank = acc.process_index
+        self.pools = Pools(
+            fake_a=ImagePool(cfg.train.pool_size, mix_seed(cfg.seed, rank, "pool_a")),
+            fake_b=ImagePool(cfg.train.pool_size, mix_seed(cfg.seed, rank, "pool_b")),
+        )
+        self.state = TrainState(0, 0, acc.num_processes, cfg.data.num_workers, asdict(cfg.model))
+
+    def resume(self) -> None:
+        if self.acc.is_main_process:
+            clean_partial(self.ckpt_root)
+        self.acc.wait_for_everyone()
+        point = find_resume_point(self.cfg.resume, self.ckpt_root)
+        if point is not None:
+            self.state = load_checkpoint(self.acc, point, self.state, self.nets, self.opts, self.schedulers, self.pools)
+            self.acc.print(f"resumed from {point} at step {self.state.step}")
+
+    def announce(self) -> None:
+        p, t = self.plan, self.cfg.train
+        self.acc.print(
+            f"global batch {p.global_batch} = {t.batch_size} per device x {t.grad_accum} accumulation x "
+            f"{p.world_size} process(es); {p.steps_per_epoch} steps per epoch; "
+            f"training to step {p.max_steps} of {p.total_steps}; output in {self.output}"
+        )
+
+    def run(self) -> Path:
+        cfg, acc, plan = self.cfg, self.acc, self.plan
+        if acc.is_main_process:
+            self.output.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.output / "config.yaml")
+        self.resume()
+        self.announce()
+        self.log = RunLog(acc, self.output, self.state.step)
+        self.grid_images = fixed_test_images(self.sources, cfg) if acc.is_main_process else None
+        stream = UnpairedStream(self.sources, cfg.data, cfg.train.batch_size, plan.steps_per_epoch * cfg.train.grad_accum,
+                                cfg.seed, acc.process_index, acc.num_processes)
+        loader = train_loader(stream, pin_memory=acc.device.type == "cuda")
+        window = MetricWindow(acc.device)
+        bar = tqdm(total=plan.max_steps, initial=self.state.step, desc="train", unit="step",
+                   disable=not acc.is_main_process, dynamic_ncols=True)
+        saved_at = self.state.step
+        while self.state.step < plan.max_steps:
+            micro = self.state.step * cfg.train.grad_accum
+            per_epoch = plan.steps_per_epoch * cfg.train.grad_accum
+            self.state.epoch, offset = divmod(micro, per_epoch)
+            stream.set_epoch(self.state.epoch, offset)
+            waited = time.perf_counter()
+            for batch in loader:
+                wait = time.perf_counter() - waited
+                batch_on_device = {k: batch[k].to(acc.device, non_blocking=True) for k in ("A", "B")}
+                result = train_step(acc, self.nets, self.opts, self.pools, batch_on_device, cfg.train)
+                window.add(result, int(batch["skipped"].sum()), wait)
+                if acc.sync_gradients:
+                    saved_at = self.after_step(window, bar, saved_at)
+                    if self.state.step >= plan.max_steps:
+                        break
+                waited = time.perf_counter()
+        if saved_at != self.state.step:
+            self.checkpoint()
+        bar.close()
+        acc.print(f"done at step {self.state.step}; generators exported to {self.output / 'export'}")
+        acc.end_training()
+        return self.output
+
+    def after_step(self, window: MetricWindow, bar: tqdm, saved_at: int) -> int:
+        """Scheduler, logging, sample grids and checkpoints after each optimizer step."""
+        for scheduler in self.schedulers.values():
+            scheduler.step()
+        self.state.step += 1
+        step, track = self.state.step, self.cfg.tracking
+        bar.update(1)
+        if step % track.log_every == 0 or step == self.plan.max_steps:
+            values = window.read(self.acc, self.plan.global_batch)
+            values["lr/g"] = self.schedulers["g"].get_last_lr()[0]
+            values["lr/d"] = self.schedulers["d"].get_last_lr()[0]
+            values["epoch"] = self.state.epoch
+            self.log.scalars(step, values)
+            bar.set_postfix(g=f"{values['loss/adv_ab'] + values['loss/adv_ba']:.3f}",
+                            d=f"{values['loss/d_a'] + values['loss/d_b']:.3f}",
+                            img_s=f"{values['perf/images_per_s']:.1f}")
+            window.reset()
+        if self.grid_images is not None and (step % track.image_every == 0 or step == self.plan.max_steps):
+            self.log.images(step, sample_grids(self.acc, self.nets, self.grid_images))
+        if step % self.cfg.train.checkpoint_every == 0:
+            self.checkpoint()
+            return step
+        return saved_at
+
+    def checkpoint(self) -> None:
+        save_checkpoint(self.acc, self.ckpt_root, self.state, self.nets, self.opts, self.schedulers, self.pools,
+                        self.cfg.train.keep_checkpoints)
