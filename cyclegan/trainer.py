@@ -6,17 +6,19 @@ schedule and name the data order. Nothing reads a device value except at logging
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from tqdm import tqdm
 
-from cyclegan.checkpoint import TrainState, clean_partial, find_resume_point, load_checkpoint, save_checkpoint
+from cyclegan.checkpoint import NET_NAMES, TrainState, clean_partial, find_resume_point, load_checkpoint, save_checkpoint
 from cyclegan.config import RunConfig, save_config
 from cyclegan.data.stream import DataSources, UnpairedStream, epoch_steps, find_sources, mix_seed, test_images, train_loader
 from cyclegan.models import GeneratorSpec, NLayerDiscriminator, ResnetGenerator
@@ -124,6 +126,14 @@ def sample_grids(accelerator: Accelerator, nets: Networks, images: tuple[torch.T
     return grids
 
 
+def weight_checksum(net: torch.nn.Module) -> str:
+    """SHA-256 of every parameter and buffer, bit for bit."""
+    digest = hashlib.sha256()
+    for tensor in net.state_dict().values():
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def train(cfg: RunConfig) -> Path:
     """Train as configured; return the run folder."""
     return Trainer(cfg).run()
@@ -212,6 +222,7 @@ class Trainer:
         if saved_at != self.state.step:
             self.checkpoint()
         bar.close()
+        self.check_ranks_agree()
         acc.print(f"done at step {self.state.step}; generators exported to {self.output / 'export'}")
         acc.end_training()
         return self.output
@@ -239,6 +250,20 @@ class Trainer:
             self.checkpoint()
             return step
         return saved_at
+
+    def check_ranks_agree(self) -> None:
+        """Gather every rank's weight checksums, write them to checksums.json, fail if they differ.
+
+        DDP keeps replicas bitwise equal; any difference is a silent bug, caught here loudly.
+        """
+        mine = {name: weight_checksum(self.acc.unwrap_model(getattr(self.nets, name))) for name in NET_NAMES}
+        every = gather_object([mine])
+        if self.acc.is_main_process:
+            (self.output / "checksums.json").write_text(
+                json.dumps({"step": self.state.step, "ranks": every}, indent=2) + "\n")
+        differing = [name for name in NET_NAMES if len({sums[name] for sums in every}) > 1]
+        if differing:
+            raise RuntimeError(f"ranks hold different weights for {', '.join(differing)} at step {self.state.step}")
 
     def checkpoint(self) -> None:
         save_checkpoint(self.acc, self.ckpt_root, self.state, self.nets, self.opts, self.schedulers, self.pools,

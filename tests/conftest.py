@@ -1,0 +1,70 @@
+"""Shared helpers: real subprocesses, real shards, tiny configurations."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts"
+
+
+def run(args: list[str], check: bool = True, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run a command from the repository root; on failure show what it printed."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    result = subprocess.run(args, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} exited {result.returncode}\nstdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}")
+    return result
+
+
+def script(name: str, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    return run([sys.executable, str(SCRIPTS / name), *map(str, args)], check=check, env=env)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(num_processes: int, target: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`accelerate launch` on the CPU: gloo DDP for two or more processes."""
+    accelerate = str(Path(sys.executable).parent / "accelerate")
+    if num_processes > 1:
+        head = [accelerate, "launch", "--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1",
+                "--main_process_port", str(free_port())]
+    else:
+        head = [accelerate, "launch", "--cpu", "--num_processes", "1", "--num_machines", "1"]
+    head += ["--mixed_precision", "no", "--dynamo_backend", "no"]
+    return run(head + [target, *map(str, args)], check=check, env={"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"})
+
+
+@pytest.fixture(scope="session")
+def demo_folders(tmp_path_factory) -> Path:
+    from cyclegan.data.demo import write_demo_folders
+
+    root = tmp_path_factory.mktemp("demo") / "folders"
+    write_demo_folders(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def demo_shards(demo_folders: Path) -> Path:
+    out = demo_folders.parent / "shards"
+    script("make_shards.py", "--input", demo_folders, "--output", out, "--shard-size", "40", "--workers", "2")
+    return out
+
+
+def tiny(shards: Path, output: Path, *extra: str) -> list[str]:
+    """Overrides for a network small enough that a step takes milliseconds on a CPU."""
+    return [
+        f"data.root={shards}", f"output_dir={output}", "model.ngf=8", "model.n_blocks=1", "model.ndf=8",
+        "model.n_layers_d=1", "data.load_size=36", "data.crop_size=32", "data.num_workers=0", "train.batch_size=2",
+        "tracking.log_every=1", "tracking.image_every=1000", "train.checkpoint_every=1000", *extra,
+    ]

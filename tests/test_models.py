@@ -1,0 +1,150 @@
+"""The networks match the official implementation key by key, and load its checkpoints."""
+
+import pickle
+
+import pytest
+import torch
+
+from cyclegan.errors import CheckpointError
+from cyclegan.models import GeneratorSpec, NLayerDiscriminator, ResnetGenerator, load_generator
+from cyclegan.models.loading import export_generator
+
+
+def n_params(net):
+    return sum(p.numel() for p in net.parameters())
+
+
+def official_generator_layout(ngf=64, n_blocks=9):
+    """Keys and shapes of an official ResnetGenerator, written out from its description
+    (not from our model): model.1 c7, model.4 and model.7 downsampling, blocks from model.10,
+    two transposed convs, the last c7 at model.{n_blocks + 17}."""
+    layout = {"model.1": (ngf, 3, 7, 7), "model.4": (ngf * 2, ngf, 3, 3), "model.7": (ngf * 4, ngf * 2, 3, 3)}
+    for b in range(n_blocks):
+        for conv in (1, 5):
+            layout[f"model.{10 + b}.conv_block.{conv}"] = (ngf * 4, ngf * 4, 3, 3)
+    up = 10 + n_blocks
+    layout[f"model.{up}"] = (ngf * 4, ngf * 2, 3, 3)  # ConvTranspose: (in, out, k, k)
+    layout[f"model.{up + 3}"] = (ngf * 2, ngf, 3, 3)
+    layout[f"model.{up + 7}"] = (3, ngf, 7, 7)
+    shapes = {}
+    for prefix, shape in layout.items():
+        shapes[f"{prefix}.weight"] = shape
+        out_channels = shape[1] if prefix in (f"model.{up}", f"model.{up + 3}") else shape[0]
+        shapes[f"{prefix}.bias"] = (out_channels,)
+    return shapes
+
+
+@pytest.mark.parametrize("n_blocks, expected", [(9, 11_378_179), (6, 7_837_699)])
+def test_generator_parameter_counts(n_blocks, expected):
+    assert n_params(ResnetGenerator(GeneratorSpec(n_blocks=n_blocks))) == expected
+
+
+def test_discriminator_parameter_count_and_patch_output():
+    d = NLayerDiscriminator()
+    assert n_params(d) == 2_764_737
+    assert d(torch.zeros(1, 3, 256, 256)).shape == (1, 1, 30, 30)
+    assert list(d.state_dict()) == [f"model.{i}.{k}" for i in (0, 2, 5, 8, 11) for k in ("weight", "bias")]
+
+
+def test_generator_layout_matches_official_key_by_key():
+    ours = {k: tuple(v.shape) for k, v in ResnetGenerator().state_dict().items()}
+    assert len(ours) == 48
+    assert ours == official_generator_layout()
+
+
+def test_norm_layers_carry_no_state_and_init_is_normal_002():
+    g = ResnetGenerator()
+    assert not any("running" in k for k in g.state_dict())
+    w = g.model[1].weight
+    assert abs(w.std().item() - 0.02) < 0.002 and g.model[1].bias.abs().max() == 0
+
+
+def test_official_layout_file_loads_strictly_and_translates(tmp_path):
+    torch.manual_seed(0)
+    state = {k: torch.randn(shape) * 0.02 for k, shape in official_generator_layout().items()}
+    path = tmp_path / "latest_net_G_A.pth"
+    torch.save(state, path)
+    g = load_generator(path)
+    assert g.spec == GeneratorSpec()
+    ResnetGenerator().load_state_dict(torch.load(path, weights_only=True), strict=True)
+    out = g(torch.zeros(1, 3, 64, 64))
+    assert out.shape == (1, 3, 64, 64) and out.abs().max() <= 1
+
+
+def test_official_discriminator_file_loads_strictly(tmp_path):
+    path = tmp_path / "latest_net_D_A.pth"
+    torch.save(NLayerDiscriminator().state_dict(), path)
+    NLayerDiscriminator().load_state_dict(torch.load(path, weights_only=True), strict=True)
+
+
+def test_architecture_is_inferred_and_legacy_norm_stats_dropped(tmp_path):
+    state = {k: torch.zeros(s) for k, s in official_generator_layout(ngf=32, n_blocks=6).items()}
+    state["model.2.running_mean"] = torch.zeros(32)
+    state["model.2.running_var"] = torch.ones(32)
+    state["model.2.num_batches_tracked"] = torch.tensor(0)
+    torch.save(state, tmp_path / "latest_net_G.pth")
+    g = load_generator(tmp_path / "latest_net_G.pth")
+    assert (g.spec.ngf, g.spec.n_blocks, g.spec.norm) == (32, 6, "instance")
+
+
+@pytest.mark.parametrize("norm, dropout", [("batch", False), ("none", False), ("instance", True)])
+def test_other_norms_and_dropout_round_trip(tmp_path, norm, dropout):
+    spec = GeneratorSpec(ngf=8, n_blocks=2, norm=norm, dropout=dropout)
+    torch.save(ResnetGenerator(spec).state_dict(), tmp_path / "g.pth")
+    assert load_generator(tmp_path / "g.pth").spec == spec
+    keys = ResnetGenerator(spec).state_dict()
+    second_conv = "model.10.conv_block.6.weight" if dropout else "model.10.conv_block.5.weight"
+    assert keys[second_conv].dim() == 4
+    assert ("model.1.bias" in keys) == (norm == "instance")
+
+
+def test_export_round_trip_uses_the_json_architecture(tmp_path):
+    g = ResnetGenerator(GeneratorSpec(ngf=8, n_blocks=2))
+    export_generator(g, tmp_path / "g_ab.safetensors")
+    loaded = load_generator(tmp_path)  # a folder stands for its g_ab
+    assert loaded.spec == g.spec
+    assert all(torch.equal(a, b) for a, b in zip(g.state_dict().values(), loaded.state_dict().values()))
+
+
+class NotATensor:
+    pass
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: None, "does not exist"),
+        (lambda p: p.write_bytes(b""), "is empty"),
+        (lambda p: p.write_bytes(b"hello, not a checkpoint"), "cannot be read as a PyTorch file"),
+        (lambda p: torch.save({"x": NotATensor()}, p), "refused by torch.load(weights_only=True)"),
+        (lambda p: torch.save(NLayerDiscriminator().state_dict(), p), "looks like a discriminator"),
+        (lambda p: torch.save([1, 2], p), "is not a state_dict"),
+    ],
+)
+def test_bad_checkpoints_get_clear_messages(tmp_path, make, message):
+    path = tmp_path / "bad.pth"
+    make(path)
+    with pytest.raises(CheckpointError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
+        load_generator(path)
+    assert str(path) in str(info.value)
+
+
+def test_truncated_checkpoint(tmp_path):
+    path = tmp_path / "cut.pth"
+    torch.save(ResnetGenerator(GeneratorSpec(ngf=8, n_blocks=1)).state_dict(), path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_generator(path)
+
+
+def test_mismatch_names_keys_and_expected_architecture(tmp_path):
+    state = ResnetGenerator(GeneratorSpec(ngf=8, n_blocks=3)).state_dict()
+    del state["model.11.conv_block.5.bias"]
+    state["extra.weight"] = torch.zeros(1)
+    torch.save(state, tmp_path / "g.pth")
+    with pytest.raises(CheckpointError) as info:
+        load_generator(tmp_path / "g.pth", expected=GeneratorSpec(ngf=16, n_blocks=3))
+    text = str(info.value)
+    assert "ngf=16, n_blocks=3" in text and "missing keys: model.11.conv_block.5.bias" in text
+    assert "unexpected keys: extra.weight" in text and "shape mismatches: model.1.bias: file (8,) vs network (16,)" in text
+    assert isinstance(pickle.dumps(info.value), bytes)
