@@ -38,6 +38,13 @@ class TranslateReport:
         return "\n".join(lines)
 
 
+def output_name(relative: Path, stems: Counter) -> Path:
+    """`x.jpg` -> `x.png`; but when `x.jpg` and `x.png` are both inputs, `x.jpg` -> `x.jpg.png`."""
+    if stems[relative.with_suffix("")] > 1 and relative.suffix.lower() != ".png":
+        return relative.with_name(relative.name + ".png")
+    return relative.with_suffix(".png")
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -82,6 +89,7 @@ def translate_files(
     if not files:
         raise DataError(f"no images found under {source}")
     report = TranslateReport()
+    stems = Counter(p.relative_to(root).with_suffix("") for p in files)
     groups: dict[tuple[int, int], list[Path]] = defaultdict(list)
     for path in files:
         try:
@@ -110,7 +118,7 @@ def translate_files(
             if batch:
                 result = to_uint8(translate_batch(net, torch.stack(batch).to(dev), bf16)).cpu()
                 for path, pixels in zip(names, result):
-                    target = output / path.relative_to(root).with_suffix(".png")
+                    target = output / output_name(path.relative_to(root), stems)
                     target.parent.mkdir(parents=True, exist_ok=True)
                     Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(target)
                     report.written.append(target)

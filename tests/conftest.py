@@ -68,3 +68,30 @@ def tiny(shards: Path, output: Path, *extra: str) -> list[str]:
         "model.n_layers_d=1", "data.load_size=36", "data.crop_size=32", "data.num_workers=0", "train.batch_size=2",
         "tracking.log_every=1", "tracking.image_every=1000", "train.checkpoint_every=1000", *extra,
     ]
+
+
+def make_image_zoo(folder: Path) -> dict[str, str]:
+    """Images of every awkward kind, plus broken files; returns name -> what it is."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8))
+    rgb.save(folder / "rgb.jpg", quality=90)
+    rgb.save(folder / "rgb.png")
+    rgb.convert("L").save(folder / "grey.png")
+    rgb.convert("RGBA").save(folder / "alpha.png")
+    rgb.convert("P").save(folder / "palette.png")
+    rgb.convert("CMYK").save(folder / "cmyk.jpg")
+    Image.fromarray(rng.integers(0, 65535, (40, 48), dtype=np.uint16)).save(folder / "deep16.png")
+    rgb.save(folder / "rgb.tiff")
+    rgb.save(folder / "rgb.bmp")
+    rgb.save(folder / "rgb.webp")
+    (folder / "nested").mkdir(exist_ok=True)
+    rgb.save(folder / "nested" / "inner.v2.png")
+    (folder / "empty.png").write_bytes(b"")
+    good = (folder / "rgb.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (folder / "not_an_image.png").write_text("this is text")
+    return {"good": 11, "bad": 3}
