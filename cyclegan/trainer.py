@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from cyclegan.checkpoint import NET_NAMES, TrainState, clean_partial, find_resume_point, load_checkpoint, save_checkpoint
 from cyclegan.config import RunConfig, save_config
-from cyclegan.data.stream import DataSources, UnpairedStream, epoch_steps, find_sources, mix_seed, test_images, train_loader
+from cyclegan.data.stream import DataSources, UnpairedStream, epoch_steps, find_sources, mix_seed, iter_test_images, train_loader
 from cyclegan.models import GeneratorSpec, NLayerDiscriminator, ResnetGenerator
 from cyclegan.pool import ImagePool
 from cyclegan.schedule import make_scheduler
@@ -110,8 +110,8 @@ def fixed_test_images(sources: DataSources, cfg: RunConfig) -> tuple[torch.Tenso
     if not (sources.test_a and sources.test_b) or n == 0:
         return None
     size = cfg.data.crop_size
-    a = [t for _, t in test_images(sources.test_a, size, limit=n)]
-    b = [t for _, t in test_images(sources.test_b, size, limit=n)]
+    a = [t for _, t in iter_test_images(sources.test_a, size, limit=n)]
+    b = [t for _, t in iter_test_images(sources.test_b, size, limit=n)]
     return (torch.stack(a), torch.stack(b)) if a and b else None
 
 

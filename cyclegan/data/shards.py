@@ -10,6 +10,7 @@ always complete.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import shutil
 import time
@@ -34,22 +35,32 @@ KEPT_FORMATS = {"JPEG": "jpg", "PNG": "png"}
 class Prepared:
     """One source file, ready to write (`data` set) or skipped (`error` set)."""
 
-    key: str
+    relative: Path
     ext: str = ""
     data: bytes = b""
     converted_from: str | None = None
     error: str | None = None
 
 
-def sample_key(relative: Path) -> str:
-    """A tar key from a relative path: WebDataset splits names at the first dot, so none may remain."""
-    return relative.with_suffix("").as_posix().replace(".", "_")
+def sample_key(relative: Path, seen: set[str]) -> str:
+    """A stable tar key from a relative path, unique among `seen` (which it joins).
+
+    WebDataset splits names at the first dot, so none may remain. The key is the path
+    without its extension (so testA/x.png and testB/x.jpg pair up), or with it when two
+    files differ only in their extension.
+    """
+    numbered = (relative.with_name(f"{relative.name}_{i}") for i in itertools.count(2))
+    for candidate in itertools.chain([relative.with_suffix(""), relative], numbered):
+        key = candidate.as_posix().replace(".", "_")
+        if key not in seen:
+            seen.add(key)
+            return key
 
 
 def prepare_image(job: tuple[Path, Path, int | None]) -> Prepared:
     """Decode one file to validate it and decide which bytes go into the shard."""
     path, root, max_side = job
-    prepared = Prepared(key=sample_key(path.relative_to(root)))
+    prepared = Prepared(relative=path.relative_to(root))
     try:
         image = open_image(path, name=str(path))
     except ImageDecodeError as err:
@@ -138,7 +149,7 @@ def write_shards(
 def _write_domain(results, staging: Path, split: str, domain: str, shard_size: int, skipped: list, converted: Counter) -> dict:
     (staging / split).mkdir(exist_ok=True)
     shards: list[str] = []
-    seen: Counter = Counter()
+    seen: set[str] = set()
     count = total_bytes = 0
     writer = None
     for item in results:
@@ -147,8 +158,7 @@ def _write_domain(results, staging: Path, split: str, domain: str, shard_size: i
             continue
         if item.converted_from:
             converted[item.converted_from] += 1
-        seen[item.key] += 1
-        key = item.key if seen[item.key] == 1 else f"{item.key}_{seen[item.key]}"
+        key = sample_key(item.relative, seen)
         if count % shard_size == 0:
             if writer:
                 writer.close()

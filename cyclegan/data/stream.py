@@ -243,7 +243,7 @@ def train_loader(stream: UnpairedStream, pin_memory: bool = False) -> DataLoader
     )
 
 
-def test_images(shards: ShardSet, size: int, rank: int = 0, world_size: int = 1, limit: int | None = None):
+def iter_test_images(shards: ShardSet, size: int, rank: int = 0, world_size: int = 1, limit: int | None = None):
     """(key, [-1, 1] tensor) for this rank's share of a test split, in shard order."""
     taken = 0
     position = 0

@@ -1,0 +1,116 @@
+"""The distributed streaming loader, with real shards and real processes."""
+
+import io
+import json
+import subprocess
+import sys
+import tarfile
+
+import pytest
+import torch
+
+from cyclegan.config import DataConfig
+from cyclegan.data.stream import UnpairedStream, expand_urls, find_sources, iter_test_images, train_loader
+from cyclegan.errors import DataError
+from tests.conftest import ROOT
+
+
+def read_ranks(shards, world, workers, seed, batches=7, skip=0):
+    """Start every rank as its own process, all at once, and collect their batches."""
+    procs = [
+        subprocess.Popen([sys.executable, str(ROOT / "tests/harness/read_stream.py"), str(shards), str(rank),
+                          str(world), str(workers), str(seed), str(batches), str(skip)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        for rank in range(world)
+    ]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        results.append(json.loads(out))
+    return results
+
+
+def keys(batches, domain):
+    return [k for b in batches for k in b[domain]]
+
+
+def test_two_ranks_two_workers_equal_disjoint_reproducible(demo_shards):
+    first = read_ranks(demo_shards, world=2, workers=2, seed=3)
+    for epoch in ("0", "1"):
+        assert [len(r[epoch]) for r in first] == [7, 7]
+        assert all(len(b["A"]) == 2 for r in first for b in r[epoch])
+        for domain in "AB":
+            rank0, rank1 = set(keys(first[0][epoch], domain)), set(keys(first[1][epoch], domain))
+            assert not rank0 & rank1, "ranks must not share samples"
+    lane_keys = [set(keys(first[0]["0"][lane::2], "A")) for lane in (0, 1)]
+    assert not lane_keys[0] & lane_keys[1], "workers of one rank must not share samples"
+    assert first[0]["0"] != first[0]["1"], "each epoch draws a new order"
+    assert read_ranks(demo_shards, world=2, workers=2, seed=3) == first
+    assert read_ranks(demo_shards, world=2, workers=2, seed=4) != first
+
+
+def test_resume_skips_exactly_the_consumed_batches(demo_shards):
+    full = read_ranks(demo_shards, world=1, workers=2, seed=0)[0]["0"]
+    resumed = read_ranks(demo_shards, world=1, workers=2, seed=0, skip=3)[0]["0"]
+    assert resumed == full[3:]
+
+
+def test_brace_patterns_and_comma_lists(demo_shards):
+    pattern = str(demo_shards / "train" / "A-{000000..000003}.tar")
+    assert [u.rsplit("/", 1)[1] for u in expand_urls(pattern)] == [f"A-00000{i}.tar" for i in range(4)]
+    assert len(expand_urls(f"{pattern},{demo_shards}/train/B-000000.tar")) == 5
+    cfg = DataConfig(train_a=pattern, train_b=str(demo_shards / "train/B-{000000..000003}.tar"),
+                     num_a=160, num_b=160, load_size=36, crop_size=32, num_workers=0)
+    batch = next(iter(train_loader(UnpairedStream(find_sources(cfg), cfg, 2, 3, seed=0))))
+    assert batch["A"].shape == (2, 3, 32, 32) and -1 <= batch["A"].min() and batch["A"].max() <= 1
+
+
+def test_missing_shards_and_missing_counts_fail_at_start(demo_shards, tmp_path):
+    cfg = DataConfig(train_a=str(tmp_path / "A-{000000..000002}.tar"), train_b=str(demo_shards / "train/B-000000.tar"),
+                     num_a=3, num_b=40)
+    with pytest.raises(DataError, match="3 shard\\(s\\) for train domain A do not exist"):
+        find_sources(cfg)
+    with pytest.raises(DataError, match="set data.num_a"):
+        find_sources(DataConfig(train_a=str(demo_shards / "train/A-000000.tar"), train_b=cfg.train_b, num_b=40))
+    with pytest.raises(DataError, match="has no manifest.json"):
+        find_sources(DataConfig(root=str(tmp_path)))
+    with pytest.raises(DataError, match="no training data"):
+        find_sources(DataConfig())
+
+
+def write_tar(path, samples):
+    with tarfile.open(path, "w") as tar:
+        for name, data in samples:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_corrupt_samples_inside_a_shard_are_skipped_and_counted(demo_folders, tmp_path):
+    good = [(f"good{i}.png", (demo_folders / "trainA" / f"scene_{i:04d}.png").read_bytes()) for i in range(6)]
+    bad = [("bad0.jpg", b"\xff\xd8\xff garbage"), ("bad1.txt", b"no image at all")]
+    write_tar(tmp_path / "A.tar", good[:3] + bad + good[3:])
+    write_tar(tmp_path / "B.tar", good)
+    cfg = DataConfig(train_a=str(tmp_path / "A.tar"), train_b=str(tmp_path / "B.tar"), num_a=8, num_b=6,
+                     load_size=64, crop_size=64, num_workers=0, shuffle_buffer=1)
+    batches = list(train_loader(UnpairedStream(find_sources(cfg), cfg, 2, 3, seed=0)))
+    assert len(batches) == 3 and sum(int(b["skipped"].sum()) for b in batches) == 2
+    assert not any(k.startswith("bad") for b in batches for k in b["key_a"])
+
+
+def test_empty_stream_fails_with_a_clear_message(tmp_path):
+    write_tar(tmp_path / "A.tar", [])
+    cfg = DataConfig(train_a=str(tmp_path / "A.tar"), train_b=str(tmp_path / "A.tar"), num_a=1, num_b=1, num_workers=0)
+    with pytest.raises(DataError, match="no samples could be read"):
+        next(iter(train_loader(UnpairedStream(find_sources(cfg), cfg, 1, 1, seed=0))))
+
+
+def test_test_images_are_ordered_and_split_across_ranks(demo_shards):
+    sources = find_sources(DataConfig(root=str(demo_shards)))
+    everything = [k for k, _ in iter_test_images(sources.test_a, 32)]
+    assert everything == sorted(everything) and len(everything) == 24
+    shares = [[k for k, _ in iter_test_images(sources.test_a, 32, rank=r, world_size=2)] for r in (0, 1)]
+    assert sorted(shares[0] + shares[1]) == everything and not set(shares[0]) & set(shares[1])
+    key, image = next(iter_test_images(sources.test_b, 48))
+    assert key == everything[0] and image.shape == (3, 48, 48) and image.dtype == torch.float32
