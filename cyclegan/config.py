@@ -67,6 +67,9 @@ class TrainConfig:
     lr: float = 2e-4  # Adam learning rate (paper)
     beta1: float = 0.5  # Adam betas (paper)
     beta2: float = 0.999
+    # Adam's epsilon (the paper's 1e-8). A large value makes a step proportional to the
+    # gradient rather than to its sign, which lets tests compare gradients through weights.
+    adam_eps: float = 1e-8
     epochs: int = 100  # epochs at constant learning rate
     decay_epochs: int = 100  # epochs of linear decay to zero after that
     max_steps: Optional[int] = None  # stop after this many optimizer steps (None: whole schedule)
@@ -172,6 +175,7 @@ def validate(config: RunConfig) -> None:
         ("train.lr", t.lr > 0, "must be positive"),
         ("train.beta1", 0 <= t.beta1 < 1, "must lie in [0, 1)"),
         ("train.beta2", 0 <= t.beta2 < 1, "must lie in [0, 1)"),
+        ("train.adam_eps", t.adam_eps > 0, "must be positive"),
         ("train.epochs", t.epochs >= 0, "must not be negative"),
         ("train.decay_epochs", t.decay_epochs >= 0, "must not be negative"),
         ("train.epochs", t.epochs + t.decay_epochs >= 1, "plus train.decay_epochs must be at least 1"),

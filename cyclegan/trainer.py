@@ -63,7 +63,7 @@ def build_optimizers(nets: Networks, cfg: RunConfig) -> Optimizers:
 
     def adam(*modules: torch.nn.Module) -> torch.optim.Adam:
         params = itertools.chain(*(m.parameters() for m in modules))
-        return torch.optim.Adam(params, lr=t.lr, betas=(t.beta1, t.beta2))
+        return torch.optim.Adam(params, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.adam_eps)
 
     return Optimizers(g=adam(nets.g_ab, nets.g_ba), d=adam(nets.d_a, nets.d_b))
 

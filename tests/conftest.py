@@ -61,6 +61,24 @@ def demo_shards(demo_folders: Path) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def noise_shards(tmp_path_factory) -> Path:
+    """Random-texture images: unlike the flat demo scenes, no crop has a near-constant channel,
+    whose instance norm would blow rounding differences up (for tests that compare numbers)."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("noise")
+    rng = np.random.default_rng(0)
+    for domain in "AB":
+        (root / "folders" / f"train{domain}").mkdir(parents=True)
+        for i in range(16):
+            pixels = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / "folders" / f"train{domain}" / f"{i:03d}.png")
+    script("make_shards.py", "--input", root / "folders", "--output", root / "shards", "--workers", "1")
+    return root / "shards"
+
+
 def tiny(shards: Path, output: Path, *extra: str) -> list[str]:
     """Overrides for a network small enough that a step takes milliseconds on a CPU."""
     return [

@@ -1,8 +1,8 @@
 """A small synthetic unpaired dataset, drawn procedurally, so the demo downloads nothing.
 
 A scene is a background and a few shapes, each shape of one of four kinds. Domain A draws
-scenes in a "day" palette with a vertical sky gradient, domain B in a "night" palette with
-a horizontal glow: translating A to B is a recolouring a small CycleGAN learns in minutes.
+scenes in a "day" palette, domain B in a "night" palette, each over a vertical gradient:
+translating A to B is a recolouring that a small CycleGAN learns in minutes.
 Training scenes of A and B are drawn independently (unpaired). Each test scene is drawn in
 both styles under the same file name, so `testB/x.png` is the ground truth of `testA/x.png`.
 """
@@ -40,8 +40,7 @@ def draw(scene: list[tuple[int, tuple[int, int, int, int]]], style: str, size: i
     for i in range(size):
         t = i / max(1, size - 1)
         colour = tuple(round(a + (b - a) * t) for a, b in zip(top, bottom))
-        line = [(0, i), (size, i)] if style == "A" else [(i, 0), (i, size)]
-        pixels.line(line, fill=colour)
+        pixels.line([(0, i), (size, i)], fill=colour)
     for kind, box in scene:
         colour = palette[2 + kind]
         if kind == 0:

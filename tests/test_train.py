@@ -1,0 +1,125 @@
+"""The training loop with real processes on the CPU: DDP agreement, accumulation, exact resume."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cyclegan.checkpoint import NET_NAMES, complete_checkpoints
+from tests.conftest import ROOT, launch, script, tiny
+
+TRAIN = str(ROOT / "scripts/train.py")
+
+
+def final_weights(output):
+    last = complete_checkpoints(output / "checkpoints")[-1]
+    return {name: load_file(str(last / f"{name}.safetensors")) for name in NET_NAMES}
+
+
+def metric_rows(output):
+    return [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+
+
+def loss_rows(output):
+    return {row["step"]: {k: v for k, v in row.items() if k.startswith("loss/")} for row in metric_rows(output)}
+
+
+def train(nproc, *overrides):
+    return launch(nproc, TRAIN, "--config", str(ROOT / "configs/demo.yaml"), *overrides)
+
+
+@pytest.mark.slow
+def test_two_ranks_keep_identical_weights_and_see_different_samples(demo_shards, tmp_path):
+    out = tmp_path / "run"
+    result = train(2, *tiny(demo_shards, out, "train.max_steps=4"))
+    assert "global batch 4 = 2 per device x 1 accumulation x 2 process(es)" in result.stdout
+    checksums = json.loads((out / "checksums.json").read_text())
+    assert checksums["step"] == 4 and len(checksums["ranks"]) == 2
+    assert checksums["ranks"][0] == checksums["ranks"][1]
+    last = complete_checkpoints(out / "checkpoints")[-1]
+    pools = [torch.load(last / f"rank_{r}.pt", weights_only=True)["pools"]["fake_b"]["images"] for r in (0, 1)]
+    assert len(pools[0]) == 8 and not any(torch.equal(x, y) for x in pools[0] for y in pools[1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_accumulation_equals_a_larger_batch(noise_shards, tmp_path, nproc):
+    # With eps=1 Adam's first step is lr * g / (|g| + 1), nearly linear in the gradient: weights
+    # move by about 1e-5, so a lost, doubled or unscaled micro-batch shows, while rounding stays
+    # within a few float32 ulps (2e-8 at these weight sizes).
+    common = ["train.max_steps=1", "train.pool_size=0", "train.adam_eps=1.0"]
+    train(nproc, *tiny(noise_shards, tmp_path / "accum", *common, "train.batch_size=1", "train.grad_accum=2"))
+    train(nproc, *tiny(noise_shards, tmp_path / "batch", *common, "train.batch_size=2", "train.grad_accum=1"))
+    accum, batch = final_weights(tmp_path / "accum"), final_weights(tmp_path / "batch")
+    for name in NET_NAMES:
+        for key in accum[name]:
+            torch.testing.assert_close(accum[name][key], batch[name][key], atol=2e-8, rtol=0, msg=f"{name}.{key}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_resume_is_exact(demo_shards, tmp_path, nproc):
+    n = 3
+    common = ["data.num_workers=1", "train.checkpoint_every=2"]
+    train(nproc, *tiny(demo_shards, tmp_path / "whole", *common, f"train.max_steps={2 * n}"))
+    train(nproc, *tiny(demo_shards, tmp_path / "split", *common, f"train.max_steps={n}"))
+    result = train(nproc, *tiny(demo_shards, tmp_path / "split", *common, f"train.max_steps={2 * n}", "resume=auto"))
+    assert f"at step {n}" in result.stdout
+    whole, split = final_weights(tmp_path / "whole"), final_weights(tmp_path / "split")
+    for name in NET_NAMES:
+        for key in whole[name]:
+            assert torch.equal(whole[name][key], split[name][key]), f"{name}.{key} differs after resume"
+    assert loss_rows(tmp_path / "whole") == loss_rows(tmp_path / "split")
+    assert [r["step"] for r in metric_rows(tmp_path / "split")] == list(range(1, 2 * n + 1))
+
+
+@pytest.mark.slow
+def test_bf16_trains_with_falling_losses(demo_shards, tmp_path):
+    out = tmp_path / "bf16"
+    script("train.py", "--config", "configs/demo.yaml",
+           *tiny(demo_shards, out, "train.mixed_precision=bf16", "train.max_steps=40", "tracking.log_every=10"))
+    rows = metric_rows(out)
+    cycle = [r["loss/cycle_a"] + r["loss/cycle_b"] for r in rows]
+    assert len(rows) == 4 and all(torch.isfinite(torch.tensor(cycle)))
+    assert cycle[-1] < 0.7 * cycle[0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 autocast and its GradScaler need a CUDA device")
+def test_fp16_scaler_path_runs(demo_shards, tmp_path):
+    out = tmp_path / "fp16"
+    script("train.py", "--config", "configs/demo.yaml",
+           *tiny(demo_shards, out, "train.mixed_precision=fp16", "train.max_steps=10", "train.grad_clip=1.0"))
+    assert "scaler" in torch.load(complete_checkpoints(out / "checkpoints")[-1] / "optim.pt", weights_only=True)
+
+
+def test_world_size_or_architecture_change_is_refused(demo_shards, tmp_path):
+    out = tmp_path / "run"
+    script("train.py", "--config", "configs/demo.yaml", *tiny(demo_shards, out, "train.max_steps=1"))
+    result = script("train.py", "--config", "configs/demo.yaml",
+                    *tiny(demo_shards, out, "train.max_steps=2", "resume=auto", "model.ngf=16"), check=False)
+    assert result.returncode == 2 and "model.ngf is 8 there, 16 here" in result.stderr
+    result = script("train.py", "--config", "configs/demo.yaml",
+                    *tiny(demo_shards, out, "train.max_steps=2", "resume=auto", "data.num_workers=2"), check=False)
+    assert result.returncode == 2 and "resume with the same values" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_tiny_run_learns_the_demo_translation(demo_shards, tmp_path):
+    from cyclegan.config import DataConfig
+    from cyclegan.data.stream import find_sources, iter_test_images
+    from cyclegan.models import GeneratorSpec, ResnetGenerator, load_generator
+
+    out = tmp_path / "learn"
+    script("train.py", "--config", "configs/demo.yaml", f"data.root={demo_shards}", f"output_dir={out}",
+           "train.max_steps=80", "tracking.log_every=20")
+    sources = find_sources(DataConfig(root=str(demo_shards)))
+    real_a = torch.stack([t for _, t in iter_test_images(sources.test_a, 64)])
+    truth_b = torch.stack([t for _, t in iter_test_images(sources.test_b, 64)])
+    torch.manual_seed(0)
+    untrained = ResnetGenerator(GeneratorSpec(ngf=16, n_blocks=3))
+    with torch.no_grad():
+        before = (untrained(real_a) - truth_b).abs().mean().item()
+        after = (load_generator(out / "export")(real_a) - truth_b).abs().mean().item()
+    assert after < 0.6 * before, (before, after)
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_0000080_AtoB.png", "step_0000080_BtoA.png"]
