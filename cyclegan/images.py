@@ -77,10 +77,19 @@ def to_rgb(image: Image.Image) -> tuple[Image.Image, str | None]:
     return image.convert("RGB"), mode
 
 
+def to_uint8_tensor(image: Image.Image) -> torch.Tensor:
+    """8-bit RGB image -> CHW uint8 tensor: a quarter of the bytes of floats between processes."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)
+
+
+def normalize(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 -> float in [-1, 1], with the official arithmetic (ToTensor, then Normalize(0.5, 0.5))."""
+    return pixels.float().div(255.0).sub(0.5).div(0.5)
+
+
 def to_tensor(image: Image.Image) -> torch.Tensor:
-    """8-bit RGB image -> CHW float tensor in [-1, 1], with the official arithmetic."""
-    array = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True))
-    return array.permute(2, 0, 1).float().div(255.0).sub(0.5).div(0.5)
+    """8-bit RGB image -> CHW float tensor in [-1, 1]."""
+    return normalize(to_uint8_tensor(image))
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

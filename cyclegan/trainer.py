@@ -21,6 +21,7 @@ from tqdm import tqdm
 from cyclegan.checkpoint import NET_NAMES, TrainState, clean_partial, find_resume_point, load_checkpoint, save_checkpoint
 from cyclegan.config import RunConfig, save_config
 from cyclegan.data.stream import DataSources, UnpairedStream, epoch_steps, find_sources, mix_seed, iter_test_images, train_loader
+from cyclegan.images import normalize
 from cyclegan.models import GeneratorSpec, NLayerDiscriminator, ResnetGenerator
 from cyclegan.pool import ImagePool
 from cyclegan.schedule import make_scheduler
@@ -211,7 +212,7 @@ class Trainer:
             waited = time.perf_counter()
             for batch in loader:
                 wait = time.perf_counter() - waited
-                batch_on_device = {k: batch[k].to(acc.device, non_blocking=True) for k in ("A", "B")}
+                batch_on_device = {k: normalize(batch[k].to(acc.device, non_blocking=True)) for k in ("A", "B")}
                 result = train_step(acc, self.nets, self.opts, self.pools, batch_on_device, cfg.train)
                 window.add(result, int(batch["skipped"].sum()), wait)
                 if acc.sync_gradients:

@@ -31,7 +31,7 @@ from cyclegan.config import DataConfig
 from cyclegan.data.shards import MANIFEST
 from cyclegan.data.transforms import draft_size, test_transform, train_transform
 from cyclegan.errors import DataError
-from cyclegan.images import ImageDecodeError, open_image, to_rgb, to_tensor
+from cyclegan.images import ImageDecodeError, open_image, to_rgb, to_tensor, to_uint8_tensor
 
 log = logging.getLogger(__name__)
 IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "ppm")
@@ -167,7 +167,9 @@ def decode(sample: dict, draft: tuple[int, int] | None = None):
 
 
 class UnpairedStream(IterableDataset):
-    """Unpaired training samples `{"A", "B", "skipped", "key_a", "key_b"}` for one rank."""
+    """Unpaired training samples for one rank: `A` and `B` as CHW uint8 (normalised on the
+    device, which moves a quarter of the bytes), `key_a`, `key_b`, and `skipped`, the corrupt
+    samples passed over just before this one."""
 
     def __init__(
         self,
@@ -206,7 +208,7 @@ class UnpairedStream(IterableDataset):
                 if position < done * self.batch_size:
                     continue
                 rng = random.Random(mix_seed(seeds[domain], position))
-                sample[domain] = to_tensor(train_transform(image, rng, self.cfg))
+                sample[domain] = to_uint8_tensor(train_transform(image, rng, self.cfg))
                 sample[f"key_{domain.lower()}"] = key
             if position >= done * self.batch_size:
                 yield sample

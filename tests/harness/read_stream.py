@@ -17,5 +17,5 @@ stream = UnpairedStream(find_sources(cfg), cfg, batch_size=2, batches_per_epoch=
 out = {}
 for epoch in (0, 1):
     stream.set_epoch(epoch, skip)
-    out[epoch] = [{"A": b["key_a"], "B": b["key_b"], "sum": float(b["A"].sum() + b["B"].sum())} for b in train_loader(stream)]
+    out[epoch] = [{"A": b["key_a"], "B": b["key_b"], "sum": int(b["A"].sum() + b["B"].sum())} for b in train_loader(stream)]
 print(json.dumps(out))
