@@ -21,6 +21,8 @@ NORMS = ("instance", "batch", "none")
 GAN_MODES = ("lsgan", "vanilla")
 PREPROCESS = ("resize_and_crop", "crop", "scale_width_and_crop", "scale_shorter_and_crop")
 PRECISIONS = ("no", "bf16", "fp16")
+BACKENDS = ("wandb", "tensorboard")
+TRACKING_MODES = ("online", "offline", "disabled")
 
 
 @dataclass
@@ -85,8 +87,15 @@ class TrainConfig:
 
 @dataclass
 class TrackingConfig:
-    """What is logged and how often."""
+    """Where metrics and sample grids go, and how often."""
 
+    backend: str = "wandb"  # wandb or tensorboard; metrics.jsonl and samples/ are written either way
+    mode: str = "offline"  # online, offline (no network needed; `wandb sync` later) or disabled
+    project: str = "cyclegan"  # W&B project (TensorBoard: the run's subfolder)
+    entity: Optional[str] = None  # W&B team or user; None: your default entity
+    run_name: Optional[str] = None  # None: W&B picks one
+    tags: list[str] = field(default_factory=list)
+    group: Optional[str] = None  # W&B group, e.g. to gather the runs of one sweep
     log_every: int = 50  # optimizer steps between scalar logs (each one syncs the device)
     image_every: int = 500  # optimizer steps between sample grids
     num_images: int = 4  # fixed test images per domain in each grid
@@ -188,6 +197,8 @@ def validate(config: RunConfig) -> None:
         ("train.grad_clip", t.grad_clip >= 0, "must not be negative"),
         ("train.checkpoint_every", t.checkpoint_every >= 1, "must be at least 1"),
         ("train.keep_checkpoints", t.keep_checkpoints >= 1, "must be at least 1"),
+        ("tracking.backend", k.backend in BACKENDS, f"must be one of {', '.join(BACKENDS)}"),
+        ("tracking.mode", k.mode in TRACKING_MODES, f"must be one of {', '.join(TRACKING_MODES)}"),
         ("tracking.log_every", k.log_every >= 1, "must be at least 1"),
         ("tracking.image_every", k.image_every >= 1, "must be at least 1"),
         ("tracking.num_images", k.num_images >= 0, "must not be negative"),

@@ -1,12 +1,19 @@
 """The one place where metrics and images leave the training loop.
 
-The main process appends scalars to `metrics.jsonl` and saves sample grids as PNGs under
-`samples/`. Other ranks only take part in the reductions that produce the numbers.
+The main process appends scalars to `metrics.jsonl`, saves sample grids as PNGs under
+`samples/`, and sends both to Weights & Biases (offline by default: `wandb sync` later) or
+TensorBoard through Accelerate's tracker API. Other ranks only take part in the reductions
+that produce the numbers, and never wait on a tracker.
 """
 
 from __future__ import annotations
 
 import json
+import platform
+import secrets
+import string
+import subprocess
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -15,25 +22,73 @@ from accelerate import Accelerator
 from einops import rearrange
 from PIL import Image
 
+from cyclegan.config import RunConfig, TrackingConfig
 from cyclegan.images import to_uint8
+
+PACKAGES = ("torch", "torchvision", "accelerate", "wandb", "webdataset", "einops", "tensorboard")
+GRID_CAPTIONS = {
+    "AtoB": "real A | G_AB(A) | G_BA(G_AB(A)) | identity G_BA(A)",
+    "BtoA": "real B | G_BA(B) | G_AB(G_BA(B)) | identity G_AB(B)",
+}
+
+
+def tracker_name(cfg: TrackingConfig) -> str | None:
+    """What to pass to `Accelerator(log_with=...)`."""
+    return None if cfg.mode == "disabled" else cfg.backend
+
+
+def new_run_id() -> str:
+    """A W&B-style run id (8 lowercase letters and digits), kept with the checkpoints."""
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
 
 
 def image_grid(columns: list[torch.Tensor]) -> np.ndarray:
-    """Columns of [-1, 1] NCHW images (e.g. real | fake | rec) -> one uint8 HWC grid, a row per image."""
+    """Columns of [-1, 1] NCHW images (e.g. real | fake | rec) -> one uint8 HWC grid, a row per image.
+
+    Converted to uint8 here: W&B casts floats to uint8 without rescaling (black images).
+    """
     stacked = to_uint8(torch.stack([c.detach().float().cpu() for c in columns]))
     return rearrange(stacked, "k n c h w -> (n h) (k w) c").numpy()
 
 
-class RunLog:
-    """Writes `metrics.jsonl` and `samples/*.png` in the run folder, from the main process only."""
+def describe_run(cfg: RunConfig, world_size: int, global_batch: int) -> dict:
+    """The tracker's run config: the resolved config plus what makes a run reproducible."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                                cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return {**cfg.to_dict(), "git_commit": commit, "world_size": world_size, "global_batch": global_batch,
+            "versions": versions}
 
-    def __init__(self, accelerator: Accelerator, output_dir: Path, resume_step: int | None) -> None:
-        self.accelerator = accelerator
-        self.metrics = output_dir / "metrics.jsonl"
-        self.samples = output_dir / "samples"
-        if accelerator.is_main_process:
-            self.samples.mkdir(parents=True, exist_ok=True)
-            self._drop_rows_after(resume_step or 0)
+
+class RunLog:
+    """Writes `metrics.jsonl` and `samples/*.png` and feeds the tracker, from the main process only."""
+
+    def __init__(self, accelerator: Accelerator, cfg: RunConfig, resume_step: int, run_id: str | None,
+                 run_config: dict) -> None:
+        self.accelerator, self.cfg = accelerator, cfg.tracking
+        output = Path(cfg.output_dir)
+        self.metrics = output / "metrics.jsonl"
+        self.samples = output / "samples"
+        self.run_id = run_id
+        if not accelerator.is_main_process:
+            return
+        self.samples.mkdir(parents=True, exist_ok=True)
+        self._drop_rows_after(resume_step)
+        if tracker_name(self.cfg) == "wandb":
+            kwargs = {"dir": str(output), "mode": self.cfg.mode, "id": run_id, "resume": "allow",
+                      "entity": self.cfg.entity, "name": self.cfg.run_name, "tags": list(self.cfg.tags),
+                      "group": self.cfg.group}
+            accelerator.init_trackers(self.cfg.project, config=run_config, init_kwargs={"wandb": kwargs})
+        elif tracker_name(self.cfg) == "tensorboard":
+            accelerator.init_trackers(self.cfg.project, config=_flatten(run_config))
 
     def _drop_rows_after(self, step: int) -> None:
         """A resumed run logs the steps after its checkpoint again: drop the old copies first."""
@@ -44,11 +99,43 @@ class RunLog:
         self.metrics.write_text("".join(line + "\n" for line in kept))
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
-        if self.accelerator.is_main_process:
-            with self.metrics.open("a") as out:
-                out.write(json.dumps({"step": step, **values}) + "\n")
+        if not self.accelerator.is_main_process:
+            return
+        with self.metrics.open("a") as out:
+            out.write(json.dumps({"step": step, **values}) + "\n")
+        if tracker_name(self.cfg):
+            self.accelerator.log(values, step=step)
 
     def images(self, step: int, grids: dict[str, np.ndarray]) -> None:
-        if self.accelerator.is_main_process:
-            for name, grid in grids.items():
-                Image.fromarray(grid).save(self.samples / f"step_{step:07d}_{name}.png")
+        if not self.accelerator.is_main_process:
+            return
+        for name, grid in grids.items():
+            Image.fromarray(grid).save(self.samples / f"step_{step:07d}_{name}.png")
+        backend = tracker_name(self.cfg)
+        if backend == "wandb":
+            import wandb
+
+            images = {f"samples/{n}": wandb.Image(g, caption=GRID_CAPTIONS.get(n, n)) for n, g in grids.items()}
+            self.accelerator.get_tracker("wandb").log(images, step=step)
+        elif backend == "tensorboard":
+            tracker = self.accelerator.get_tracker("tensorboard")
+            tracker.log_images({f"samples/{n}": g for n, g in grids.items()}, step=step, dataformats="HWC")
+
+    def summary(self, values: dict[str, float]) -> None:
+        """Final metrics go to the W&B run summary (metrics.jsonl already has them as its last row)."""
+        if self.accelerator.is_main_process and tracker_name(self.cfg) == "wandb":
+            self.accelerator.get_tracker("wandb", unwrap=True).summary.update(values)
+
+
+def _flatten(values: dict, prefix: str = "") -> dict:
+    """TensorBoard's hparams take flat scalars and strings only."""
+    flat = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        elif isinstance(value, (int, float, str, bool)):
+            flat[name] = value
+        else:
+            flat[name] = str(value)
+    return flat

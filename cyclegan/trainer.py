@@ -26,7 +26,7 @@ from cyclegan.models import GeneratorSpec, NLayerDiscriminator, ResnetGenerator
 from cyclegan.pool import ImagePool
 from cyclegan.schedule import make_scheduler
 from cyclegan.step import Networks, Optimizers, Pools, StepLosses, train_step
-from cyclegan.tracking import RunLog, image_grid
+from cyclegan.tracking import RunLog, describe_run, image_grid, new_run_id, tracker_name
 
 
 @dataclass(frozen=True)
@@ -118,13 +118,15 @@ def fixed_test_images(sources: DataSources, cfg: RunConfig) -> tuple[torch.Tenso
 
 @torch.no_grad()
 def sample_grids(accelerator: Accelerator, nets: Networks, images: tuple[torch.Tensor, torch.Tensor]) -> dict:
-    """real | translated | reconstructed, for fixed test images of each domain."""
+    """real | translated | reconstructed | identity, for fixed test images of each domain."""
     g_ab, g_ba = accelerator.unwrap_model(nets.g_ab), accelerator.unwrap_model(nets.g_ba)
     real_a, real_b = (x.to(accelerator.device) for x in images)
     with accelerator.autocast():
         fake_b, fake_a = g_ab(real_a), g_ba(real_b)
-        grids = {"AtoB": image_grid([real_a, fake_b, g_ba(fake_b)]), "BtoA": image_grid([real_b, fake_a, g_ab(fake_a)])}
-    return grids
+        return {
+            "AtoB": image_grid([real_a, fake_b, g_ba(fake_b), g_ba(real_a)]),
+            "BtoA": image_grid([real_b, fake_a, g_ab(fake_a), g_ab(real_b)]),
+        }
 
 
 def weight_checksum(net: torch.nn.Module) -> str:
@@ -145,6 +147,8 @@ class Trainer:
         self.cfg = cfg
         ddp = DistributedDataParallelKwargs(gradient_as_bucket_view=True)
         self.acc = acc = Accelerator(
+            log_with=tracker_name(cfg.tracking),
+            project_dir=cfg.output_dir,
             mixed_precision=cfg.train.mixed_precision,
             gradient_accumulation_steps=cfg.train.grad_accum,
             step_scheduler_with_optimizer=False,  # stepped by hand, once per optimizer step
@@ -195,7 +199,11 @@ class Trainer:
             save_config(cfg, self.output / "config.yaml")
         self.resume()
         self.announce()
-        self.log = RunLog(acc, self.output, self.state.step)
+        if self.state.tracker_run_id is None and acc.is_main_process:
+            self.state.tracker_run_id = new_run_id()
+        run_config = describe_run(cfg, plan.world_size, plan.global_batch)
+        self.log = RunLog(acc, cfg, self.state.step, self.state.tracker_run_id, run_config)
+        self.last_values: dict[str, float] = {}
         self.grid_images = fixed_test_images(self.sources, cfg) if acc.is_main_process else None
         stream = UnpairedStream(self.sources, cfg.data, cfg.train.batch_size, plan.steps_per_epoch * cfg.train.grad_accum,
                                 cfg.seed, acc.process_index, acc.num_processes)
@@ -224,6 +232,7 @@ class Trainer:
             self.checkpoint()
         bar.close()
         self.check_ranks_agree()
+        self.log.summary({**self.last_values, "final_step": self.state.step})
         acc.print(f"done at step {self.state.step}; generators exported to {self.output / 'export'}")
         acc.end_training()
         return self.output
@@ -240,7 +249,10 @@ class Trainer:
             values["lr/g"] = self.schedulers["g"].get_last_lr()[0]
             values["lr/d"] = self.schedulers["d"].get_last_lr()[0]
             values["epoch"] = self.state.epoch
+            if torch.cuda.is_available():
+                values["perf/max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
             self.log.scalars(step, values)
+            self.last_values = values
             bar.set_postfix(g=f"{values['loss/adv_ab'] + values['loss/adv_ba']:.3f}",
                             d=f"{values['loss/d_a'] + values['loss/d_b']:.3f}",
                             img_s=f"{values['perf/images_per_s']:.1f}")
