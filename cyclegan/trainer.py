@@ -25,6 +25,7 @@ from cyclegan.images import normalize
 from cyclegan.models import GeneratorSpec, NLayerDiscriminator, ResnetGenerator
 from cyclegan.pool import ImagePool
 from cyclegan.schedule import make_scheduler
+from cyclegan.stopping import StopRequest
 from cyclegan.step import Networks, Optimizers, Pools, StepLosses, train_step
 from cyclegan.tracking import RunLog, describe_run, image_grid, new_run_id, tracker_name
 
@@ -174,6 +175,7 @@ class Trainer:
             fake_b=ImagePool(cfg.train.pool_size, mix_seed(cfg.seed, rank, "pool_b")),
         )
         self.state = TrainState(0, 0, acc.num_processes, cfg.data.num_workers, asdict(cfg.model))
+        self.stop = StopRequest(acc)
 
     def resume(self) -> None:
         if self.acc.is_main_process:
@@ -205,39 +207,46 @@ class Trainer:
         self.log = RunLog(acc, cfg, self.state.step, self.state.tracker_run_id, run_config)
         self.last_values: dict[str, float] = {}
         self.grid_images = fixed_test_images(self.sources, cfg) if acc.is_main_process else None
+        self.saved_at = self.state.step
+        self.loop()
+        if self.saved_at != self.state.step:
+            self.checkpoint()
+        self.check_ranks_agree()
+        self.log.summary({**self.last_values, "final_step": self.state.step})
+        if self.stop.requested:
+            acc.print(f"stopped at step {self.state.step} ({self.stop.requested}); "
+                      "the checkpoint is complete: run again with resume=auto to continue")
+        else:
+            acc.print(f"done at step {self.state.step}; generators exported to {self.output / 'export'}")
+        acc.end_training()
+        return self.output
+
+    def loop(self) -> None:
+        """Optimizer steps until max_steps, or until every rank agrees to stop early."""
+        cfg, acc, plan = self.cfg, self.acc, self.plan
         stream = UnpairedStream(self.sources, cfg.data, cfg.train.batch_size, plan.steps_per_epoch * cfg.train.grad_accum,
                                 cfg.seed, acc.process_index, acc.num_processes)
         loader = train_loader(stream, pin_memory=acc.device.type == "cuda")
         window = MetricWindow(acc.device)
-        bar = tqdm(total=plan.max_steps, initial=self.state.step, desc="train", unit="step",
-                   disable=not acc.is_main_process, dynamic_ncols=True)
-        saved_at = self.state.step
-        while self.state.step < plan.max_steps:
-            micro = self.state.step * cfg.train.grad_accum
-            per_epoch = plan.steps_per_epoch * cfg.train.grad_accum
-            self.state.epoch, offset = divmod(micro, per_epoch)
-            stream.set_epoch(self.state.epoch, offset)
-            waited = time.perf_counter()
-            for batch in loader:
-                wait = time.perf_counter() - waited
-                batch_on_device = {k: normalize(batch[k].to(acc.device, non_blocking=True)) for k in ("A", "B")}
-                result = train_step(acc, self.nets, self.opts, self.pools, batch_on_device, cfg.train)
-                window.add(result, int(batch["skipped"].sum()), wait)
-                if acc.sync_gradients:
-                    saved_at = self.after_step(window, bar, saved_at)
-                    if self.state.step >= plan.max_steps:
-                        break
+        with tqdm(total=plan.max_steps, initial=self.state.step, desc="train", unit="step",
+                  disable=not acc.is_main_process, dynamic_ncols=True) as bar:
+            while self.state.step < plan.max_steps:
+                self.state.epoch, offset = divmod(self.state.step * cfg.train.grad_accum,
+                                                  plan.steps_per_epoch * cfg.train.grad_accum)
+                stream.set_epoch(self.state.epoch, offset)
                 waited = time.perf_counter()
-        if saved_at != self.state.step:
-            self.checkpoint()
-        bar.close()
-        self.check_ranks_agree()
-        self.log.summary({**self.last_values, "final_step": self.state.step})
-        acc.print(f"done at step {self.state.step}; generators exported to {self.output / 'export'}")
-        acc.end_training()
-        return self.output
+                for batch in loader:
+                    wait = time.perf_counter() - waited
+                    on_device = {k: normalize(batch[k].to(acc.device, non_blocking=True)) for k in ("A", "B")}
+                    result = train_step(acc, self.nets, self.opts, self.pools, on_device, cfg.train)
+                    window.add(result, int(batch["skipped"].sum()), wait)
+                    if acc.sync_gradients:
+                        self.after_step(window, bar)
+                        if self.state.step >= plan.max_steps or self.stop.should_stop():
+                            return
+                    waited = time.perf_counter()
 
-    def after_step(self, window: MetricWindow, bar: tqdm, saved_at: int) -> int:
+    def after_step(self, window: MetricWindow, bar: tqdm) -> None:
         """Scheduler, logging, sample grids and checkpoints after each optimizer step."""
         for scheduler in self.schedulers.values():
             scheduler.step()
@@ -261,8 +270,6 @@ class Trainer:
             self.log.images(step, sample_grids(self.acc, self.nets, self.grid_images))
         if step % self.cfg.train.checkpoint_every == 0:
             self.checkpoint()
-            return step
-        return saved_at
 
     def check_ranks_agree(self) -> None:
         """Gather every rank's weight checksums, write them to checksums.json, fail if they differ.
@@ -279,5 +286,6 @@ class Trainer:
             raise RuntimeError(f"ranks hold different weights for {', '.join(differing)} at step {self.state.step}")
 
     def checkpoint(self) -> None:
+        self.saved_at = self.state.step
         save_checkpoint(self.acc, self.ckpt_root, self.state, self.nets, self.opts, self.schedulers, self.pools,
                         self.cfg.train.keep_checkpoints)

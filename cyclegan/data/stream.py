@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import random
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,6 +234,13 @@ def epoch_steps(sources: DataSources, global_batch: int) -> int:
     return max(1, math.ceil(max(sources.train_a.samples, sources.train_b.samples) / global_batch))
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """Loader workers leave stop signals to the training process, which shuts them down after
+    its checkpoint (a scheduler's SIGTERM reaches every process of the job)."""
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def train_loader(stream: UnpairedStream, pin_memory: bool = False) -> DataLoader:
     workers = stream.cfg.num_workers
     return DataLoader(
@@ -241,6 +249,7 @@ def train_loader(stream: UnpairedStream, pin_memory: bool = False) -> DataLoader
         num_workers=workers,
         pin_memory=pin_memory,
         prefetch_factor=4 if workers else None,
+        worker_init_fn=ignore_stop_signals,
         generator=torch.Generator(),  # keeps the loader's seed draws off the global RNG
     )
 
