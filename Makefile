@@ -26,7 +26,7 @@ demo: $(STAMP)
 		--input demo/folders/testB --output runs/demo/translated/BtoA
 	@echo
 	@echo "Demo finished. Results in runs/demo/:"
-	@echo "  samples/      sample grids (real | translated | reconstructed) during training"
+	@echo "  samples/      sample grids (real | translated | reconstructed | identity) during training"
 	@echo "  translated/   the test scenes translated A->B and B->A"
 	@echo "  export/       the trained generators (safetensors + architecture JSON)"
 	@echo "  checkpoints/  resumable checkpoints;  metrics.jsonl  the logged losses"
