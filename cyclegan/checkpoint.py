@@ -45,6 +45,7 @@ class TrainState:
     num_workers: int
     model: dict
     tracker_run_id: str | None = None
+    best: dict | None = None  # {"step", metric: value} of the best evaluation so far
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -137,20 +138,34 @@ def save_checkpoint(
     return final
 
 
+def _swap_in(staging: Path, target: Path) -> None:
+    """Replace `target` by the complete folder `staging`, by renames."""
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def publish_export(checkpoint: Path, export: Path) -> None:
-    """Refresh `OUTPUT/export/` with the checkpoint's generators, swapped in by rename."""
+    """Refresh `OUTPUT/export/` with the checkpoint's generators."""
     staging = export.with_name(f".{export.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     for name in ("g_ab", "g_ba"):
         for suffix in (".safetensors", ".json"):
             shutil.copy2(checkpoint / f"{name}{suffix}", staging / f"{name}{suffix}")
-    old = export.with_name(f".{export.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if export.exists():
-        export.rename(old)
-    staging.rename(export)
-    shutil.rmtree(old, ignore_errors=True)
+    _swap_in(staging, export)
+
+
+def keep_best(checkpoint: Path, best: Path, record: dict) -> None:
+    """Copy a complete checkpoint to `OUTPUT/best/`, with `best.json` saying why it is best."""
+    staging = best.with_name(f".{best.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(checkpoint, staging)
+    (staging / "best.json").write_text(json.dumps(record, indent=2) + "\n")
+    _swap_in(staging, best)
 
 
 def read_train_state(path: Path) -> TrainState:

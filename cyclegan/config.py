@@ -23,6 +23,7 @@ PREPROCESS = ("resize_and_crop", "crop", "scale_width_and_crop", "scale_shorter_
 PRECISIONS = ("no", "bf16", "fp16")
 BACKENDS = ("wandb", "tensorboard")
 TRACKING_MODES = ("online", "offline", "disabled")
+EVAL_METRICS = ("fid", "kid", "l1", "psnr", "ssim")
 
 
 @dataclass
@@ -103,9 +104,17 @@ class TrackingConfig:
 
 @dataclass
 class EvalConfig:
-    """Translation of the test split."""
+    """Scoring the test split during training (scripts/evaluate.py does it standalone)."""
 
-    batch_size: int = 8  # images per forward pass when translating test images
+    every: int = 0  # optimizer steps between evaluations; 0 turns them off
+    # the number that picks the checkpoint kept in best/: fid or kid (lower is better; need
+    # Inception weights), l1 (lower), psnr or ssim (higher; need a paired test split)
+    metric: str = "fid"
+    inception_weights: Optional[str] = None  # local FID Inception file; or CYCLEGAN_INCEPTION_WEIGHTS
+    batch_size: int = 8  # test images per forward pass
+    max_images: Optional[int] = None  # score only the first N test images per domain (None: all)
+    kid_subsets: int = 100  # KID is a mean over this many random subsets ...
+    kid_subset_size: int = 100  # ... of this size (capped by the test set: CycleGAN's hold 100-500)
 
 
 @dataclass
@@ -202,7 +211,12 @@ def validate(config: RunConfig) -> None:
         ("tracking.log_every", k.log_every >= 1, "must be at least 1"),
         ("tracking.image_every", k.image_every >= 1, "must be at least 1"),
         ("tracking.num_images", k.num_images >= 0, "must not be negative"),
+        ("eval.every", config.eval.every >= 0, "must not be negative"),
+        ("eval.metric", config.eval.metric in EVAL_METRICS, f"must be one of {', '.join(EVAL_METRICS)}"),
         ("eval.batch_size", config.eval.batch_size >= 1, "must be at least 1"),
+        ("eval.max_images", config.eval.max_images is None or config.eval.max_images >= 2, "must be at least 2"),
+        ("eval.kid_subsets", config.eval.kid_subsets >= 1, "must be at least 1"),
+        ("eval.kid_subset_size", config.eval.kid_subset_size >= 2, "must be at least 2"),
     ]
     for key, ok, message in checks:
         if not ok:

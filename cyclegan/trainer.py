@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,9 +19,11 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import gather_object, set_seed
 from tqdm import tqdm
 
-from cyclegan.checkpoint import NET_NAMES, TrainState, clean_partial, find_resume_point, load_checkpoint, save_checkpoint
+from cyclegan.checkpoint import NET_NAMES, TrainState, keep_best, step_dir, clean_partial, find_resume_point, load_checkpoint, save_checkpoint
 from cyclegan.config import RunConfig, save_config
 from cyclegan.data.stream import DataSources, UnpairedStream, epoch_steps, find_sources, mix_seed, iter_test_images, train_loader
+from cyclegan.errors import UserError
+from cyclegan.evaluation import INCEPTION_ENV, LOWER_IS_BETTER, Evaluator, headline, load_inception, load_test_split
 from cyclegan.images import normalize
 from cyclegan.models import GeneratorSpec, NLayerDiscriminator, ResnetGenerator
 from cyclegan.pool import ImagePool
@@ -138,6 +141,20 @@ def weight_checksum(net: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def make_evaluator(accelerator: Accelerator, cfg: RunConfig, sources: DataSources) -> Evaluator:
+    """In-training evaluation: FID/KID when Inception weights are at hand, paired metrics always."""
+    e = cfg.eval
+    wanted = e.metric in ("fid", "kid")
+    have_weights = bool(e.inception_weights or os.environ.get(INCEPTION_ENV))
+    features = load_inception(e.inception_weights) if wanted or have_weights else None
+    split = load_test_split(sources, cfg.data.crop_size, accelerator.process_index, accelerator.num_processes,
+                            e.max_images)
+    evaluator = Evaluator(accelerator, split, features, e.batch_size, e.kid_subsets, e.kid_subset_size)
+    if e.metric in ("l1", "psnr", "ssim") and not evaluator.paired:
+        raise UserError(f"eval.metric={e.metric} needs a paired test split (the same names in test A and B)")
+    return evaluator
+
+
 def train(cfg: RunConfig) -> Path:
     """Train as configured; return the run folder."""
     return Trainer(cfg).run()
@@ -176,6 +193,7 @@ class Trainer:
         )
         self.state = TrainState(0, 0, acc.num_processes, cfg.data.num_workers, asdict(cfg.model))
         self.stop = StopRequest(acc)
+        self.evaluator = make_evaluator(acc, cfg, self.sources) if cfg.eval.every else None
 
     def resume(self) -> None:
         if self.acc.is_main_process:
@@ -268,8 +286,25 @@ class Trainer:
             window.reset()
         if self.grid_images is not None and (step % track.image_every == 0 or step == self.plan.max_steps):
             self.log.images(step, sample_grids(self.acc, self.nets, self.grid_images))
-        if step % self.cfg.train.checkpoint_every == 0:
+        if self.evaluator is not None and (step % self.cfg.eval.every == 0 or step == self.plan.max_steps):
+            self.evaluate()
+        if step % self.cfg.train.checkpoint_every == 0 and self.saved_at != step:
             self.checkpoint()
+
+    def evaluate(self) -> None:
+        """Score the test split; a new best is checkpointed and copied to best/."""
+        acc, step, metric = self.acc, self.state.step, self.cfg.eval.metric
+        results = self.evaluator(acc.unwrap_model(self.nets.g_ab), acc.unwrap_model(self.nets.g_ba))
+        self.log.scalars(step, {f"eval/{k}": v for k, v in results.items()})
+        score = headline(results, metric)
+        previous = self.state.best[metric] if self.state.best else None
+        if previous is None or (score < previous if LOWER_IS_BETTER[metric] else score > previous):
+            self.state.best = {"step": step, metric: score}
+            if self.saved_at != step:
+                self.checkpoint()
+            if acc.is_main_process:
+                keep_best(step_dir(self.ckpt_root, step), self.output / "best", {**self.state.best, "results": results})
+            acc.wait_for_everyone()
 
     def check_ranks_agree(self) -> None:
         """Gather every rank's weight checksums, write them to checksums.json, fail if they differ.

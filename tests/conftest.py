@@ -113,3 +113,20 @@ def make_image_zoo(folder: Path) -> dict[str, str]:
     (folder / "truncated.jpg").write_bytes(good[: len(good) // 3])
     (folder / "not_an_image.png").write_text("this is text")
     return {"good": 11, "bad": 3}
+
+
+@pytest.fixture(scope="session")
+def inception_weights(tmp_path_factory) -> Path:
+    """A weights file with the layout of the FID Inception network but random values: the real
+    code path (file, loading, 2048 features) without downloading the real weights."""
+    import torch
+    import torch_fidelity.feature_extractor_inceptionv3 as inception
+
+    path = tmp_path_factory.mktemp("inception") / "random-inception.pth"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(inception, "load_state_dict_from_url", lambda *args, **kwargs: {})
+        patch.setattr(inception.FeatureExtractorInceptionV3, "load_state_dict", lambda *args, **kwargs: None)
+        torch.manual_seed(0)
+        net = inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    torch.save(net.state_dict(), path)
+    return path

@@ -1,7 +1,9 @@
 """A real single-node Slurm for the tests: installed when missing, started, stopped afterwards.
 
 Debian's slurmctld, slurmd, slurm-client and munge; a throwaway config in a temporary
-folder (state, spool, pid and log files there too); munged as the munge user.
+folder (state, spool, pid and log files there too); munged as the munge user. Job
+credentials expire after 10 s instead of 120 s: Slurm holds a requeued job back until its
+old credential has expired, and the preemption test should not wait two minutes.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def write_config(folder: Path) -> Path:
     conf.write_text(f"""ClusterName=local
 SlurmctldHost=localhost
 AuthType=auth/munge
+AuthInfo=cred_expire=10
 SlurmUser=root
 SlurmdUser=root
 ProctrackType=proctrack/linuxproc

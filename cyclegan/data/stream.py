@@ -255,20 +255,16 @@ def train_loader(stream: UnpairedStream, pin_memory: bool = False) -> DataLoader
 
 
 def iter_test_images(shards: ShardSet, size: int, rank: int = 0, world_size: int = 1, limit: int | None = None):
-    """(key, [-1, 1] tensor) for this rank's share of a test split, in shard order."""
-    taken = 0
-    position = 0
-    for _, sample in raw_samples(shards.urls):
-        if limit is not None and taken >= limit:
+    """(key, [-1, 1] tensor) for this rank's share of the first `limit` samples of a test
+    split, in shard order: rank r takes positions r, r + world_size, ..."""
+    for position, (_, sample) in enumerate(raw_samples(shards.urls)):
+        if limit is not None and position >= limit:
             return
-        mine = position % world_size == rank
-        position += 1
-        if not mine:
+        if position % world_size != rank:
             continue
         try:
             image = decode(sample)
         except ImageDecodeError as err:
             log.warning("skipping corrupt test sample: %s", err)
             continue
-        taken += 1
         yield sample["__key__"], to_tensor(test_transform(image, size))

@@ -1,0 +1,210 @@
+"""How good the translations are: FID and KID against real target-domain images, and L1,
+PSNR and SSIM against ground truth where the test split is paired.
+
+Features come from the standard FID Inception network (torch-fidelity's port of the
+TensorFlow graph, through torchmetrics), loaded from a local file; FID and KID are
+torchmetrics' own computations, fed with features computed once per image. Each rank
+translates its share of the test set and torchmetrics gathers the statistics, so any
+number of ranks gives the numbers of one. Nothing here draws from the training RNG.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from torch import nn
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+
+from cyclegan.data.stream import DataSources, iter_test_images
+from cyclegan.data.transforms import test_transform
+from cyclegan.errors import UserError
+from cyclegan.images import ImageDecodeError, list_images, open_image, to_rgb, to_tensor, to_uint8
+from cyclegan.models.loading import read_state_dict
+
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
+INCEPTION_ENV = "CYCLEGAN_INCEPTION_WEIGHTS"
+LOWER_IS_BETTER = {"fid": True, "kid": True, "l1": True, "psnr": False, "ssim": False}
+
+
+def load_inception(path: str | None) -> nn.Module:
+    """The FID Inception network from a local weights file; never downloads."""
+    path = path or os.environ.get(INCEPTION_ENV)
+    if not path or not Path(path).is_file():
+        where = f"{path} does not exist. " if path else ""
+        raise UserError(
+            f"FID and KID need the Inception weights file {INCEPTION_FILE}. {where}Fetch it from {INCEPTION_URL} "
+            f"and pass its path with --inception-weights (eval.inception_weights in training) or {INCEPTION_ENV}."
+        )
+    read_state_dict(path)  # refuses anything but plain tensors before torch-fidelity unpickles it
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    return NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
+                              feature_extractor_weights_path=str(path), antialias=False)
+
+
+class Precomputed(nn.Module):
+    """Hands features computed elsewhere to the torchmetrics FID and KID objects."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+@dataclass
+class EvalSplit:
+    """This rank's share of the test images: keys and [-1, 1] tensors, per domain."""
+
+    keys_a: list[str]
+    images_a: list[torch.Tensor]
+    keys_b: list[str]
+    images_b: list[torch.Tensor]
+
+
+def _folder_images(folder: Path, size: int, rank: int, world_size: int, limit: int | None):
+    for position, path in enumerate(list_images(folder)[:limit]):
+        if position % world_size == rank:
+            try:
+                image = to_rgb(open_image(path))[0]
+            except ImageDecodeError:
+                continue
+            yield path.relative_to(folder).with_suffix("").as_posix().replace(".", "_"), to_tensor(test_transform(image, size))
+
+
+def load_test_split(source: DataSources | Path, size: int, rank: int = 0, world_size: int = 1,
+                    limit: int | None = None) -> EvalSplit:
+    """From shards (the manifest's test split) or a folder with testA/ and testB/; the first
+    `limit` images of each domain, or all."""
+    if isinstance(source, Path):
+        pairs = [list(_folder_images(source / f"test{d}", size, rank, world_size, limit)) for d in "AB"]
+    else:
+        if not (source.test_a and source.test_b):
+            raise UserError("the data has no test split (test/A and test/B): nothing to evaluate on")
+        pairs = [list(iter_test_images(s, size, rank, world_size, limit)) for s in (source.test_a, source.test_b)]
+    (keys_a, images_a), (keys_b, images_b) = ([list(x) for x in zip(*p)] if p else ([], []) for p in pairs)
+    return EvalSplit(keys_a, images_a, keys_b, images_b)
+
+
+class Evaluator:
+    """Translates the test split both ways and scores it; real-image features are cached."""
+
+    def __init__(self, accelerator: Accelerator, split: EvalSplit, features: nn.Module | None,
+                 batch_size: int = 8, kid_subsets: int = 100, kid_subset_size: int = 100) -> None:
+        self.acc, self.split, self.batch_size = accelerator, split, batch_size
+        self.features = features.to(accelerator.device).eval() if features is not None else None
+        self.kid_subsets, self.kid_subset_size = kid_subsets, kid_subset_size
+        self.real_features: dict[str, torch.Tensor] = {}
+        local_paired = split.keys_a == split.keys_b and len(split.keys_a) > 0
+        self.paired = bool(accelerator.reduce(torch.tensor([float(not local_paired)], device=accelerator.device),
+                                              "sum").item() == 0)
+
+    @torch.no_grad()
+    def _translate(self, net: nn.Module, images: list[torch.Tensor]) -> torch.Tensor:
+        """uint8 translations, as a user would save them."""
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            batch = torch.stack(images[start:start + self.batch_size]).to(self.acc.device)
+            with self.acc.autocast():
+                out.append(to_uint8(net(batch)))
+        return torch.cat(out) if out else torch.zeros(0, 3, 1, 1, dtype=torch.uint8, device=self.acc.device)
+
+    @torch.no_grad()
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
+        chunks = [self.features(images[i:i + self.batch_size]) for i in range(0, len(images), self.batch_size)]
+        return torch.cat(chunks).double() if chunks else torch.zeros(0, 1, dtype=torch.float64, device=self.acc.device)
+
+    def __call__(self, g_ab: nn.Module, g_ba: nn.Module) -> dict[str, float]:
+        results: dict[str, float] = {}
+        s = self.split
+        for name, net, source, target in (("AtoB", g_ab, s.images_a, s.images_b), ("BtoA", g_ba, s.images_b, s.images_a)):
+            was_training = net.training
+            net.eval()
+            fake = self._translate(net, source)
+            net.train(was_training)
+            if self.features is not None:
+                results.update(self._distribution_metrics(name, fake, target))
+            if self.paired:
+                results.update(self._paired_metrics(name, fake, target))
+        return results
+
+    def _gathered(self, features: torch.Tensor) -> torch.Tensor:
+        """Every rank's features, in test-set order (rank r holds positions r, r + world, ...)."""
+        world = self.acc.num_processes
+        parts = gather_object([features.cpu()]) if world > 1 else [features.cpu()]
+        total = sum(len(p) for p in parts)
+        ordered = torch.empty(total, features.shape[1], dtype=features.dtype)
+        for rank, part in enumerate(parts):
+            ordered[rank::world] = part
+        return ordered
+
+    def _distribution_metrics(self, name: str, fake: torch.Tensor, target: list[torch.Tensor]) -> dict[str, float]:
+        if name not in self.real_features:
+            self.real_features[name] = self._gathered(self._features(to_uint8(torch.stack(target).to(self.acc.device))))
+        real, fake_f = self.real_features[name], self._gathered(self._features(fake))
+        # Every rank now holds all features and computes the same numbers: no further sync.
+        dim = real.shape[1]
+        fid = FrechetInceptionDistance(feature=Precomputed(dim), sync_on_compute=False)
+        fid.update(real, real=True)
+        fid.update(fake_f, real=False)
+        size = min(self.kid_subset_size, len(real), len(fake_f))
+        kid = KernelInceptionDistance(feature=Precomputed(dim), subsets=self.kid_subsets, subset_size=size,
+                                      sync_on_compute=False)
+        kid.update(real, real=True)
+        kid.update(fake_f, real=False)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # KID's subsets: the same every time, and the training RNG untouched
+            kid_mean, kid_std = kid.compute()
+        return {f"{name}/fid": fid.compute().item(), f"{name}/kid": kid_mean.item(), f"{name}/kid_std": kid_std.item()}
+
+    def _paired_metrics(self, name: str, fake: torch.Tensor, target: list[torch.Tensor]) -> dict[str, float]:
+        preds = fake.float() / 255.0
+        truth = to_uint8(torch.stack(target).to(self.acc.device)).float() / 255.0
+        l1 = (preds - truth).abs().mean(dim=(1, 2, 3))
+        psnr = peak_signal_noise_ratio(preds, truth, data_range=1.0, reduction="none", dim=(1, 2, 3))
+        ssim = structural_similarity_index_measure(preds, truth, data_range=1.0, reduction="none")
+        sums = torch.stack([l1.sum(), psnr.sum(), ssim.sum(), torch.tensor(float(len(preds)), device=preds.device)])
+        l1_sum, psnr_sum, ssim_sum, count = self.acc.reduce(sums.double(), "sum").tolist()
+        return {f"{name}/l1": l1_sum / count, f"{name}/psnr": psnr_sum / count, f"{name}/ssim": ssim_sum / count}
+
+
+def headline(results: dict[str, float], metric: str) -> float:
+    """The number `eval.metric` names, averaged over both directions."""
+    values = [v for k, v in results.items() if k.endswith(f"/{metric}")]
+    if not values:
+        raise UserError(f"eval.metric={metric} was not computed (FID and KID need Inception weights; "
+                        "l1, psnr and ssim need a paired test split)")
+    return sum(values) / len(values)
+
+
+def format_table(results: dict[str, float]) -> str:
+    metrics = sorted({k.split("/", 1)[1] for k in results})
+    lines = ["direction  " + "  ".join(f"{m:>9}" for m in metrics)]
+    for direction in ("AtoB", "BtoA"):
+        cells = [f"{results[f'{direction}/{m}']:9.4f}" if f"{direction}/{m}" in results else f"{'-':>9}" for m in metrics]
+        lines.append(f"{direction:<9}  " + "  ".join(cells))
+    return "\n".join(lines)
+
+
+def load_generator_pair(path: Path) -> tuple[nn.Module, nn.Module]:
+    """(g_ab, g_ba) from a run folder, an export or checkpoint folder, or a folder of official
+    `latest_net_G_A.pth` and `latest_net_G_B.pth`."""
+    from cyclegan.models import load_generator
+
+    if (path / "export").is_dir():
+        path = path / "export"
+    if (path / "latest_net_G_A.pth").is_file():
+        return load_generator(path / "latest_net_G_A.pth"), load_generator(path / "latest_net_G_B.pth")
+    if (path / "g_ab.safetensors").is_file():
+        return load_generator(path, direction="AtoB"), load_generator(path, direction="BtoA")
+    raise UserError(f"{path} holds no generators: give a run folder, an export or checkpoint folder, "
+                    "or a folder with the official latest_net_G_A.pth and latest_net_G_B.pth")
