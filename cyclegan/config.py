@@ -24,6 +24,7 @@ PRECISIONS = ("no", "bf16", "fp16")
 BACKENDS = ("wandb", "tensorboard")
 TRACKING_MODES = ("online", "offline", "disabled")
 EVAL_METRICS = ("fid", "kid", "l1", "psnr", "ssim")
+ADAM_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for_loop")
 
 
 @dataclass
@@ -87,6 +88,16 @@ class TrainConfig:
 
 
 @dataclass
+class PerfConfig:
+    """Speed switches; docs/benchmarks.md measures each."""
+
+    channels_last: bool = False  # NHWC layout for the four networks and the batches (pays with bf16 on GPUs)
+    compile: bool = False  # torch.compile each network: faster steps after minutes of compiling
+    adam: str = "auto"  # auto (fused on CUDA, foreach elsewhere), fused, foreach or for_loop
+    cudnn_benchmark: bool = True  # let cuDNN time its kernels once; shapes are fixed during training
+
+
+@dataclass
 class TrackingConfig:
     """Where metrics and sample grids go, and how often."""
 
@@ -127,6 +138,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -206,6 +218,7 @@ def validate(config: RunConfig) -> None:
         ("train.grad_clip", t.grad_clip >= 0, "must not be negative"),
         ("train.checkpoint_every", t.checkpoint_every >= 1, "must be at least 1"),
         ("train.keep_checkpoints", t.keep_checkpoints >= 1, "must be at least 1"),
+        ("perf.adam", config.perf.adam in ADAM_IMPLEMENTATIONS, f"must be one of {', '.join(ADAM_IMPLEMENTATIONS)}"),
         ("tracking.backend", k.backend in BACKENDS, f"must be one of {', '.join(BACKENDS)}"),
         ("tracking.mode", k.mode in TRACKING_MODES, f"must be one of {', '.join(TRACKING_MODES)}"),
         ("tracking.log_every", k.log_every >= 1, "must be at least 1"),

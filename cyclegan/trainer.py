@@ -7,70 +7,34 @@ schedule and name the data order. Nothing reads a device value except at logging
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
-import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, DistributedDataParallelKwargs
-from accelerate.utils import gather_object, set_seed
+from accelerate import Accelerator
+from accelerate.utils import gather_object
 from tqdm import tqdm
 
-from cyclegan.checkpoint import NET_NAMES, TrainState, keep_best, step_dir, clean_partial, find_resume_point, load_checkpoint, save_checkpoint
+from cyclegan.build import batch_to_device, build_training, make_accelerator, make_evaluator, make_plan
+from cyclegan.checkpoint import (
+    NET_NAMES,
+    TrainState,
+    clean_partial,
+    find_resume_point,
+    keep_best,
+    load_checkpoint,
+    save_checkpoint,
+    step_dir,
+)
 from cyclegan.config import RunConfig, save_config
-from cyclegan.data.stream import DataSources, UnpairedStream, epoch_steps, find_sources, mix_seed, iter_test_images, train_loader
-from cyclegan.errors import UserError
-from cyclegan.evaluation import INCEPTION_ENV, LOWER_IS_BETTER, Evaluator, headline, load_inception, load_test_split
-from cyclegan.images import normalize
-from cyclegan.models import GeneratorSpec, NLayerDiscriminator, ResnetGenerator
-from cyclegan.pool import ImagePool
+from cyclegan.data.stream import DataSources, UnpairedStream, find_sources, iter_test_images, train_loader
+from cyclegan.evaluation import LOWER_IS_BETTER, headline
 from cyclegan.schedule import make_scheduler
+from cyclegan.step import Networks, StepLosses, train_step
 from cyclegan.stopping import StopRequest
-from cyclegan.step import Networks, Optimizers, Pools, StepLosses, train_step
 from cyclegan.tracking import RunLog, describe_run, image_grid, new_run_id, tracker_name
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The numbers a run is sized by, derived from the config, the data and the world size."""
-
-    world_size: int
-    global_batch: int
-    steps_per_epoch: int
-    total_steps: int
-    max_steps: int
-
-
-def make_plan(cfg: RunConfig, sources: DataSources, world_size: int) -> Plan:
-    t = cfg.train
-    global_batch = t.batch_size * t.grad_accum * world_size
-    per_epoch = epoch_steps(sources, global_batch)
-    total = (t.epochs + t.decay_epochs) * per_epoch
-    return Plan(world_size, global_batch, per_epoch, total, min(t.max_steps or total, total))
-
-
-def build_networks(cfg: RunConfig) -> Networks:
-    m = cfg.model
-    spec = GeneratorSpec(ngf=m.ngf, n_blocks=m.n_blocks, norm=m.norm, dropout=m.dropout)
-    return Networks(
-        g_ab=ResnetGenerator(spec, m.init_gain),
-        g_ba=ResnetGenerator(spec, m.init_gain),
-        d_a=NLayerDiscriminator(3, m.ndf, m.n_layers_d, m.norm, m.init_gain),
-        d_b=NLayerDiscriminator(3, m.ndf, m.n_layers_d, m.norm, m.init_gain),
-    )
-
-
-def build_optimizers(nets: Networks, cfg: RunConfig) -> Optimizers:
-    t = cfg.train
-
-    def adam(*modules: torch.nn.Module) -> torch.optim.Adam:
-        params = itertools.chain(*(m.parameters() for m in modules))
-        return torch.optim.Adam(params, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.adam_eps)
-
-    return Optimizers(g=adam(nets.g_ab, nets.g_ba), d=adam(nets.d_a, nets.d_b))
 
 
 class MetricWindow:
@@ -141,20 +105,6 @@ def weight_checksum(net: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def make_evaluator(accelerator: Accelerator, cfg: RunConfig, sources: DataSources) -> Evaluator:
-    """In-training evaluation: FID/KID when Inception weights are at hand, paired metrics always."""
-    e = cfg.eval
-    wanted = e.metric in ("fid", "kid")
-    have_weights = bool(e.inception_weights or os.environ.get(INCEPTION_ENV))
-    features = load_inception(e.inception_weights) if wanted or have_weights else None
-    split = load_test_split(sources, cfg.data.crop_size, accelerator.process_index, accelerator.num_processes,
-                            e.max_images)
-    evaluator = Evaluator(accelerator, split, features, e.batch_size, e.kid_subsets, e.kid_subset_size)
-    if e.metric in ("l1", "psnr", "ssim") and not evaluator.paired:
-        raise UserError(f"eval.metric={e.metric} needs a paired test split (the same names in test A and B)")
-    return evaluator
-
-
 def train(cfg: RunConfig) -> Path:
     """Train as configured; return the run folder."""
     return Trainer(cfg).run()
@@ -163,34 +113,17 @@ def train(cfg: RunConfig) -> Path:
 class Trainer:
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
-        ddp = DistributedDataParallelKwargs(gradient_as_bucket_view=True)
-        self.acc = acc = Accelerator(
-            log_with=tracker_name(cfg.tracking),
-            project_dir=cfg.output_dir,
-            mixed_precision=cfg.train.mixed_precision,
-            gradient_accumulation_steps=cfg.train.grad_accum,
-            step_scheduler_with_optimizer=False,  # stepped by hand, once per optimizer step
-            kwargs_handlers=[ddp],
-        )
-        set_seed(cfg.seed)
+        self.acc = acc = make_accelerator(cfg, log_with=tracker_name(cfg.tracking))
         self.sources = find_sources(cfg.data)
         self.plan = make_plan(cfg, self.sources, acc.num_processes)
         self.output = Path(cfg.output_dir)
         self.ckpt_root = self.output / "checkpoints"
-        nets = build_networks(cfg)
-        opts = build_optimizers(nets, cfg)
-        prepared = acc.prepare(nets.g_ab, nets.g_ba, nets.d_a, nets.d_b, opts.g, opts.d)
-        self.nets, self.opts = Networks(*prepared[:4]), Optimizers(*prepared[4:])
+        self.nets, self.opts, self.pools = build_training(acc, cfg)
         p = self.plan
         self.schedulers = {
             "g": make_scheduler(self.opts.g.optimizer, p.steps_per_epoch, cfg.train.epochs, cfg.train.decay_epochs),
             "d": make_scheduler(self.opts.d.optimizer, p.steps_per_epoch, cfg.train.epochs, cfg.train.decay_epochs),
         }
-        rank = acc.process_index
-        self.pools = Pools(
-            fake_a=ImagePool(cfg.train.pool_size, mix_seed(cfg.seed, rank, "pool_a")),
-            fake_b=ImagePool(cfg.train.pool_size, mix_seed(cfg.seed, rank, "pool_b")),
-        )
         self.state = TrainState(0, 0, acc.num_processes, cfg.data.num_workers, asdict(cfg.model))
         self.stop = StopRequest(acc)
         self.evaluator = make_evaluator(acc, cfg, self.sources) if cfg.eval.every else None
@@ -255,7 +188,7 @@ class Trainer:
                 waited = time.perf_counter()
                 for batch in loader:
                     wait = time.perf_counter() - waited
-                    on_device = {k: normalize(batch[k].to(acc.device, non_blocking=True)) for k in ("A", "B")}
+                    on_device = batch_to_device(batch, acc.device, cfg.perf.channels_last)
                     result = train_step(acc, self.nets, self.opts, self.pools, on_device, cfg.train)
                     window.add(result, int(batch["skipped"].sum()), wait)
                     if acc.sync_gradients:

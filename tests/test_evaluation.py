@@ -11,7 +11,7 @@ from accelerate import Accelerator
 from torch import nn
 
 from cyclegan.errors import UserError
-from cyclegan.evaluation import Evaluator, EvalSplit, load_inception
+from cyclegan.evaluation import EvalSplit, Evaluator, load_inception
 from cyclegan.images import to_uint8
 from cyclegan.models import GeneratorSpec, ResnetGenerator
 from cyclegan.models.loading import export_generator

@@ -1,0 +1,122 @@
+"""Everything a run is built from: the Accelerator, the networks with their speed switches,
+optimizers, image pools, the run's size, and the in-training evaluator. Shared by the
+training loop and the benchmark, so that both run exactly the same step.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass
+
+import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.utils import set_seed
+
+from cyclegan.config import RunConfig
+from cyclegan.data.stream import DataSources, epoch_steps, mix_seed
+from cyclegan.errors import UserError
+from cyclegan.evaluation import INCEPTION_ENV, Evaluator, load_inception, load_test_split
+from cyclegan.images import normalize
+from cyclegan.models import GeneratorSpec, NLayerDiscriminator, ResnetGenerator
+from cyclegan.pool import ImagePool
+from cyclegan.step import Networks, Optimizers, Pools
+
+
+def make_accelerator(cfg: RunConfig, log_with: str | None = None) -> Accelerator:
+    """The run's Accelerator, seeded: every rank starts from the same weights."""
+    ddp = DistributedDataParallelKwargs(gradient_as_bucket_view=True)
+    accelerator = Accelerator(
+        log_with=log_with,
+        project_dir=cfg.output_dir,
+        mixed_precision=cfg.train.mixed_precision,
+        gradient_accumulation_steps=cfg.train.grad_accum,
+        step_scheduler_with_optimizer=False,  # stepped by hand, once per optimizer step
+        kwargs_handlers=[ddp],
+    )
+    if accelerator.device.type == "cuda":
+        torch.backends.cudnn.benchmark = cfg.perf.cudnn_benchmark
+    set_seed(cfg.seed)
+    return accelerator
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The numbers a run is sized by, derived from the config, the data and the world size."""
+
+    world_size: int
+    global_batch: int
+    steps_per_epoch: int
+    total_steps: int
+    max_steps: int
+
+
+def make_plan(cfg: RunConfig, sources: DataSources, world_size: int) -> Plan:
+    t = cfg.train
+    global_batch = t.batch_size * t.grad_accum * world_size
+    per_epoch = epoch_steps(sources, global_batch)
+    total = (t.epochs + t.decay_epochs) * per_epoch
+    return Plan(world_size, global_batch, per_epoch, total, min(t.max_steps or total, total))
+
+
+def build_networks(cfg: RunConfig) -> Networks:
+    m = cfg.model
+    spec = GeneratorSpec(ngf=m.ngf, n_blocks=m.n_blocks, norm=m.norm, dropout=m.dropout)
+    return Networks(
+        g_ab=ResnetGenerator(spec, m.init_gain),
+        g_ba=ResnetGenerator(spec, m.init_gain),
+        d_a=NLayerDiscriminator(3, m.ndf, m.n_layers_d, m.norm, m.init_gain),
+        d_b=NLayerDiscriminator(3, m.ndf, m.n_layers_d, m.norm, m.init_gain),
+    )
+
+
+def build_optimizers(nets: Networks, cfg: RunConfig, device: torch.device) -> Optimizers:
+    """One Adam over both generators, one over both discriminators."""
+    t, impl = cfg.train, cfg.perf.adam
+    if impl == "auto":
+        impl = "fused" if device.type == "cuda" else "foreach"
+    flags = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False}}[impl]
+
+    def adam(*modules: torch.nn.Module) -> torch.optim.Adam:
+        params = itertools.chain(*(m.parameters() for m in modules))
+        return torch.optim.Adam(params, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.adam_eps, **flags)
+
+    return Optimizers(g=adam(nets.g_ab, nets.g_ba), d=adam(nets.d_a, nets.d_b))
+
+
+def build_training(accelerator: Accelerator, cfg: RunConfig) -> tuple[Networks, Optimizers, Pools]:
+    """Networks (channels_last and compiled if asked) and optimizers, prepared; this rank's pools."""
+    nets = build_networks(cfg)
+    for net in (nets.g_ab, nets.g_ba, nets.d_a, nets.d_b):
+        if cfg.perf.channels_last:
+            net.to(memory_format=torch.channels_last)
+        if cfg.perf.compile:
+            net.compile()  # in place: the state_dict keys stay the official ones
+    opts = build_optimizers(nets, cfg, accelerator.device)
+    prepared = accelerator.prepare(nets.g_ab, nets.g_ba, nets.d_a, nets.d_b, opts.g, opts.d)
+    rank = accelerator.process_index
+    pools = Pools(
+        fake_a=ImagePool(cfg.train.pool_size, mix_seed(cfg.seed, rank, "pool_a")),
+        fake_b=ImagePool(cfg.train.pool_size, mix_seed(cfg.seed, rank, "pool_b")),
+    )
+    return Networks(*prepared[:4]), Optimizers(*prepared[4:]), pools
+
+
+def batch_to_device(batch: dict, device: torch.device, channels_last: bool) -> dict[str, torch.Tensor]:
+    """uint8 batches from the loader -> [-1, 1] floats on the device, in the networks' layout."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    return {k: normalize(batch[k].to(device, non_blocking=True)).contiguous(memory_format=layout) for k in ("A", "B")}
+
+
+def make_evaluator(accelerator: Accelerator, cfg: RunConfig, sources: DataSources) -> Evaluator:
+    """In-training evaluation: FID/KID when Inception weights are at hand, paired metrics always."""
+    e = cfg.eval
+    wanted = e.metric in ("fid", "kid")
+    have_weights = bool(e.inception_weights or os.environ.get(INCEPTION_ENV))
+    features = load_inception(e.inception_weights) if wanted or have_weights else None
+    split = load_test_split(sources, cfg.data.crop_size, accelerator.process_index, accelerator.num_processes,
+                            e.max_images)
+    evaluator = Evaluator(accelerator, split, features, e.batch_size, e.kid_subsets, e.kid_subset_size)
+    if e.metric in ("l1", "psnr", "ssim") and not evaluator.paired:
+        raise UserError(f"eval.metric={e.metric} needs a paired test split (the same names in test A and B)")
+    return evaluator
