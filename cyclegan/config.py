@@ -167,6 +167,8 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
         config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise ConfigError(_describe(err, path)) from None
+    if config.train.mixed_precision == "False":  # YAML reads an unquoted `no` as false
+        config.train.mixed_precision = "no"
     validate(config)
     return config
 

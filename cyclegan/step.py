@@ -14,6 +14,7 @@ other way round (its D_A judges B).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import torch
@@ -79,8 +80,10 @@ def set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
 
 
 def train_step(
-    accelerator: Accelerator, nets: Networks, opts: Optimizers, pools: Pools, batch: dict, cfg: TrainConfig
+    accelerator: Accelerator, nets: Networks, opts: Optimizers, pools: Pools, batch: dict, cfg: TrainConfig,
+    mark: Callable[[str], None] = lambda phase: None,
 ) -> StepResult:
+    """One micro-step; `mark(phase)` is called as each phase ends (the benchmark times them)."""
     real_a, real_b = batch["A"], batch["B"]
     g_ab, g_ba, d_a, d_b = nets.g_ab, nets.g_ba, nets.d_a, nets.d_b
     lambda_idt = cfg.lambda_cycle * cfg.lambda_identity
@@ -101,9 +104,11 @@ def train_step(
         cycle_a = cycle_loss(rec_a, real_a) * cfg.lambda_cycle
         cycle_b = cycle_loss(rec_b, real_b) * cfg.lambda_cycle
         accelerator.backward(adv_ab + adv_ba + cycle_a + cycle_b + idt_a + idt_b)
+        mark("generators")
         grad_norm_g = clip_and_measure(accelerator, opts.g, cfg.grad_clip)
         opts.g.step()
         opts.g.zero_grad(set_to_none=True)
+        mark("optimizers")
         set_requires_grad([d_a, d_b], True)
 
         # 3. discriminators: real vs pooled fake, half weight each, one backward per discriminator
@@ -115,9 +120,11 @@ def train_step(
         loss_d_a = 0.5 * (adversarial_loss(d_a(real_a), True, cfg.gan_mode)
                           + adversarial_loss(d_a(pooled_a), False, cfg.gan_mode))
         accelerator.backward(loss_d_a)
+        mark("discriminators")
         grad_norm_d = clip_and_measure(accelerator, opts.d, cfg.grad_clip)
         opts.d.step()
         opts.d.zero_grad(set_to_none=True)
+        mark("optimizers")
 
     terms = (adv_ab, adv_ba, cycle_a, cycle_b, idt_a, idt_b, loss_d_a, loss_d_b)
     return StepResult(StepLosses(*(t.detach() for t in terms)), grad_norm_g, grad_norm_d)

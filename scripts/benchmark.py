@@ -1,17 +1,21 @@
 """Benchmarks; results go to docs/benchmarks.md.
 
     python scripts/benchmark.py loader --workdir /tmp/bench --workers 0 1 2
+    python scripts/benchmark.py step --size 256 --batch 1 --precision bf16 --channels-last --compile \\
+        --peak-tflops 989 --json h100-256-b1.json
 """
 
 import argparse
 import json
 from pathlib import Path
 
-from cyclegan.benchmark import loader_benchmark
+from cyclegan.benchmark import loader_benchmark, step_benchmark
+from cyclegan.config import load_config
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", type=Path, help="also write the results here")
     sub = parser.add_subparsers(dest="mode", required=True)
     loader = sub.add_parser("loader", help="training-loader images/s on JPEG shards")
     loader.add_argument("--workdir", type=Path, required=True, help="where the synthetic JPEG shards are made")
@@ -20,9 +24,30 @@ def main() -> None:
                         help="loader worker counts to time (0: in the main process)")
     loader.add_argument("--batches", type=int, default=300, help="timed batches per repetition")
     loader.add_argument("--repeats", type=int, default=3)
-    loader.add_argument("--json", type=Path, help="also write the results here")
+    step = sub.add_parser("step", help="the training step: pairs/s, time breakdown, memory, FLOPs, MFU")
+    step.add_argument("--config", default=None, help="YAML config (default: the paper's networks)")
+    step.add_argument("--size", type=int, default=256, help="crop size in pixels")
+    step.add_argument("--batch", type=int, default=1, help="per-device batch")
+    step.add_argument("--precision", choices=("no", "bf16", "fp16"), default="no")
+    step.add_argument("--channels-last", action="store_true")
+    step.add_argument("--compile", action="store_true")
+    step.add_argument("--data", help="shard folder: time real batches from the loader instead of synthetic ones")
+    step.add_argument("--steps", type=int, default=10, help="timed steps per repetition")
+    step.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
+    step.add_argument("--repeats", type=int, default=3)
+    step.add_argument("--peak-tflops", type=float, help="the device's peak for this precision, for MFU")
+    step.add_argument("overrides", nargs="*", help="config overrides, e.g. model.n_blocks=6")
     args = parser.parse_args()
-    result = loader_benchmark(args.workdir, args.images, args.workers, args.batches, args.repeats)
+    if args.mode == "loader":
+        result = loader_benchmark(args.workdir, args.images, args.workers, args.batches, args.repeats)
+    else:
+        overrides = [f"data.crop_size={args.size}", f"data.load_size={args.size}", f"train.batch_size={args.batch}",
+                     f"train.mixed_precision={args.precision}", f"perf.channels_last={args.channels_last}",
+                     f"perf.compile={args.compile}", "output_dir=/tmp/cyclegan-benchmark"]
+        if args.data:
+            overrides.append(f"data.root={args.data}")
+        cfg = load_config(args.config, [*overrides, *args.overrides])
+        result = step_benchmark(cfg, args.steps, args.warmup, args.repeats, args.peak_tflops, bool(args.data))
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

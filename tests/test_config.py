@@ -15,6 +15,10 @@ def test_default_yaml_is_the_paper():
     assert (cfg.train.epochs, cfg.train.decay_epochs, cfg.train.gan_mode) == (100, 100, "lsgan")
 
 
+def test_unquoted_no_means_no_mixed_precision():
+    assert load_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+
+
 def test_overrides_are_typed():
     cfg = load_config(ROOT / "configs/demo.yaml", ["train.lr=1e-4", "model.n_blocks=6", "resume=auto", "data.root=/x"])
     assert cfg.train.lr == 1e-4 and cfg.model.n_blocks == 6 and cfg.resume == "auto" and cfg.data.root == "/x"
