@@ -105,27 +105,30 @@ def save_checkpoint(
     pools: Pools,
     keep: int,
 ) -> Path:
-    """Write one complete checkpoint from every rank, then keep only the newest `keep`."""
+    """Write one complete checkpoint from every rank, then keep only the newest `keep`.
+
+    A failed write (a full disk, an unwritable folder) removes the partial folder and stops
+    the run with a message; the checkpoints already written are left as they were.
+    """
     final = step_dir(root, state.step)
     partial = root / f".{final.name}.partial"
-    if accelerator.is_main_process:
+    try:
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        torch.save({"pools": {"fake_a": pools.fake_a.state_dict(), "fake_b": pools.fake_b.state_dict()},
+                    "rng": _rng_state()}, partial / f"rank_{accelerator.process_index}.pt")
+        if accelerator.is_main_process:
+            _write_shared_files(accelerator, partial, state, nets, opts, schedulers)
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
         shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    rank = accelerator.process_index
-    torch.save({"pools": {"fake_a": pools.fake_a.state_dict(), "fake_b": pools.fake_b.state_dict()},
-                "rng": _rng_state()}, partial / f"rank_{rank}.pt")
-    if accelerator.is_main_process:
-        for name in NET_NAMES:
-            net = accelerator.unwrap_model(getattr(nets, name))
-            save = export_generator if name.startswith("g_") else save_weights
-            save(net, partial / f"{name}.safetensors")
-        extra = {"opt_g": opts.g.state_dict(), "opt_d": opts.d.state_dict(),
-                 "schedulers": {k: s.state_dict() for k, s in schedulers.items()}}
-        if accelerator.scaler is not None:
-            extra["scaler"] = accelerator.scaler.state_dict()
-        torch.save(extra, partial / "optim.pt")
-        (partial / "state.json").write_text(json.dumps(state.__dict__, indent=2) + "\n")
+        previous = complete_checkpoints(root)
+        kept = f"the newest complete checkpoint, {previous[-1]}, is intact" if previous else "no checkpoint exists yet"
+        raise CheckpointError(
+            f"could not write checkpoint {final} ({str(err).splitlines()[0]}); {kept}. "
+            "Free disk space or fix the folder's permissions, then run again with resume=auto."
+        ) from None
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():
@@ -136,6 +139,21 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def _write_shared_files(accelerator: Accelerator, folder: Path, state: TrainState, nets: Networks,
+                        opts: Optimizers, schedulers: dict) -> None:
+    """What the main process writes: weights, optimizer and scheduler state, state.json."""
+    for name in NET_NAMES:
+        net = accelerator.unwrap_model(getattr(nets, name))
+        save = export_generator if name.startswith("g_") else save_weights
+        save(net, folder / f"{name}.safetensors")
+    extra = {"opt_g": opts.g.state_dict(), "opt_d": opts.d.state_dict(),
+             "schedulers": {k: s.state_dict() for k, s in schedulers.items()}}
+    if accelerator.scaler is not None:
+        extra["scaler"] = accelerator.scaler.state_dict()
+    torch.save(extra, folder / "optim.pt")
+    (folder / "state.json").write_text(json.dumps(state.__dict__, indent=2) + "\n")
 
 
 def _swap_in(staging: Path, target: Path) -> None:

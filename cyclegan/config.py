@@ -84,6 +84,9 @@ class TrainConfig:
     mixed_precision: str = "no"  # no, bf16 or fp16
     grad_clip: float = 0.0  # max gradient norm per optimizer; 0 turns clipping off
     checkpoint_every: int = 1000  # optimizer steps between checkpoints
+    # compare every rank's weight checksums every N steps and fail loudly if they differ
+    # (0: only at the end of the run); DDP keeps replicas bitwise equal, so any difference is a bug
+    check_ranks_every: int = 0
     keep_checkpoints: int = 3  # newest checkpoints kept on disk
 
 
@@ -220,6 +223,7 @@ def validate(config: RunConfig) -> None:
         ("train.grad_clip", t.grad_clip >= 0, "must not be negative"),
         ("train.checkpoint_every", t.checkpoint_every >= 1, "must be at least 1"),
         ("train.keep_checkpoints", t.keep_checkpoints >= 1, "must be at least 1"),
+        ("train.check_ranks_every", t.check_ranks_every >= 0, "must not be negative"),
         ("perf.adam", config.perf.adam in ADAM_IMPLEMENTATIONS, f"must be one of {', '.join(ADAM_IMPLEMENTATIONS)}"),
         ("tracking.backend", k.backend in BACKENDS, f"must be one of {', '.join(BACKENDS)}"),
         ("tracking.mode", k.mode in TRACKING_MODES, f"must be one of {', '.join(TRACKING_MODES)}"),

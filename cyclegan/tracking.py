@@ -13,6 +13,7 @@ import platform
 import secrets
 import string
 import subprocess
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from einops import rearrange
 from PIL import Image
 
 from cyclegan.config import RunConfig, TrackingConfig
+from cyclegan.errors import UserError
 from cyclegan.images import to_uint8
 
 PACKAGES = ("torch", "torchvision", "accelerate", "wandb", "webdataset", "einops", "tensorboard")
@@ -30,6 +32,16 @@ GRID_CAPTIONS = {
     "AtoB": "real A | G_AB(A) | G_BA(G_AB(A)) | identity G_BA(A)",
     "BtoA": "real B | G_BA(B) | G_AB(G_BA(B)) | identity G_AB(B)",
 }
+
+
+@contextmanager
+def writing(path: Path):
+    """Turn a failed write (full disk, read-only folder) into a message instead of a traceback."""
+    try:
+        yield
+    except OSError as err:
+        raise UserError(f"cannot write {path} ({err.strerror or err}); free disk space or fix the folder's "
+                        "permissions, then run again with resume=auto") from None
 
 
 def tracker_name(cfg: TrackingConfig) -> str | None:
@@ -101,8 +113,9 @@ class RunLog:
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if not self.accelerator.is_main_process:
             return
-        with self.metrics.open("a") as out:
-            out.write(json.dumps({"step": step, **values}) + "\n")
+        with writing(self.metrics):
+            with self.metrics.open("a") as out:
+                out.write(json.dumps({"step": step, **values}) + "\n")
         if tracker_name(self.cfg):
             self.accelerator.log(values, step=step)
 
@@ -110,7 +123,9 @@ class RunLog:
         if not self.accelerator.is_main_process:
             return
         for name, grid in grids.items():
-            Image.fromarray(grid).save(self.samples / f"step_{step:07d}_{name}.png")
+            path = self.samples / f"step_{step:07d}_{name}.png"
+            with writing(path):
+                Image.fromarray(grid).save(path)
         backend = tracker_name(self.cfg)
         if backend == "wandb":
             import wandb

@@ -223,6 +223,8 @@ class Trainer:
             self.evaluate()
         if step % self.cfg.train.checkpoint_every == 0 and self.saved_at != step:
             self.checkpoint()
+        if self.cfg.train.check_ranks_every and step % self.cfg.train.check_ranks_every == 0:
+            self.check_ranks_agree()
 
     def evaluate(self) -> None:
         """Score the test split; a new best is checkpointed and copied to best/."""
@@ -251,7 +253,8 @@ class Trainer:
                 json.dumps({"step": self.state.step, "ranks": every}, indent=2) + "\n")
         differing = [name for name in NET_NAMES if len({sums[name] for sums in every}) > 1]
         if differing:
-            raise RuntimeError(f"ranks hold different weights for {', '.join(differing)} at step {self.state.step}")
+            raise RuntimeError(f"ranks hold different weights for {', '.join(differing)} at step {self.state.step}: "
+                               f"the DDP replicas diverged (checksums in {self.output / 'checksums.json'})")
 
     def checkpoint(self) -> None:
         self.saved_at = self.state.step

@@ -1,0 +1,151 @@
+"""Faults with real processes: kill -9, SIGTERM and SIGINT, a full disk, diverging ranks."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cyclegan.checkpoint import NET_NAMES, complete_checkpoints
+from tests.conftest import ROOT, launch, script, tiny
+
+TRAIN = [sys.executable, str(ROOT / "scripts/train.py"), "--config", str(ROOT / "configs/demo.yaml")]
+
+
+def weights(output):
+    last = complete_checkpoints(output / "checkpoints")[-1]
+    return {n: load_file(str(last / f"{n}.safetensors")) for n in NET_NAMES}
+
+
+def start(args, env=None):
+    return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env={**os.environ, **(env or {})})
+
+
+def logged_steps(output):
+    path = output / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def wait_for(condition, timeout=120):
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_weights(noise_shards, tmp_path):
+    common = ["train.max_steps=16", "train.checkpoint_every=1", "tracking.mode=disabled", "data.num_workers=1"]
+    script("train.py", "--config", "configs/demo.yaml", *tiny(noise_shards, tmp_path / "whole", *common))
+    out = tmp_path / "killed"
+    rng = random.Random(0)
+    for attempt in range(4):
+        process = start(TRAIN + tiny(noise_shards, out, *common, "resume=auto"))
+        if attempt == 0:  # once right inside a checkpoint save
+            wait_for(lambda: list((out / "checkpoints").glob(".step_*.partial")) if out.exists() else False)
+        else:
+            before = logged_steps(out)
+            wait_for(lambda: logged_steps(out) > before + rng.randint(0, 2))
+            time.sleep(rng.uniform(0, 0.1))
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    result = script("train.py", "--config", "configs/demo.yaml", *tiny(noise_shards, out, *common, "resume=auto"))
+    assert "done at step 16" in result.stdout
+    whole, killed = weights(tmp_path / "whole"), weights(out)
+    for name in NET_NAMES:
+        for key in whole[name]:
+            assert torch.equal(whole[name][key], killed[name][key]), f"{name}.{key}"
+    assert not list((out / "checkpoints").glob(".*partial"))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_to_one_rank_checkpoints_and_exits_cleanly(demo_shards, tmp_path, signum):
+    out = tmp_path / "run"
+    process = start(TRAIN + tiny(demo_shards, out, "train.max_steps=500", "tracking.mode=disabled",
+                                 "data.num_workers=1"))
+    wait_for(lambda: logged_steps(out) >= 3)
+    os.killpg(process.pid, signum)  # the whole process group, loader workers too, as a scheduler does
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    stopped = int(stdout.split("stopped at step ")[1].split()[0])
+    assert [c.name for c in complete_checkpoints(out / "checkpoints")] == [f"step_{stopped:07d}"]
+    assert signal.Signals(signum).name in stdout
+
+
+@pytest.mark.slow
+def test_sigterm_to_two_ranks_stops_both_at_the_same_step(demo_shards, tmp_path):
+    out = tmp_path / "run"
+    accelerate = str(ROOT / ".venv/bin/accelerate") if (ROOT / ".venv/bin/accelerate").exists() else "accelerate"
+    from tests.conftest import free_port
+
+    process = start([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                     "--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no",
+                     *TRAIN[1:], *tiny(demo_shards, out, "train.max_steps=500", "tracking.mode=disabled")],
+                    env={"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"})
+    wait_for(lambda: logged_steps(out) >= 3)
+    os.killpg(process.pid, signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert "stopped at step" in stdout, stderr[-3000:]
+    stopped = int(stdout.split("stopped at step ")[1].split()[0])
+    assert [c.name for c in complete_checkpoints(out / "checkpoints")] == [f"step_{stopped:07d}"]
+    sums = json.loads((out / "checksums.json").read_text())
+    assert sums["step"] == stopped and sums["ranks"][0] == sums["ranks"][1]
+    assert sorted(p.name for p in complete_checkpoints(out / "checkpoints")[0].glob("rank_*.pt")) == \
+        ["rank_0.pt", "rank_1.pt"]
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)])
+
+
+def test_full_disk_is_a_clear_error_and_keeps_the_previous_checkpoint(demo_shards, tiny_disk):
+    out = tiny_disk / "run"
+    common = ["tracking.mode=disabled", "train.checkpoint_every=2"]
+    script("train.py", "--config", "configs/demo.yaml", *tiny(demo_shards, out, "train.max_steps=2", *common))
+    with open(tiny_disk / "filler", "wb", buffering=0) as filler:  # leave a few KiB: enough for metrics, not a checkpoint
+        try:
+            while True:
+                filler.write(b"\0" * 4096)
+                filler.flush()
+        except OSError:
+            pass
+    os.truncate(tiny_disk / "filler", os.path.getsize(tiny_disk / "filler") - 16 * 1024)
+    result = script("train.py", "--config", "configs/demo.yaml",
+                    *tiny(demo_shards, out, "train.max_steps=4", "resume=auto", *common), check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "could not write checkpoint" in result.stderr or "cannot write" in result.stderr
+    assert "step_0000002" in result.stderr or "resume=auto" in result.stderr
+    assert [c.name for c in complete_checkpoints(out / "checkpoints")] == ["step_0000002"]
+    assert not list((out / "checkpoints").glob(".*partial"))
+    load_file(str(out / "checkpoints" / "step_0000002" / "g_ab.safetensors"))
+
+
+@pytest.mark.slow
+def test_the_rank_check_catches_diverging_replicas(demo_shards, tmp_path):
+    result = launch(2, str(ROOT / "tests/harness/diverge.py"), "--config", str(ROOT / "configs/demo.yaml"),
+                    *tiny(demo_shards, tmp_path / "run", "train.max_steps=4", "train.check_ranks_every=2",
+                          "tracking.mode=disabled"), check=False)
+    assert result.returncode != 0
+    assert "ranks hold different weights for g_ab at step 2" in result.stdout + result.stderr
+
+
+def test_same_seed_same_losses(demo_shards, tmp_path):
+    for name in ("first", "second"):
+        script("train.py", "--config", "configs/demo.yaml",
+               *tiny(demo_shards, tmp_path / name, "train.max_steps=3", "tracking.mode=disabled"))
+    rows = [[{k: v for k, v in json.loads(line).items() if k.startswith("loss/")}
+             for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()] for name in ("first", "second")]
+    assert rows[0] == rows[1] and len(rows[0]) == 3

@@ -1,0 +1,62 @@
+"""The speed switches change speed, not results. Never timed: speed lives in docs/benchmarks.md."""
+
+import json
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+from cyclegan.checkpoint import complete_checkpoints
+from cyclegan.config import load_config
+from tests.conftest import ROOT, run, script, tiny
+
+
+def losses(output):
+    rows = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k.startswith("loss/")} for row in rows]
+
+
+def assert_close_rows(ours, reference, rel):
+    assert len(ours) == len(reference) > 0
+    for mine, theirs in zip(ours, reference):
+        for key in theirs:
+            assert mine[key] == pytest.approx(theirs[key], rel=rel, abs=1e-6), key
+
+
+def train(shards, output, *extra):
+    script("train.py", "--config", "configs/demo.yaml", *tiny(shards, output, "train.max_steps=3", *extra))
+
+
+@pytest.mark.parametrize("adam", ["for_loop", "fused"])
+def test_channels_last_and_adam_variants_give_the_same_losses(noise_shards, tmp_path, adam):
+    train(noise_shards, tmp_path / "plain", "perf.adam=foreach")
+    train(noise_shards, tmp_path / "nhwc", "perf.channels_last=true", f"perf.adam={adam}")
+    assert_close_rows(losses(tmp_path / "nhwc"), losses(tmp_path / "plain"), rel=1e-4)
+
+
+@pytest.mark.slow
+def test_compiled_networks_train_and_keep_official_keys(noise_shards, tmp_path):
+    train(noise_shards, tmp_path / "eager")
+    train(noise_shards, tmp_path / "compiled", "perf.compile=true")
+    assert_close_rows(losses(tmp_path / "compiled"), losses(tmp_path / "eager"), rel=1e-3)
+    weights = load_file(str(complete_checkpoints(tmp_path / "compiled" / "checkpoints")[-1] / "g_ab.safetensors"))
+    assert "model.1.weight" in weights and not any("_orig_mod" in key for key in weights)
+
+
+def test_benchmark_step_reports_what_docs_need(tmp_path):
+    result = run([sys.executable, str(ROOT / "scripts/benchmark.py"), "--json", str(tmp_path / "b.json"), "step",
+                  "--size", "32", "--batch", "2", "--steps", "2", "--warmup", "1", "--repeats", "2",
+                  "--peak-tflops", "1.0", "model.ngf=8", "model.n_blocks=1", "model.ndf=8"])
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert report == json.loads(result.stdout)
+    assert set(report["breakdown_seconds_per_step"]) == {"data", "generators", "discriminators", "optimizers"}
+    assert report["pairs_per_s"] == pytest.approx(2 / report["seconds_per_step"])
+    assert report["flops_per_step"] > 0 and report["mfu"] == pytest.approx(report["achieved_tflops"] / 1.0)
+    assert len(report["seconds_per_step_runs"]) == 2 and report["peak_memory_gib"] > 0
+
+
+def test_perf_config_is_validated():
+    from cyclegan.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'perf.adam' must be one of"):
+        load_config(None, ["perf.adam=sgd"])
