@@ -38,7 +38,11 @@ def test_channels_last_and_adam_variants_give_the_same_losses(noise_shards, tmp_
 def test_compiled_networks_train_and_keep_official_keys(noise_shards, tmp_path):
     train(noise_shards, tmp_path / "eager")
     train(noise_shards, tmp_path / "compiled", "perf.compile=true")
-    assert_close_rows(losses(tmp_path / "compiled"), losses(tmp_path / "eager"), rel=1e-3)
+    compiled, eager = losses(tmp_path / "compiled"), losses(tmp_path / "eager")
+    # Step 1 scores the same initial weights: only rounding differs. After that, Adam's
+    # sign-like first steps let fused kernels' rounding grow, so later rows agree less tightly.
+    assert_close_rows(compiled[:1], eager[:1], rel=1e-4)
+    assert_close_rows(compiled, eager, rel=2e-2)
     weights = load_file(str(complete_checkpoints(tmp_path / "compiled" / "checkpoints")[-1] / "g_ab.safetensors"))
     assert "model.1.weight" in weights and not any("_orig_mod" in key for key in weights)
 
