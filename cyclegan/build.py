@@ -19,6 +19,7 @@ from cyclegan.errors import UserError
 from cyclegan.evaluation import INCEPTION_ENV, Evaluator, load_inception, load_test_split
 from cyclegan.images import normalize
 from cyclegan.models import GeneratorSpec, NLayerDiscriminator, ResnetGenerator
+from cyclegan.nonfinite import NonFiniteGuard
 from cyclegan.pool import ImagePool
 from cyclegan.step import Networks, Optimizers, Pools
 
@@ -70,18 +71,19 @@ def build_networks(cfg: RunConfig) -> Networks:
     )
 
 
-def build_optimizers(nets: Networks, cfg: RunConfig, device: torch.device) -> Optimizers:
-    """One Adam over both generators, one over both discriminators."""
+def build_optimizers(nets: Networks, cfg: RunConfig, accelerator: Accelerator) -> Optimizers:
+    """One Adam over both generators, one over both discriminators, and their non-finite guard."""
     t, impl = cfg.train, cfg.perf.adam
     if impl == "auto":
-        impl = "fused" if device.type == "cuda" else "foreach"
+        impl = "fused"  # also what lets NonFiniteGuard skip a step without a host sync
     flags = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False}}[impl]
 
     def adam(*modules: torch.nn.Module) -> torch.optim.Adam:
         params = itertools.chain(*(m.parameters() for m in modules))
         return torch.optim.Adam(params, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.adam_eps, **flags)
 
-    return Optimizers(g=adam(nets.g_ab, nets.g_ba), d=adam(nets.d_a, nets.d_b))
+    guard = NonFiniteGuard(accelerator, t.stop_after_nonfinite)
+    return Optimizers(g=adam(nets.g_ab, nets.g_ba), d=adam(nets.d_a, nets.d_b), guard=guard)
 
 
 def build_training(accelerator: Accelerator, cfg: RunConfig) -> tuple[Networks, Optimizers, Pools]:
@@ -92,14 +94,14 @@ def build_training(accelerator: Accelerator, cfg: RunConfig) -> tuple[Networks, 
             net.to(memory_format=torch.channels_last)
         if cfg.perf.compile:
             net.compile()  # in place: the state_dict keys stay the official ones
-    opts = build_optimizers(nets, cfg, accelerator.device)
+    opts = build_optimizers(nets, cfg, accelerator)
     prepared = accelerator.prepare(nets.g_ab, nets.g_ba, nets.d_a, nets.d_b, opts.g, opts.d)
     rank = accelerator.process_index
     pools = Pools(
         fake_a=ImagePool(cfg.train.pool_size, mix_seed(cfg.seed, rank, "pool_a")),
         fake_b=ImagePool(cfg.train.pool_size, mix_seed(cfg.seed, rank, "pool_b")),
     )
-    return Networks(*prepared[:4]), Optimizers(*prepared[4:]), pools
+    return Networks(*prepared[:4]), Optimizers(*prepared[4:], guard=opts.guard), pools
 
 
 def batch_to_device(batch: dict, device: torch.device, channels_last: bool) -> dict[str, torch.Tensor]:

@@ -83,6 +83,8 @@ class TrainConfig:
     pool_size: int = 50  # history of generated images shown to D (paper); 0 turns it off
     mixed_precision: str = "no"  # no, bf16 or fp16
     grad_clip: float = 0.0  # max gradient norm per optimizer; 0 turns clipping off
+    # steps with a NaN or inf loss are skipped and counted; this many in a row stop the run (0: never)
+    stop_after_nonfinite: int = 10
     checkpoint_every: int = 1000  # optimizer steps between checkpoints
     # compare every rank's weight checksums every N steps and fail loudly if they differ
     # (0: only at the end of the run); DDP keeps replicas bitwise equal, so any difference is a bug
@@ -96,7 +98,7 @@ class PerfConfig:
 
     channels_last: bool = False  # NHWC layout for the four networks and the batches (pays with bf16 on GPUs)
     compile: bool = False  # torch.compile each network: faster steps after minutes of compiling
-    adam: str = "auto"  # auto (fused on CUDA, foreach elsewhere), fused, foreach or for_loop
+    adam: str = "auto"  # auto (fused), fused, foreach or for_loop
     cudnn_benchmark: bool = True  # let cuDNN time its kernels once; shapes are fixed during training
 
 
@@ -221,6 +223,7 @@ def validate(config: RunConfig) -> None:
         ("train.pool_size", t.pool_size >= 0, "must not be negative"),
         ("train.mixed_precision", t.mixed_precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
         ("train.grad_clip", t.grad_clip >= 0, "must not be negative"),
+        ("train.stop_after_nonfinite", t.stop_after_nonfinite >= 0, "must not be negative"),
         ("train.checkpoint_every", t.checkpoint_every >= 1, "must be at least 1"),
         ("train.keep_checkpoints", t.keep_checkpoints >= 1, "must be at least 1"),
         ("train.check_ranks_every", t.check_ranks_every >= 0, "must not be negative"),

@@ -22,7 +22,8 @@ class ImagePool:
         if self.size == 0:
             return images
         out = []
-        for image in images.detach():
+        # a non-finite fake (from a step that will be skipped) must not stay in the history
+        for image in torch.nan_to_num(images.detach(), nan=0.0, posinf=1.0, neginf=-1.0):
             image = image.unsqueeze(0)
             if len(self.images) < self.size:
                 self.images.append(image.clone())

@@ -23,6 +23,7 @@ from torch import nn
 
 from cyclegan.config import TrainConfig
 from cyclegan.losses import adversarial_loss, cycle_loss, identity_loss
+from cyclegan.nonfinite import NonFiniteGuard
 from cyclegan.pool import ImagePool
 
 
@@ -38,6 +39,7 @@ class Networks:
 class Optimizers:
     g: torch.optim.Optimizer  # one Adam over both generators
     d: torch.optim.Optimizer  # one Adam over both discriminators
+    guard: NonFiniteGuard  # steps them unless their loss was NaN or inf
 
 
 @dataclass
@@ -103,10 +105,11 @@ def train_step(
         adv_ba = adversarial_loss(d_a(fake_a), True, cfg.gan_mode)
         cycle_a = cycle_loss(rec_a, real_a) * cfg.lambda_cycle
         cycle_b = cycle_loss(rec_b, real_b) * cfg.lambda_cycle
-        accelerator.backward(adv_ab + adv_ba + cycle_a + cycle_b + idt_a + idt_b)
+        loss_g = adv_ab + adv_ba + cycle_a + cycle_b + idt_a + idt_b
+        accelerator.backward(loss_g)
         mark("generators")
         grad_norm_g = clip_and_measure(accelerator, opts.g, cfg.grad_clip)
-        opts.g.step()
+        opts.guard.step("g", opts.g, loss_g)  # skipped if the loss is not finite
         opts.g.zero_grad(set_to_none=True)
         mark("optimizers")
         set_requires_grad([d_a, d_b], True)
@@ -122,7 +125,7 @@ def train_step(
         accelerator.backward(loss_d_a)
         mark("discriminators")
         grad_norm_d = clip_and_measure(accelerator, opts.d, cfg.grad_clip)
-        opts.d.step()
+        opts.guard.step("d", opts.d, loss_d_a + loss_d_b)
         opts.d.zero_grad(set_to_none=True)
         mark("optimizers")
 

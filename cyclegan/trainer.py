@@ -209,6 +209,7 @@ class Trainer:
             values["lr/g"] = self.schedulers["g"].get_last_lr()[0]
             values["lr/d"] = self.schedulers["d"].get_last_lr()[0]
             values["epoch"] = self.state.epoch
+            values.update(self.opts.guard.read(step))
             if torch.cuda.is_available():
                 values["perf/max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
             self.log.scalars(step, values)

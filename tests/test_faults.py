@@ -149,3 +149,23 @@ def test_same_seed_same_losses(demo_shards, tmp_path):
     rows = [[{k: v for k, v in json.loads(line).items() if k.startswith("loss/")}
              for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()] for name in ("first", "second")]
     assert rows[0] == rows[1] and len(rows[0]) == 3
+
+
+def test_a_nan_loss_skips_the_step_and_is_counted(demo_shards, tmp_path):
+    out = tmp_path / "run"
+    harness = [sys.executable, str(ROOT / "tests/harness/inject_nan.py"), "--config", str(ROOT / "configs/demo.yaml")]
+    result = subprocess.run(harness + tiny(demo_shards, out, "train.max_steps=5", "tracking.mode=disabled",
+                                           "train.stop_after_nonfinite=0"), cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train/skipped_nonfinite_steps"] for r in rows] == [0, 0, 1, 1, 1]
+    assert rows[2]["loss/cycle_a"] != rows[2]["loss/cycle_a"]  # the NaN is logged honestly ...
+    assert all(torch.isfinite(t).all() for net in weights(out).values() for t in net.values())  # ... not trained on
+
+
+def test_nan_losses_in_a_row_stop_with_a_message(demo_shards, tmp_path):
+    harness = [sys.executable, str(ROOT / "tests/harness/inject_nan.py"), "--config", str(ROOT / "configs/demo.yaml")]
+    result = subprocess.run(harness + tiny(demo_shards, tmp_path / "run", "train.max_steps=5", "tracking.mode=disabled",
+                                           "train.stop_after_nonfinite=1"), cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2 and "stopped at step 3: 1 optimizer step(s) in a row" in result.stderr
+    assert "Traceback" not in result.stderr
