@@ -31,6 +31,15 @@ class DataError(UserError):
     """Missing shards, an empty domain, or images that cannot be used."""
 
 
+def user_message(err: UserError) -> str:
+    """The message alone: an error raised in a DataLoader worker arrives wrapped in the
+    worker's traceback text, whose last line is the original message."""
+    message = str(err)
+    if message.startswith("Caught ") and "Original Traceback" in message:
+        return message.rstrip().splitlines()[-1].split(": ", 1)[-1]
+    return message
+
+
 def exit_on_user_error(main: Callable[..., T]) -> Callable[..., T]:
     """Wrap a script's `main` so that a `UserError` ends it with its message and exit code 2."""
 
@@ -39,7 +48,7 @@ def exit_on_user_error(main: Callable[..., T]) -> Callable[..., T]:
         try:
             return main(*args, **kwargs)
         except UserError as err:
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {user_message(err)}", file=sys.stderr)
             raise SystemExit(2) from None
 
     return wrapper

@@ -185,17 +185,23 @@ class Trainer:
                 self.state.epoch, offset = divmod(self.state.step * cfg.train.grad_accum,
                                                   plan.steps_per_epoch * cfg.train.grad_accum)
                 stream.set_epoch(self.state.epoch, offset)
-                waited = time.perf_counter()
-                for batch in loader:
-                    wait = time.perf_counter() - waited
-                    on_device = batch_to_device(batch, acc.device, cfg.perf.channels_last)
-                    result = train_step(acc, self.nets, self.opts, self.pools, on_device, cfg.train)
-                    window.add(result, int(batch["skipped"].sum()), wait)
-                    if acc.sync_gradients:
-                        self.after_step(window, bar)
-                        if self.state.step >= plan.max_steps or self.stop.should_stop():
-                            return
+                batches = iter(loader)
+                try:
                     waited = time.perf_counter()
+                    for batch in batches:
+                        wait = time.perf_counter() - waited
+                        on_device = batch_to_device(batch, acc.device, cfg.perf.channels_last)
+                        result = train_step(acc, self.nets, self.opts, self.pools, on_device, cfg.train)
+                        window.add(result, int(batch["skipped"].sum()), wait)
+                        if acc.sync_gradients:
+                            self.after_step(window, bar)
+                            if self.state.step >= plan.max_steps or self.stop.should_stop():
+                                return
+                        waited = time.perf_counter()
+                finally:
+                    # Shut the workers down now: an error from a worker keeps the iterator alive in its
+                    # traceback, and the workers would outlive the training process's exit.
+                    getattr(batches, "_shutdown_workers", lambda: None)()
 
     def after_step(self, window: MetricWindow, bar: tqdm) -> None:
         """Scheduler, logging, sample grids and checkpoints after each optimizer step."""

@@ -77,6 +77,9 @@ def test_missing_shards_and_missing_counts_fail_at_start(demo_shards, tmp_path):
         find_sources(DataConfig(root=str(tmp_path)))
     with pytest.raises(DataError, match="no training data"):
         find_sources(DataConfig())
+    (tmp_path / "fake.tar").write_text("not a tar at all")
+    with pytest.raises(DataError, match="1 shard\\(s\\) for train domain A are not tar files"):
+        find_sources(DataConfig(train_a=str(tmp_path / "fake.tar"), train_b=cfg.train_b, num_a=1, num_b=40))
 
 
 def write_tar(path, samples):
@@ -114,3 +117,14 @@ def test_test_images_are_ordered_and_split_across_ranks(demo_shards):
     assert sorted(shares[0] + shares[1]) == everything and not set(shares[0]) & set(shares[1])
     key, image = next(iter_test_images(sources.test_b, 48))
     assert key == everything[0] and image.shape == (3, 48, 48) and image.dtype == torch.float32
+
+
+def test_an_error_inside_a_loader_worker_reaches_the_user_as_one_line(tmp_path):
+    from tests.conftest import script
+
+    write_tar(tmp_path / "A.tar", [])
+    result = script("train.py", "--config", "configs/demo.yaml", f"data.train_a={tmp_path / 'A.tar'}",
+                    f"data.train_b={tmp_path / 'A.tar'}", "data.num_a=1", "data.num_b=1", "data.num_workers=1",
+                    f"output_dir={tmp_path / 'run'}", "tracking.mode=disabled", "tracking.num_images=0", check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "error: no samples could be read" in result.stderr and "Traceback" not in result.stderr

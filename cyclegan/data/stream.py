@@ -18,7 +18,10 @@ import json
 import logging
 import math
 import random
+import os
 import signal
+import tarfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,25 +78,28 @@ def check_shards(urls: list[str], what: str) -> None:
     """Fail before training when local shards are missing; remote ones are checked when read."""
     if not urls:
         raise DataError(f"no shards given for {what}")
-    missing = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not Path(u).is_file()]
+    local = [u for u in urls if "://" not in u and not u.startswith("pipe:")]
+    missing = [u for u in local if not Path(u).is_file()]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise DataError(f"{len(missing)} shard(s) for {what} do not exist: {shown}")
+    not_tar = [u for u in local if not tarfile.is_tarfile(u)]
+    if not_tar:
+        raise DataError(f"{len(not_tar)} shard(s) for {what} are not tar files: {', '.join(not_tar[:5])}")
 
 
 def find_sources(cfg: DataConfig) -> DataSources:
     """Shard lists and sample counts from `data.root`'s manifest and/or explicit lists."""
-    manifest, root = {}, None
-    if cfg.root:
-        root = Path(cfg.root)
-        path = root / MANIFEST
-        if not path.is_file():
-            raise DataError(
-                f"data.root={cfg.root} has no {MANIFEST}; make one with scripts/make_shards.py, "
-                "or give data.train_a/data.train_b with data.num_a/data.num_b"
-            )
-        manifest = json.loads(path.read_text()).get("splits", {})
-    elif not (cfg.train_a and cfg.train_b):
+    manifest, root = {}, Path(cfg.root) if cfg.root else None
+    explicit = bool(cfg.train_a and cfg.train_b)
+    if root is not None and (root / MANIFEST).is_file():
+        manifest = json.loads((root / MANIFEST).read_text()).get("splits", {})
+    elif root is not None and not explicit:
+        raise DataError(
+            f"data.root={cfg.root} has no {MANIFEST}; make one with scripts/make_shards.py, "
+            "or give data.train_a/data.train_b with data.num_a/data.num_b"
+        )
+    elif not explicit:
         raise DataError("no training data: set data.root (a shard folder) or data.train_a and data.train_b")
 
     def pick(split: str, domain: str, spec: str | None, count: int, required: bool) -> ShardSet | None:
@@ -234,11 +240,23 @@ def epoch_steps(sources: DataSources, global_batch: int) -> int:
     return max(1, math.ceil(max(sources.train_a.samples, sources.train_b.samples) / global_batch))
 
 
-def ignore_stop_signals(worker_id: int) -> None:
-    """Loader workers leave stop signals to the training process, which shuts them down after
-    its checkpoint (a scheduler's SIGTERM reaches every process of the job)."""
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+WORKER_GRACE_SECONDS = 60
+
+
+def leave_stop_signals_to_the_trainer(worker_id: int) -> None:
+    """A scheduler's SIGTERM or a Ctrl-C reaches every process of the job, loader workers too.
+    Workers let the training process stop cleanly: they ignore SIGINT and SIGUSR1, and on
+    SIGTERM exit only after a grace period, in which the trainer checkpoints and shuts them
+    down itself (a worker that ignored SIGTERM for good could block the process's exit)."""
+    for signum in (signal.SIGINT, signal.SIGUSR1):
         signal.signal(signum, signal.SIG_IGN)
+
+    def exit_later(signum, frame) -> None:
+        timer = threading.Timer(WORKER_GRACE_SECONDS, os._exit, args=(1,))
+        timer.daemon = True
+        timer.start()
+
+    signal.signal(signal.SIGTERM, exit_later)
 
 
 def train_loader(stream: UnpairedStream, pin_memory: bool = False) -> DataLoader:
@@ -249,7 +267,7 @@ def train_loader(stream: UnpairedStream, pin_memory: bool = False) -> DataLoader
         num_workers=workers,
         pin_memory=pin_memory,
         prefetch_factor=4 if workers else None,
-        worker_init_fn=ignore_stop_signals,
+        worker_init_fn=leave_stop_signals_to_the_trainer,
         generator=torch.Generator(),  # keeps the loader's seed draws off the global RNG
     )
 
