@@ -34,7 +34,7 @@ from cyclegan.evaluation import LOWER_IS_BETTER, headline
 from cyclegan.schedule import make_scheduler
 from cyclegan.step import Networks, StepLosses, train_step
 from cyclegan.stopping import StopRequest
-from cyclegan.tracking import RunLog, describe_run, image_grid, new_run_id, tracker_name
+from cyclegan.tracking import RunLog, describe_run, image_grid, new_run_id, tracker_name, writing
 
 
 class MetricWindow:
@@ -148,8 +148,9 @@ class Trainer:
     def run(self) -> Path:
         cfg, acc, plan = self.cfg, self.acc, self.plan
         if acc.is_main_process:
-            self.output.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.output / "config.yaml")
+            with writing(self.output / "config.yaml"):
+                self.output.mkdir(parents=True, exist_ok=True)
+                save_config(cfg, self.output / "config.yaml")
         self.resume()
         self.announce()
         if self.state.tracker_run_id is None and acc.is_main_process:

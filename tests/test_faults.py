@@ -80,7 +80,8 @@ def test_signal_to_one_rank_checkpoints_and_exits_cleanly(demo_shards, tmp_path,
 
 
 @pytest.mark.slow
-def test_sigterm_to_two_ranks_stops_both_at_the_same_step(demo_shards, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_to_two_ranks_stops_both_at_the_same_step(demo_shards, tmp_path, signum):
     out = tmp_path / "run"
     accelerate = str(ROOT / ".venv/bin/accelerate") if (ROOT / ".venv/bin/accelerate").exists() else "accelerate"
     from tests.conftest import free_port
@@ -90,7 +91,7 @@ def test_sigterm_to_two_ranks_stops_both_at_the_same_step(demo_shards, tmp_path)
                      *TRAIN[1:], *tiny(demo_shards, out, "train.max_steps=500", "tracking.mode=disabled")],
                     env={"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"})
     wait_for(lambda: logged_steps(out) >= 3)
-    os.killpg(process.pid, signal.SIGTERM)
+    os.killpg(process.pid, signum)  # the launcher and both ranks, as a scheduler or Ctrl-C does
     stdout, stderr = process.communicate(timeout=120)
     assert "stopped at step" in stdout, stderr[-3000:]
     stopped = int(stdout.split("stopped at step ")[1].split()[0])
@@ -169,3 +170,15 @@ def test_nan_losses_in_a_row_stop_with_a_message(demo_shards, tmp_path):
                                            "train.stop_after_nonfinite=1"), cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2 and "stopped at step 3: 1 optimizer step(s) in a row" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_read_only_output_is_a_clear_error(demo_shards, tiny_disk):
+    out = tiny_disk / "run"
+    common = ["tracking.mode=disabled", "train.checkpoint_every=2"]
+    script("train.py", "--config", "configs/demo.yaml", *tiny(demo_shards, out, "train.max_steps=2", *common))
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_disk)], check=True)
+    result = script("train.py", "--config", "configs/demo.yaml",
+                    *tiny(demo_shards, out, "train.max_steps=4", "resume=auto", *common), check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "Read-only file system" in result.stderr and "resume=auto" in result.stderr
+    assert [c.name for c in complete_checkpoints(out / "checkpoints")] == ["step_0000002"]
