@@ -89,12 +89,16 @@ def sample_grids(accelerator: Accelerator, nets: Networks, images: tuple[torch.T
     """real | translated | reconstructed | identity, for fixed test images of each domain."""
     g_ab, g_ba = accelerator.unwrap_model(nets.g_ab), accelerator.unwrap_model(nets.g_ba)
     real_a, real_b = (x.to(accelerator.device) for x in images)
-    with accelerator.autocast():
-        fake_b, fake_a = g_ab(real_a), g_ba(real_b)
-        return {
-            "AtoB": image_grid([real_a, fake_b, g_ba(fake_b), g_ba(real_a)]),
-            "BtoA": image_grid([real_b, fake_a, g_ab(fake_a), g_ab(real_b)]),
-        }
+    g_ab.eval(), g_ba.eval()  # dropout off, batch norm on its running statistics
+    try:
+        with accelerator.autocast():
+            fake_b, fake_a = g_ab(real_a), g_ba(real_b)
+            return {
+                "AtoB": image_grid([real_a, fake_b, g_ba(fake_b), g_ba(real_a)]),
+                "BtoA": image_grid([real_b, fake_a, g_ab(fake_a), g_ab(real_b)]),
+            }
+    finally:
+        g_ab.train(), g_ba.train()
 
 
 def weight_checksum(net: torch.nn.Module) -> str:
