@@ -64,3 +64,14 @@ def test_perf_config_is_validated():
 
     with pytest.raises(ConfigError, match="'perf.adam' must be one of"):
         load_config(None, ["perf.adam=sgd"])
+
+
+def test_networks_compile_to_one_graph_without_breaks():
+    import torch
+    import torch._dynamo as dynamo
+
+    from cyclegan.models import GeneratorSpec, NLayerDiscriminator, ResnetGenerator
+
+    for net in (ResnetGenerator(GeneratorSpec(ngf=8, n_blocks=2)), NLayerDiscriminator(3, 8, 2)):
+        explanation = dynamo.explain(net)(torch.randn(1, 3, 32, 32))
+        assert (explanation.graph_count, explanation.graph_break_count) == (1, 0), type(net).__name__
