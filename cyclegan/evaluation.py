@@ -22,6 +22,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
+from cyclegan.data.shards import sample_key
 from cyclegan.data.stream import DataSources, iter_test_images
 from cyclegan.data.transforms import test_transform
 from cyclegan.errors import UserError
@@ -72,13 +73,16 @@ class EvalSplit:
 
 
 def _folder_images(folder: Path, size: int, rank: int, world_size: int, limit: int | None):
+    """Like `iter_test_images`, from a folder; keys as make_shards would give them."""
+    seen: set[str] = set()
     for position, path in enumerate(list_images(folder)[:limit]):
+        key = sample_key(path.relative_to(folder), seen)
         if position % world_size == rank:
             try:
                 image = to_rgb(open_image(path))[0]
             except ImageDecodeError:
                 continue
-            yield path.relative_to(folder).with_suffix("").as_posix().replace(".", "_"), to_tensor(test_transform(image, size))
+            yield key, to_tensor(test_transform(image, size))
 
 
 def load_test_split(source: DataSources | Path, size: int, rank: int = 0, world_size: int = 1,

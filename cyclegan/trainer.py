@@ -29,8 +29,8 @@ from cyclegan.checkpoint import (
     step_dir,
 )
 from cyclegan.config import RunConfig, save_config
-from cyclegan.data.stream import DataSources, UnpairedStream, find_sources, iter_test_images, train_loader
-from cyclegan.evaluation import LOWER_IS_BETTER, headline
+from cyclegan.data.stream import DataSources, UnpairedStream, find_sources, train_loader
+from cyclegan.evaluation import LOWER_IS_BETTER, headline, load_test_split
 from cyclegan.schedule import make_scheduler
 from cyclegan.step import Networks, StepLosses, train_step
 from cyclegan.stopping import StopRequest
@@ -78,10 +78,8 @@ def fixed_test_images(sources: DataSources, cfg: RunConfig) -> tuple[torch.Tenso
     n = cfg.tracking.num_images
     if not (sources.test_a and sources.test_b) or n == 0:
         return None
-    size = cfg.data.crop_size
-    a = [t for _, t in iter_test_images(sources.test_a, size, limit=n)]
-    b = [t for _, t in iter_test_images(sources.test_b, size, limit=n)]
-    return (torch.stack(a), torch.stack(b)) if a and b else None
+    split = load_test_split(sources, cfg.data.crop_size, limit=n)
+    return (torch.stack(split.images_a), torch.stack(split.images_b)) if split.images_a and split.images_b else None
 
 
 @torch.no_grad()

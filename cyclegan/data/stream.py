@@ -17,8 +17,8 @@ import hashlib
 import json
 import logging
 import math
-import random
 import os
+import random
 import signal
 import tarfile
 import threading
