@@ -1,5 +1,6 @@
 """The distributed streaming loader, with real shards and real processes."""
 
+import collections
 import io
 import json
 import subprocess
@@ -15,11 +16,13 @@ from cyclegan.errors import DataError
 from tests.conftest import ROOT
 
 
-def read_ranks(shards, world, workers, seed, batches=7, skip=0):
-    """Start every rank as its own process, all at once, and collect their batches."""
+def read_ranks(data, world, workers, seed, batches=7, skip=0, epochs=2):
+    """Start every rank as its own process, all at once, and collect their batches.
+    `data` is a shard folder or a dict of DataConfig fields."""
+    data = json.dumps(data if isinstance(data, dict) else {"root": str(data)})
     procs = [
-        subprocess.Popen([sys.executable, str(ROOT / "tests/harness/read_stream.py"), str(shards), str(rank),
-                          str(world), str(workers), str(seed), str(batches), str(skip)],
+        subprocess.Popen([sys.executable, str(ROOT / "tests/harness/read_stream.py"), data, str(rank), str(world),
+                          str(workers), str(seed), str(batches), str(skip), str(epochs)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
         for rank in range(world)
     ]
@@ -56,6 +59,32 @@ def test_resume_skips_exactly_the_consumed_batches(demo_shards):
     assert resumed == full[3:]
 
 
+def write_unequal_shards(folder, domain, sizes, image):
+    """Shards of the given sizes, written as another tool would (no manifest)."""
+    urls = []
+    for shard, size in enumerate(sizes):
+        urls.append(str(folder / f"{domain}-{shard}.tar"))
+        write_tar(urls[-1], [(f"{domain}{shard}_{i:03d}.png", image) for i in range(size)])
+    return ",".join(urls)
+
+
+def test_every_image_is_drawn_equally_often(demo_folders, tmp_path):
+    # A: 7 unequal shards on 2 ranks x 2 workers (with shards owned by slots, images of the
+    # 12-sample slot were drawn twice as often as those of the 24-sample ones); B: 3 shards on 4 slots.
+    image = (demo_folders / "trainA" / "scene_0000.png").read_bytes()
+    data = {"train_a": write_unequal_shards(tmp_path, "A", [12, 12, 12, 12, 12, 12, 4], image),
+            "train_b": write_unequal_shards(tmp_path, "B", [10, 10, 3], image), "num_a": 76, "num_b": 23}
+    epochs, batches = 6, 19  # 19 batches of 2 on each of 2 ranks: one epoch of A (76 images)
+    ranks = read_ranks(data, world=2, workers=2, seed=0, batches=batches, epochs=epochs)
+    per_epoch = [{d: keys(ranks[0][str(e)], d) + keys(ranks[1][str(e)], d) for d in "AB"} for e in range(epochs)]
+    every_a = sorted(set(per_epoch[0]["A"]))
+    assert len(every_a) == 76 and all(sorted(e["A"]) == every_a for e in per_epoch), "A: each image once per epoch"
+    draws = collections.Counter(k for e in per_epoch for k in e["B"])
+    assert len(draws) == 23 and sum(draws.values()) == epochs * 76
+    # 76 draws of 23 images: 3 or 4 times each per epoch, so 18 to 24 times in 6 epochs
+    assert max(draws.values()) / min(draws.values()) <= 24 / 18, sorted(draws.values())
+
+
 def test_brace_patterns_and_comma_lists(demo_shards):
     pattern = str(demo_shards / "train" / "A-{000000..000003}.tar")
     assert [u.rsplit("/", 1)[1] for u in expand_urls(pattern)] == [f"A-00000{i}.tar" for i in range(4)]
@@ -72,7 +101,9 @@ def test_missing_shards_and_missing_counts_fail_at_start(demo_shards, tmp_path):
     with pytest.raises(DataError, match="3 shard\\(s\\) for train domain A do not exist"):
         find_sources(cfg)
     with pytest.raises(DataError, match="set data.num_a"):
-        find_sources(DataConfig(train_a=str(demo_shards / "train/A-000000.tar"), train_b=cfg.train_b, num_b=40))
+        find_sources(DataConfig(train_a="pipe:cat A-000000.tar", train_b=cfg.train_b, num_b=40))
+    counted = find_sources(DataConfig(train_a=str(demo_shards / "train/A-000000.tar"), train_b=cfg.train_b))
+    assert (counted.train_a.samples, counted.train_a.counts) == (40, (40,)), "local shards are counted"
     with pytest.raises(DataError, match="has no manifest.json"):
         find_sources(DataConfig(root=str(tmp_path)))
     with pytest.raises(DataError, match="no training data"):
@@ -102,11 +133,16 @@ def test_corrupt_samples_inside_a_shard_are_skipped_and_counted(demo_folders, tm
     assert not any(k.startswith("bad") for b in batches for k in b["key_a"])
 
 
-def test_empty_stream_fails_with_a_clear_message(tmp_path):
-    write_tar(tmp_path / "A.tar", [])
-    cfg = DataConfig(train_a=str(tmp_path / "A.tar"), train_b=str(tmp_path / "A.tar"), num_a=1, num_b=1, num_workers=0)
-    with pytest.raises(DataError, match="no samples could be read"):
-        next(iter(train_loader(UnpairedStream(find_sources(cfg), cfg, 1, 1, seed=0))))
+def test_empty_or_too_small_streams_fail_with_a_clear_message(demo_folders, tmp_path):
+    write_tar(tmp_path / "empty.tar", [])
+    cfg = DataConfig(train_a=str(tmp_path / "empty.tar"), train_b=str(tmp_path / "empty.tar"), num_workers=0)
+    with pytest.raises(DataError, match="train domain A has no samples"):
+        find_sources(cfg)
+    image = (demo_folders / "trainA" / "scene_0000.png").read_bytes()
+    write_tar(tmp_path / "three.tar", [(f"x{i}.png", image) for i in range(3)])
+    cfg = DataConfig(train_a=str(tmp_path / "three.tar"), train_b=str(tmp_path / "three.tar"), num_workers=2)
+    with pytest.raises(DataError, match="holds 3 sample\\(s\\) in its shards: too few to give each of the 2 x 2"):
+        UnpairedStream(find_sources(cfg), cfg, 1, 8, seed=0, rank=0, world_size=2)
 
 
 def test_test_images_are_ordered_and_split_across_ranks(demo_shards):
@@ -122,9 +158,9 @@ def test_test_images_are_ordered_and_split_across_ranks(demo_shards):
 def test_an_error_inside_a_loader_worker_reaches_the_user_as_one_line(tmp_path):
     from tests.conftest import script
 
-    write_tar(tmp_path / "A.tar", [])
+    write_tar(tmp_path / "A.tar", [(f"bad{i}.jpg", b"\xff\xd8\xff garbage") for i in range(3)])
     result = script("train.py", "--config", "configs/demo.yaml", f"data.train_a={tmp_path / 'A.tar'}",
-                    f"data.train_b={tmp_path / 'A.tar'}", "data.num_a=1", "data.num_b=1", "data.num_workers=1",
+                    f"data.train_b={tmp_path / 'A.tar'}", "data.num_workers=1",
                     f"output_dir={tmp_path / 'run'}", "tracking.mode=disabled", "tracking.num_images=0", check=False)
     assert result.returncode == 2, result.stderr[-2000:]
-    assert "error: no samples could be read" in result.stderr and "Traceback" not in result.stderr
+    assert "error: all 3 samples this loader slot reads" in result.stderr and "Traceback" not in result.stderr

@@ -149,6 +149,7 @@ def write_shards(
 def _write_domain(results, staging: Path, split: str, domain: str, shard_size: int, skipped: list, converted: Counter) -> dict:
     (staging / split).mkdir(exist_ok=True)
     shards: list[str] = []
+    counts: list[int] = []
     seen: set[str] = set()
     count = total_bytes = 0
     writer = None
@@ -164,13 +165,15 @@ def _write_domain(results, staging: Path, split: str, domain: str, shard_size: i
                 writer.close()
             name = f"{split}/{domain}-{len(shards):06d}.tar"
             shards.append(name)
+            counts.append(0)
             writer = wds.TarWriter(str(staging / name), encoder=False, mtime=0)
         writer.write({"__key__": key, item.ext: item.data})
+        counts[-1] += 1
         count += 1
         total_bytes += len(item.data)
     if writer:
         writer.close()
-    return {"shards": shards, "samples": count, "bytes": total_bytes}
+    return {"shards": shards, "shard_samples": counts, "samples": count, "bytes": total_bytes}
 
 
 def report(manifest: dict, output: Path) -> str:

@@ -1,12 +1,16 @@
 """Streaming unpaired A/B batches from tar shards to every rank and loader worker.
 
-Each rank runs `L` lanes (one per loader worker). Lane `l` of rank `r` is slot
-`r * L + l` of `world * L`: with enough shards a slot owns every n-th shard, otherwise it
-reads every shard and keeps every n-th sample, so slots never see each other's samples.
-A lane cycles through its shards in an order drawn from (seed, epoch, rank, lane, domain),
-through a shuffle buffer, and crops and flips each sample with an RNG seeded by its
-position. Batch `i` of an epoch comes from lane `i % L`, so every rank yields exactly the
-same number of batches and a resumed epoch can skip what was already trained on.
+Each rank runs `L` lanes (one per loader worker); lane `l` of rank `r` is slot `r * L + l`
+of `world * L`. Every epoch, the shards of a domain are put in an order drawn from (seed,
+epoch, domain), the same on every rank, and the samples they hold, laid end to end, are cut
+into one contiguous share per slot, sized by the number of samples that slot draws in the
+epoch. So slots never see each other's samples within an epoch, and every image is drawn
+equally often however many shards there are, however unequal their sizes, and however many
+ranks and workers read them. A lane cycles through its share (the pieces of one or two
+shards, usually) in an order drawn from (seed, epoch, rank, lane, domain), through a
+shuffle buffer, and crops and flips each sample with an RNG seeded by its position. Batch
+`i` of an epoch comes from lane `i % L`, so every rank yields exactly the same number of
+batches and a resumed epoch can skip what was already trained on.
 
 The loader is not passed through `accelerator.prepare`: it is split here already.
 """
@@ -19,6 +23,7 @@ import logging
 import math
 import os
 import random
+import re
 import signal
 import tarfile
 import threading
@@ -29,6 +34,7 @@ from pathlib import Path
 import torch
 import webdataset as wds
 from braceexpand import braceexpand
+from webdataset.tariterators import base_plus_ext
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from cyclegan.config import DataConfig
@@ -43,10 +49,15 @@ IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "ppm")
 
 @dataclass(frozen=True)
 class ShardSet:
-    """The shards of one split and domain, and how many samples they hold."""
+    """The shards of one split and domain, and how many samples they hold.
+
+    `counts` holds the samples of each shard, which training needs to cut the shards into
+    equal shares (test splits are read in order and leave it empty).
+    """
 
     urls: tuple[str, ...]
     samples: int
+    counts: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -62,13 +73,16 @@ def mix_seed(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
 
 
+def is_local(url: str) -> bool:
+    return "://" not in url and not url.startswith("pipe:")
+
+
 def expand_urls(spec: str, base: Path | None = None) -> list[str]:
     """Comma-separated paths, brace patterns (`A-{000000..000009}.tar`) or URLs -> a list."""
     urls = []
     for part in filter(None, (p.strip() for p in spec.split(","))):
         for url in braceexpand(part):
-            is_local = "://" not in url and not url.startswith("pipe:")
-            if is_local and base is not None and not Path(url).is_absolute():
+            if is_local(url) and base is not None and not Path(url).is_absolute():
                 url = str(base / url)
             urls.append(url)
     return urls
@@ -78,7 +92,7 @@ def check_shards(urls: list[str], what: str) -> None:
     """Fail before training when local shards are missing; remote ones are checked when read."""
     if not urls:
         raise DataError(f"no shards given for {what}")
-    local = [u for u in urls if "://" not in u and not u.startswith("pipe:")]
+    local = [u for u in urls if is_local(u)]
     missing = [u for u in local if not Path(u).is_file()]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
@@ -90,10 +104,11 @@ def check_shards(urls: list[str], what: str) -> None:
 
 def find_sources(cfg: DataConfig) -> DataSources:
     """Shard lists and sample counts from `data.root`'s manifest and/or explicit lists."""
-    manifest, root = {}, Path(cfg.root) if cfg.root else None
+    manifest, shard_size, root = {}, 0, Path(cfg.root) if cfg.root else None
     explicit = bool(cfg.train_a and cfg.train_b)
     if root is not None and (root / MANIFEST).is_file():
-        manifest = json.loads((root / MANIFEST).read_text()).get("splits", {})
+        written = json.loads((root / MANIFEST).read_text())
+        manifest, shard_size = written.get("splits", {}), written.get("shard_size", 0)
     elif root is not None and not explicit:
         raise DataError(
             f"data.root={cfg.root} has no {MANIFEST}; make one with scripts/make_shards.py, "
@@ -107,18 +122,21 @@ def find_sources(cfg: DataConfig) -> DataSources:
         what = f"{split} domain {domain}"
         if spec:
             urls = expand_urls(spec)
-            samples = count or (entry["samples"] if entry else 0)
+            check_shards(urls, what)
+            counts = count_shard_samples(urls, count) if split == "train" else ()
+            shards = ShardSet(tuple(urls), count or sum(counts), counts)
         elif entry:
-            urls, samples = expand_urls(",".join(entry["shards"]), root), entry["samples"]
+            urls = expand_urls(",".join(entry["shards"]), root)
+            check_shards(urls, what)
+            shards = ShardSet(tuple(urls), entry["samples"], manifest_counts(entry, shard_size))
         elif required:
             raise DataError(f"no shards for {what} in {root / MANIFEST if root else 'the config'}")
         else:
             return None
-        check_shards(urls, what)
-        if split == "train" and samples <= 0:
+        if split == "train" and shards.samples <= 0:
             key = f"data.num_{domain.lower()}"
-            raise DataError(f"{what} has no samples; with explicit shard lists set {key} to the number of images")
-        return ShardSet(tuple(urls), samples)
+            raise DataError(f"{what} has no samples (with remote shard lists, set {key} to the number of images)")
+        return shards
 
     return DataSources(
         train_a=pick("train", "A", cfg.train_a, cfg.num_a, True),
@@ -128,6 +146,39 @@ def find_sources(cfg: DataConfig) -> DataSources:
     )
 
 
+def manifest_counts(entry: dict, shard_size: int) -> tuple[int, ...]:
+    """Samples per shard from a manifest; older manifests imply them (every shard full but the last)."""
+    if "shard_samples" in entry:
+        return tuple(entry["shard_samples"])
+    full = len(entry["shards"]) - 1
+    return (shard_size,) * full + (entry["samples"] - full * shard_size,)
+
+
+def count_local_samples(path: str) -> int:
+    """The samples in one tar shard, read from its headers alone (as WebDataset groups files into
+    samples: consecutive files whose names share everything before the first dot)."""
+    count, previous = 0, None
+    with tarfile.open(path, "r:") as tar:
+        for member in tar:
+            if not member.isreg() or re.match(r"__[^/]*__($|/)", member.name):
+                continue
+            key, _ = base_plus_ext(member.name)
+            if key is not None and key != previous:
+                count, previous = count + 1, key
+    return count
+
+
+def count_shard_samples(urls: list[str], total: int) -> tuple[int, ...]:
+    """Samples per shard for shards given without a manifest: local shards are counted from
+    their tar headers; remote ones are assumed to share `total` equally (a manifest is exact)."""
+    if all(is_local(u) for u in urls):
+        return tuple(count_local_samples(u) for u in urls)
+    if total > 0:
+        log.warning("remote shards without a manifest (%s ...) are taken to hold %d samples in equal numbers; "
+                    "a manifest from scripts/make_shards.py gives exact per-shard counts", urls[0], total)
+    return tuple(total // len(urls) + (i < total % len(urls)) for i in range(len(urls)))
+
+
 def raw_samples(urls: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
     """(index within its shard, sample) for each sample of the shards, in order."""
     for url in urls:
@@ -135,33 +186,51 @@ def raw_samples(urls: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
         yield from enumerate(samples)
 
 
-def lane_samples(urls: tuple[str, ...], slot: int, n_slots: int, buffer: int, seed: int) -> Iterator[dict]:
-    """An endless, shuffled stream of this slot's raw samples (bytes, not yet decoded)."""
-    if len(urls) >= n_slots:
-        own, stride, offset = list(urls[slot::n_slots]), 1, 0
-    else:
-        own, stride, offset = list(urls), n_slots, slot
+def slot_share(shards: ShardSet, begin: int, end: int, layout_seed: int) -> list[tuple[str, int, int]]:
+    """Samples [begin, end) of the shards laid end to end in an order drawn from `layout_seed`,
+    as (url, first, stop) ranges of sample indices within each shard."""
+    order = list(range(len(shards.urls)))
+    random.Random(layout_seed).shuffle(order)
+    share, offset = [], 0
+    for index in order:
+        count = shards.counts[index]
+        first, stop = max(begin, offset), min(end, offset + count)
+        if first < stop:
+            share.append((shards.urls[index], first - offset, stop - offset))
+        offset += count
+    return share
+
+
+def share_samples(share: list[tuple[str, int, int]], buffer: int, seed: int) -> Iterator[dict]:
+    """An endless, shuffled stream of the raw samples (bytes, not yet decoded) of one slot's share.
+
+    Each cycle yields every sample of the share exactly once: the shards' pieces in a new
+    order, mixed through a shuffle buffer that is emptied at the end of the cycle.
+    """
     rng = random.Random(mix_seed(seed, "buffer"))
-    pending: list[dict] = []
     for cycle in range(2**62):
-        order = own[:]
+        order = share[:]
         random.Random(mix_seed(seed, "cycle", cycle)).shuffle(order)
-        found = 0
-        for index, sample in raw_samples(tuple(order)):
-            if index % stride != offset:
-                continue
-            found += 1
-            if len(pending) < buffer:
-                pending.append(sample)
-                continue
-            pick = rng.randrange(buffer)
-            yield pending[pick]
-            pending[pick] = sample
-        if found == 0:
+        pending: list[dict] = []
+        for url, first, stop in order:
+            for index, sample in raw_samples((url,)):
+                if index >= stop:
+                    break
+                if index < first:
+                    continue
+                if len(pending) < buffer:
+                    pending.append(sample)
+                    continue
+                pick = rng.randrange(buffer)
+                yield pending[pick]
+                pending[pick] = sample
+        if not pending:
             raise DataError(
-                f"no samples could be read for loader slot {slot} of {n_slots} from {len(own)} shard(s) "
-                f"({own[0]} ...): the shards are empty or unreadable, or hold fewer samples than ranks x workers"
+                f"no samples could be read from {len(share)} shard(s) ({share[0][0] if share else 'none'} ...): "
+                "the shards are empty or unreadable, or hold fewer samples than their counts say"
             )
+        rng.shuffle(pending)
+        yield from pending
 
 
 def decode(sample: dict, draft: tuple[int, int] | None = None):
@@ -193,6 +262,13 @@ class UnpairedStream(IterableDataset):
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.lanes = max(1, cfg.num_workers)
         self.epoch, self.skip = 0, 0
+        for domain, shards in (("A", sources.train_a), ("B", sources.train_b)):
+            slots = [(r, lane) for r in range(world_size) for lane in range(self.lanes) if self._draws(lane)]
+            if any(first == stop for first, stop in (self._share_bounds(shards, r, lane) for r, lane in slots)):
+                raise DataError(
+                    f"train domain {domain} holds {sum(shards.counts)} sample(s) in its shards: too few to give each "
+                    f"of the {world_size} x {self.lanes} loader slots (ranks x data.num_workers) one of its own"
+                )
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         """Start `epoch` at batch `skip_batches` (non-zero when resuming mid-epoch)."""
@@ -206,7 +282,9 @@ class UnpairedStream(IterableDataset):
         streams, seeds = {}, {}
         for domain, shards in (("A", self.sources.train_a), ("B", self.sources.train_b)):
             seeds[domain] = mix_seed(self.seed, self.epoch, self.rank, lane, domain)
-            streams[domain] = self._good_images(shards, lane, seeds[domain])
+            bounds = self._share_bounds(shards, self.rank, lane)
+            share = slot_share(shards, *bounds, mix_seed(self.seed, self.epoch, domain))
+            streams[domain] = self._good_images(share, seeds[domain], bounds[1] - bounds[0])
         for position in range(len(owned) * self.batch_size):
             sample = {"skipped": 0}
             for domain, stream in streams.items():
@@ -220,16 +298,31 @@ class UnpairedStream(IterableDataset):
             if position >= done * self.batch_size:
                 yield sample
 
-    def _good_images(self, shards: ShardSet, lane: int, seed: int) -> Iterator[tuple[str, object, int]]:
+    def _draws(self, lane: int) -> int:
+        """Samples lane `lane` of any rank draws per epoch (lanes differ by at most one batch)."""
+        return len(range(lane, self.batches_per_epoch, self.lanes)) * self.batch_size
+
+    def _share_bounds(self, shards: ShardSet, rank: int, lane: int) -> tuple[int, int]:
+        """The share of the samples of one slot, in proportion to the samples it draws per epoch,
+        so that every image is drawn equally often."""
+        per_rank = self.batches_per_epoch * self.batch_size
+        before = rank * per_rank + sum(self._draws(other) for other in range(lane))
+        total, draws = sum(shards.counts), self.world_size * per_rank
+        return total * before // draws, total * (before + self._draws(lane)) // draws
+
+    def _good_images(self, share: list[tuple[str, int, int]], seed: int, size: int) -> Iterator[tuple[str, object, int]]:
         """(key, RGB image, corrupt samples skipped just before it), endlessly."""
-        slot, n_slots = self.rank * self.lanes + lane, self.world_size * self.lanes
-        skipped = 0
-        for sample in lane_samples(shards.urls, slot, n_slots, self.cfg.shuffle_buffer, seed):
+        skipped, corrupt = 0, set()
+        for sample in share_samples(share, self.cfg.shuffle_buffer, seed):
             try:
                 image = decode(sample, draft_size(self.cfg))
             except ImageDecodeError as err:
                 log.warning("skipping corrupt sample: %s", err)
                 skipped += 1
+                corrupt.add((sample.get("__url__"), sample.get("__key__")))
+                if len(corrupt) == size:
+                    raise DataError(f"all {size} samples this loader slot reads from {share[0][0]} ... are corrupt "
+                                    f"(the last: {err})") from None
                 continue
             yield sample["__key__"], image, skipped
             skipped = 0
