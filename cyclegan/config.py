@@ -58,6 +58,10 @@ class DataConfig:
     crop_size: int = 256  # training crop (paper: 256)
     preprocess: str = "resize_and_crop"  # also crop, scale_width_and_crop, scale_shorter_and_crop
     flip: bool = True  # random horizontal flip, as the paper
+    # Decode large JPEGs at 1/2, 1/4 or 1/8 scale (free in the JPEG decoder) when that still covers
+    # the resize target: faster on big photos, but pixels then differ slightly from the official
+    # pipeline's full decode (docs/benchmarks.md measures both). Resize modes only.
+    jpeg_draft: bool = False
     num_workers: int = 4  # loader processes per rank
     shuffle_buffer: int = 256  # samples mixed in memory on top of the shard shuffle
 
@@ -203,6 +207,8 @@ def validate(config: RunConfig) -> None:
         ("data.crop_size", d.preprocess == "crop" or d.crop_size <= d.load_size,
          f"({d.crop_size}) is larger than data.load_size ({d.load_size})"),
         ("data.preprocess", d.preprocess in PREPROCESS, f"must be one of {', '.join(PREPROCESS)}"),
+        ("data.jpeg_draft", not (d.jpeg_draft and d.preprocess == "crop"),
+         "applies to the resize modes only: data.preprocess=crop takes its window at the image's own resolution"),
         ("data.num_workers", d.num_workers >= 0, "must not be negative"),
         ("data.num_a", d.num_a >= 0, "must not be negative"),
         ("data.num_b", d.num_b >= 0, "must not be negative"),

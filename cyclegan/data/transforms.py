@@ -19,8 +19,8 @@ def _resize_for(image: Image.Image, cfg: DataConfig) -> tuple[int, int]:
     load, crop = cfg.load_size, cfg.crop_size
     if cfg.preprocess == "resize_and_crop":
         return load, load
-    if cfg.preprocess == "scale_width_and_crop":
-        return load, max(crop, round(height * load / width))
+    if cfg.preprocess == "scale_width_and_crop":  # the official __scale_width, truncation included
+        return load, int(max(load * height / width, crop))
     if cfg.preprocess == "scale_shorter_and_crop":
         scale = load / min(width, height)
         return max(crop, round(width * scale)), max(crop, round(height * scale))
@@ -28,10 +28,10 @@ def _resize_for(image: Image.Image, cfg: DataConfig) -> tuple[int, int]:
     return max(crop, round(width * scale)), max(crop, round(height * scale))
 
 
-def draft_size(cfg: DataConfig) -> tuple[int, int]:
-    """A size JPEG decoding may shrink to for free (DCT scaling) without going below the target."""
-    side = cfg.crop_size if cfg.preprocess == "crop" else cfg.load_size
-    return side, side
+def draft_size(cfg: DataConfig) -> tuple[int, int] | None:
+    """With `data.jpeg_draft`, a size JPEG decoding may shrink to for free (DCT scaling) without
+    going below the resize target; otherwise None: a full decode, as the official pipeline."""
+    return (cfg.load_size, cfg.load_size) if cfg.jpeg_draft else None
 
 
 def train_transform(image: Image.Image, rng: random.Random, cfg: DataConfig) -> Image.Image:
