@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import platform
 import resource
 import statistics
@@ -19,6 +20,7 @@ from cyclegan.build import batch_to_device, build_training, make_accelerator
 from cyclegan.config import DataConfig, RunConfig
 from cyclegan.data.shards import find_domains, write_shards
 from cyclegan.data.stream import UnpairedStream, find_sources, train_loader
+from cyclegan.images import open_image, to_rgb
 from cyclegan.step import train_step
 
 
@@ -38,9 +40,10 @@ def write_photo_like_jpegs(root: Path, count: int, size: int = 256, seed: int = 
 
 
 def loader_throughput(shards: Path, workers: int, batches: int, warmup: int, repeats: int,
-                      load_size: int = 286, crop_size: int = 256) -> dict:
-    """Training-loader images/s (A and B images both counted) at batch 1, median of `repeats`."""
-    cfg = DataConfig(root=str(shards), load_size=load_size, crop_size=crop_size, num_workers=workers)
+                      jpeg_draft: bool = False) -> dict:
+    """Training-loader images/s (A and B images both counted) at batch 1, median of `repeats`;
+    the paper's preprocessing (resize to 286, crop 256)."""
+    cfg = DataConfig(root=str(shards), num_workers=workers, jpeg_draft=jpeg_draft)
     stream = UnpairedStream(find_sources(cfg), cfg, batch_size=1, batches_per_epoch=warmup + batches, seed=0)
     rates = []
     for repeat in range(repeats):
@@ -55,18 +58,49 @@ def loader_throughput(shards: Path, workers: int, batches: int, warmup: int, rep
     return {"workers": workers, "images_per_s": statistics.median(rates), "runs": rates}
 
 
-def loader_benchmark(workdir: Path, count: int, workers: list[int], batches: int, repeats: int) -> dict:
-    """Make JPEG shards once, then time the loader for each worker count."""
-    shards = workdir / "shards"
+def loader_benchmark(workdir: Path, count: int, workers: list[int], batches: int, repeats: int,
+                     image_size: int = 256, jpeg_draft: bool = False) -> dict:
+    """Make JPEG shards once (per image size), then time the loader for each worker count."""
+    folders, shards = workdir / f"folders-{image_size}", workdir / f"shards-{image_size}"
     if not (shards / "manifest.json").is_file():
-        write_photo_like_jpegs(workdir / "folders", count)
-        write_shards(find_domains(workdir / "folders", None, None), shards, shard_size=max(1, count // 8))
-    results = [loader_throughput(shards, w, batches, warmup=20, repeats=repeats) for w in workers]
-    return {
-        "what": "training loader, 256x256 JPEG -> bicubic resize 286 -> random crop 256 -> flip -> tensor",
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
+        write_photo_like_jpegs(folders, count, image_size)
+        write_shards(find_domains(folders, None, None), shards, shard_size=max(1, count // 8))
+    results = [loader_throughput(shards, w, batches, 20, repeats, jpeg_draft) for w in workers]
+    decode = "reduced-scale (jpeg_draft)" if jpeg_draft else "full"
+    report = {
+        "what": f"training loader, {image_size}x{image_size} JPEG, {decode} decode -> bicubic resize 286 -> "
+                "random crop 256 -> flip -> tensor",
+        "machine": machine(),
         "results": results,
     }
+    if jpeg_draft:
+        report["draft_vs_full_decode_levels"] = draft_difference(sorted((folders / "trainA").glob("*.jpg"))[:50])
+    return report
+
+
+def draft_difference(paths: list[Path], load_size: int = 286) -> dict:
+    """How far the reduced-scale decode moves pixels after the resize to `load_size`, in levels of 255."""
+    diffs = []
+    for path in paths:
+        data = path.read_bytes()
+        full, draft = (np.asarray(to_rgb(open_image(data, draft=d))[0].resize((load_size, load_size), Image.BICUBIC),
+                                  dtype=np.int16) for d in (None, (load_size, load_size)))
+        diffs.append(np.abs(full - draft))
+    every = np.stack(diffs)
+    return {"mean": float(every.mean()), "max": int(every.max()), "images": len(paths)}
+
+
+def machine() -> str:
+    """The CPU and the flags that decide its kernels (benchmarks name what they ran on)."""
+    flags = set()
+    if Path("/proc/cpuinfo").is_file():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch "
+            f"threads, flags: {' '.join(shown) or 'none of avx2/avx512/amx'}, ATen {torch.backends.cpu.get_cpu_capability()}")
 
 
 class PhaseTimer:
@@ -163,7 +197,7 @@ def step_benchmark(cfg: RunConfig, steps: int, warmup: int, repeats: int, peak_t
     return {
         "size": cfg.data.crop_size, "batch": cfg.train.batch_size, "precision": cfg.train.mixed_precision,
         "channels_last": cfg.perf.channels_last, "compile": cfg.perf.compile, "data": "shards" if use_shards else "synthetic",
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else machine(),
         "pairs_per_s": pairs / seconds, "seconds_per_step": seconds, "seconds_per_step_runs": per_step,
         "breakdown_seconds_per_step": {k: v / steps for k, v in timer.totals.items()},
         "warmup_seconds": warmup_seconds, "peak_memory_gib": memory,

@@ -15,11 +15,11 @@ from accelerate.utils import set_seed
 
 from cyclegan.config import RunConfig
 from cyclegan.data.stream import DataSources, epoch_steps, mix_seed
-from cyclegan.errors import UserError
+from cyclegan.errors import ConfigError, UserError
 from cyclegan.evaluation import INCEPTION_ENV, Evaluator, load_inception, load_test_split
 from cyclegan.images import normalize
 from cyclegan.models import GeneratorSpec, NLayerDiscriminator, ResnetGenerator
-from cyclegan.nonfinite import NonFiniteGuard
+from cyclegan.optim import StepGuard
 from cyclegan.pool import ImagePool
 from cyclegan.step import Networks, Optimizers, Pools
 
@@ -35,6 +35,9 @@ def make_accelerator(cfg: RunConfig, log_with: str | None = None) -> Accelerator
         step_scheduler_with_optimizer=False,  # stepped by hand, once per optimizer step
         kwargs_handlers=[ddp],
     )
+    if cfg.train.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        raise ConfigError("train.mixed_precision=fp16 needs a GPU (on the CPU Accelerate would quietly train in "
+                          "fp32); use bf16 or no there")
     if accelerator.device.type == "cuda":
         torch.backends.cudnn.benchmark = cfg.perf.cudnn_benchmark
     set_seed(cfg.seed)
@@ -72,17 +75,17 @@ def build_networks(cfg: RunConfig) -> Networks:
 
 
 def build_optimizers(nets: Networks, cfg: RunConfig, accelerator: Accelerator) -> Optimizers:
-    """One Adam over both generators, one over both discriminators, and their non-finite guard."""
+    """One Adam over both generators, one over both discriminators, and the guard that steps them."""
     t, impl = cfg.train, cfg.perf.adam
     if impl == "auto":
-        impl = "fused"  # also what lets NonFiniteGuard skip a step without a host sync
+        impl = "fused"  # also what lets StepGuard skip a step without a host sync
     flags = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False}}[impl]
 
     def adam(*modules: torch.nn.Module) -> torch.optim.Adam:
         params = itertools.chain(*(m.parameters() for m in modules))
         return torch.optim.Adam(params, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.adam_eps, **flags)
 
-    guard = NonFiniteGuard(accelerator, t.stop_after_nonfinite)
+    guard = StepGuard(accelerator, t.stop_after_nonfinite)
     return Optimizers(g=adam(nets.g_ab, nets.g_ba), d=adam(nets.d_a, nets.d_b), guard=guard)
 
 

@@ -112,6 +112,13 @@ def save_checkpoint(
     """
     final = step_dir(root, state.step)
     partial = root / f".{final.name}.partial"
+    broken = non_finite_parts(accelerator, nets, opts)
+    if broken:
+        raise CheckpointError(
+            f"not writing checkpoint {final}: {', '.join(broken)} hold non-finite (NaN or inf) values at step "
+            f"{state.step}; {_newest_kept(root)}. Lower train.lr or clip gradients (train.grad_clip), then run "
+            "again with resume=auto."
+        )
     try:
         if accelerator.is_main_process:
             shutil.rmtree(partial, ignore_errors=True)
@@ -123,10 +130,8 @@ def save_checkpoint(
             _write_shared_files(accelerator, partial, state, nets, opts, schedulers)
     except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
         shutil.rmtree(partial, ignore_errors=True)
-        previous = complete_checkpoints(root)
-        kept = f"the newest complete checkpoint, {previous[-1]}, is intact" if previous else "no checkpoint exists yet"
         raise CheckpointError(
-            f"could not write checkpoint {final} ({str(err).splitlines()[0]}); {kept}. "
+            f"could not write checkpoint {final} ({str(err).splitlines()[0]}); {_newest_kept(root)}. "
             "Free disk space or fix the folder's permissions, then run again with resume=auto."
         ) from None
     accelerator.wait_for_everyone()
@@ -139,6 +144,26 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def _newest_kept(root: Path) -> str:
+    previous = complete_checkpoints(root)
+    return f"the newest complete checkpoint, {previous[-1]}, is intact" if previous else "no checkpoint exists yet"
+
+
+def non_finite_parts(accelerator: Accelerator, nets: Networks, opts: Optimizers) -> list[str]:
+    """The networks and optimizers holding a NaN or inf on any rank (one device sync, at saves only)."""
+    parts = {name: list(accelerator.unwrap_model(getattr(nets, name)).state_dict().values()) for name in NET_NAMES}
+    for name, optimizer in (("opt_g", opts.g), ("opt_d", opts.d)):
+        parts[name] = [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+    finite = torch.stack([_all_finite(tensors, accelerator.device) for tensors in parts.values()])
+    bad = accelerator.reduce((~finite).float(), "sum")
+    return [name for name, count in zip(parts, bad.tolist()) if count]
+
+
+def _all_finite(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    flags = [torch.isfinite(t).all().to(device) for t in tensors if t.is_floating_point()]
+    return torch.stack(flags).all() if flags else torch.ones((), dtype=torch.bool, device=device)
 
 
 def _write_shared_files(accelerator: Accelerator, folder: Path, state: TrainState, nets: Networks,

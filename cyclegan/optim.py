@@ -1,11 +1,22 @@
-"""Skipping optimizer steps whose loss is not finite, without waiting for the device.
+"""Optimizer steps that every rank takes, or skips, together, without waiting for the device.
 
-Fused Adam takes a `found_inf` tensor and skips the update on the device when it is set (the
-mechanism GradScaler uses), so a NaN or inf loss costs one skipped step and no host sync.
-Skipped steps are counted on the device and read at logging steps, where a run of
-`train.stop_after_nonfinite` skipped steps in a row stops training with a message. Under
-fp16 the GradScaler already skips non-finite steps; other Adam implementations need a
-host sync per step to skip.
+Under DDP the gradients are averaged across ranks before they are read here, so their norm
+is the same number on every rank. An optimizer step is skipped when that norm is not finite:
+a NaN or inf loss on any rank, or a finite loss whose gradients overflowed. Every rank
+decides the same without talking to the others. Fused Adam takes the decision as a
+`found_inf` tensor and skips the update on the device (the mechanism GradScaler uses), so a
+skipped step costs no host sync; other Adam implementations read the decision on the host,
+one sync per optimizer step.
+
+Under fp16 the GradScaler makes the same decision from the same gradients. Every backward
+pass of an optimizer step, over all micro-batches of an accumulation window and both
+optimizers, uses one scale, updated once after both optimizers stepped. (Accelerate's
+wrapped optimizer updates the scale inside each `step()`: the generators step before the
+discriminators' last backward, so the discriminators' earlier micro-batches would be
+unscaled with a scale they were not scaled by, and the growth interval would count twice.)
+
+Skipped steps are counted on the device and read at logging steps; a run of
+`train.stop_after_nonfinite` skipped steps in a row stops training.
 """
 
 from __future__ import annotations
@@ -13,48 +24,57 @@ from __future__ import annotations
 import torch
 from accelerate import Accelerator
 
-from cyclegan.errors import UserError
 
-
-class NonFiniteGuard:
+class StepGuard:
     def __init__(self, accelerator: Accelerator, stop_after: int) -> None:
         self.accelerator, self.stop_after = accelerator, stop_after
         device = accelerator.device
-        self.pending = {"g": torch.zeros((), dtype=torch.bool, device=device),
-                        "d": torch.zeros((), dtype=torch.bool, device=device)}
-        self.skipped = torch.zeros((), device=device)  # optimizer steps skipped so far
+        self.skipping = torch.zeros((), dtype=torch.bool, device=device)  # this step: an optimizer skipped
+        self.skipped = torch.zeros((), device=device)  # steps skipped so far
         self.in_a_row = torch.zeros((), device=device)
         self.longest_run = torch.zeros((), device=device)  # since the last read
 
-    def step(self, name: str, optimizer, loss: torch.Tensor) -> None:
-        """`optimizer.step()`, skipped if this or an accumulated micro-step's loss was not finite."""
-        self.pending[name] = self.pending[name] | ~torch.isfinite(loss.detach())
+    def step(self, optimizer, max_norm: float) -> torch.Tensor | None:
+        """At the end of an accumulation window: unscale (fp16), measure the gradient norm, clip
+        if asked, and step unless the norm is not finite. Returns the norm (None while accumulating)."""
         if not self.accelerator.sync_gradients:
-            return optimizer.step()  # accumulating: the prepared optimizer does not step
-        inner = optimizer.optimizer
-        if self.accelerator.scaler is not None:
-            optimizer.step()  # the scaler skips non-finite gradients itself
+            return None
+        inner, scaler = optimizer.optimizer, self.accelerator.scaler
+        if scaler is not None:
+            scaler.unscale_(inner)
+        params = [p for group in inner.param_groups for p in group["params"]]
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        if max_norm > 0:
+            torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+        bad = ~torch.isfinite(norm)
+        if scaler is not None:
+            scaler.step(inner)  # skips on non-finite gradients, from its own check of the same gradients
         elif inner.defaults.get("fused"):
-            inner.found_inf = self.pending[name].float()
-            optimizer.step()
+            inner.found_inf = bad.float()
+            inner.step()
             del inner.found_inf
-        elif not self.pending[name].item():
-            optimizer.step()
-        if name == "d":  # one count per optimizer step of the pair
-            bad = (self.pending["g"] | self.pending["d"]).float()
-            self.skipped += bad
-            self.in_a_row = (self.in_a_row + 1) * bad
-            self.longest_run = torch.maximum(self.longest_run, self.in_a_row)
-            self.pending = {k: torch.zeros_like(v) for k, v in self.pending.items()}
+        elif not bad.item():
+            inner.step()
+        self.skipping |= bad
+        return norm
 
-    def read(self, step: int) -> dict[str, float]:
-        """At a logging step: the count, and a stop if too many steps in a row were skipped."""
-        skipped, longest = (v.item() for v in self.accelerator.reduce(torch.stack([self.skipped, self.longest_run]), "max"))
+    def end_step(self) -> None:
+        """After both optimizers: one scale update (fp16), and the count of skipped steps."""
+        if not self.accelerator.sync_gradients:
+            return
+        if self.accelerator.scaler is not None:
+            self.accelerator.scaler.update()
+        bad = self.skipping.float()
+        self.skipped += bad
+        self.in_a_row = (self.in_a_row + 1) * bad
+        self.longest_run = torch.maximum(self.longest_run, self.in_a_row)
+        self.skipping = torch.zeros_like(self.skipping)
+
+    def read(self) -> tuple[dict[str, float], int]:
+        """At a logging step: the count of skipped steps, and the longest run of them in a row since
+        the last read if it reached `stop_after` (0 otherwise). Every rank holds the same counts."""
+        skipped, longest = torch.stack([self.skipped, self.longest_run]).tolist()
         self.longest_run.zero_()
-        if self.stop_after and longest >= self.stop_after:
-            raise UserError(
-                f"stopped at step {step}: {int(longest)} optimizer step(s) in a row had a non-finite (NaN or inf) "
-                "loss and were skipped. Lower train.lr, clip gradients (train.grad_clip) or use bf16 instead of "
-                "fp16, and resume from the last checkpoint with resume=auto."
-            )
-        return {"train/skipped_nonfinite_steps": skipped}
+        longest = int(longest)
+        stop = longest if self.stop_after and longest >= self.stop_after else 0
+        return {"train/skipped_nonfinite_steps": skipped}, stop

@@ -23,7 +23,7 @@ from torch import nn
 
 from cyclegan.config import TrainConfig
 from cyclegan.losses import adversarial_loss, cycle_loss, identity_loss
-from cyclegan.nonfinite import NonFiniteGuard
+from cyclegan.optim import StepGuard
 from cyclegan.pool import ImagePool
 
 
@@ -39,7 +39,7 @@ class Networks:
 class Optimizers:
     g: torch.optim.Optimizer  # one Adam over both generators
     d: torch.optim.Optimizer  # one Adam over both discriminators
-    guard: NonFiniteGuard  # steps them unless their loss was NaN or inf
+    guard: StepGuard  # steps them, or skips them on every rank when their gradients are not finite
 
 
 @dataclass
@@ -108,8 +108,7 @@ def train_step(
         loss_g = adv_ab + adv_ba + cycle_a + cycle_b + idt_a + idt_b
         accelerator.backward(loss_g)
         mark("generators")
-        grad_norm_g = clip_and_measure(accelerator, opts.g, cfg.grad_clip)
-        opts.guard.step("g", opts.g, loss_g)  # skipped if the loss is not finite
+        grad_norm_g = opts.guard.step(opts.g, cfg.grad_clip)
         opts.g.zero_grad(set_to_none=True)
         mark("optimizers")
         set_requires_grad([d_a, d_b], True)
@@ -124,27 +123,11 @@ def train_step(
                           + adversarial_loss(d_a(pooled_a), False, cfg.gan_mode))
         accelerator.backward(loss_d_a)
         mark("discriminators")
-        grad_norm_d = clip_and_measure(accelerator, opts.d, cfg.grad_clip)
-        opts.guard.step("d", opts.d, loss_d_a + loss_d_b)
+        grad_norm_d = opts.guard.step(opts.d, cfg.grad_clip)
         opts.d.zero_grad(set_to_none=True)
+        opts.guard.end_step()
         mark("optimizers")
 
     terms = (adv_ab, adv_ba, cycle_a, cycle_b, idt_a, idt_b, loss_d_a, loss_d_b)
     return StepResult(StepLosses(*(t.detach() for t in terms)), grad_norm_g, grad_norm_d)
 
-
-def clip_and_measure(accelerator: Accelerator, optimizer: torch.optim.Optimizer, max_norm: float) -> torch.Tensor | None:
-    """On a sync step: the optimizer's gradient norm (unscaled under fp16), clipped if asked.
-
-    Only this optimizer is unscaled: `accelerator.clip_grad_norm_` would unscale both.
-    """
-    if not accelerator.sync_gradients:
-        return None
-    accelerator.unscale_gradients(optimizer=optimizer)
-    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    norm = torch.nn.utils.get_total_norm(grads)
-    if max_norm > 0:
-        torch.nn.utils.clip_grads_with_norm_(
-            [p for group in optimizer.param_groups for p in group["params"]], max_norm, norm
-        )
-    return norm

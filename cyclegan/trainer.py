@@ -22,6 +22,7 @@ from cyclegan.checkpoint import (
     NET_NAMES,
     TrainState,
     clean_partial,
+    complete_checkpoints,
     find_resume_point,
     keep_best,
     load_checkpoint,
@@ -29,6 +30,7 @@ from cyclegan.checkpoint import (
     step_dir,
 )
 from cyclegan.config import RunConfig, save_config
+from cyclegan.errors import UserError
 from cyclegan.data.stream import DataSources, UnpairedStream, find_sources, train_loader
 from cyclegan.evaluation import LOWER_IS_BETTER, headline, load_test_split
 from cyclegan.schedule import make_scheduler
@@ -208,6 +210,7 @@ class Trainer:
 
     def after_step(self, window: MetricWindow, bar: tqdm) -> None:
         """Scheduler, logging, sample grids and checkpoints after each optimizer step."""
+        used_lr = {name: scheduler.get_last_lr()[0] for name, scheduler in self.schedulers.items()}
         for scheduler in self.schedulers.values():
             scheduler.step()
         self.state.step += 1
@@ -215,13 +218,15 @@ class Trainer:
         bar.update(1)
         if step % track.log_every == 0 or step == self.plan.max_steps:
             values = window.read(self.acc, self.plan.global_batch)
-            values["lr/g"] = self.schedulers["g"].get_last_lr()[0]
-            values["lr/d"] = self.schedulers["d"].get_last_lr()[0]
+            values["lr/g"], values["lr/d"] = used_lr["g"], used_lr["d"]  # what this step was taken with
             values["epoch"] = self.state.epoch
-            values.update(self.opts.guard.read(step))
+            skipped, stop_after = self.opts.guard.read()
+            values.update(skipped)
             if torch.cuda.is_available():
                 values["perf/max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
             self.log.scalars(step, values)
+            if stop_after:
+                raise UserError(self.nonfinite_message(stop_after))
             self.last_values = values
             bar.set_postfix(g=f"{values['loss/adv_ab'] + values['loss/adv_ba']:.3f}",
                             d=f"{values['loss/d_a'] + values['loss/d_b']:.3f}",
@@ -235,6 +240,14 @@ class Trainer:
             self.checkpoint()
         if self.cfg.train.check_ranks_every and step % self.cfg.train.check_ranks_every == 0:
             self.check_ranks_agree()
+
+    def nonfinite_message(self, in_a_row: int) -> str:
+        step, saved = self.state.step, complete_checkpoints(self.ckpt_root)
+        where = (f"the newest checkpoint, {saved[-1]}, holds finite weights (checked when it was saved)" if saved
+                 else "no checkpoint was written yet")
+        return (f"stopped at step {step}: {in_a_row} optimizer step(s) in a row had non-finite (NaN or inf) gradients "
+                f"and were skipped on every rank, so the weights are unchanged by them; {where}. Lower train.lr, clip "
+                "gradients (train.grad_clip) or use bf16 instead of fp16, and resume with resume=auto.")
 
     def evaluate(self) -> None:
         """Score the test split; a new best is checkpointed and copied to best/."""

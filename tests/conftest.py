@@ -88,6 +88,22 @@ def tiny(shards: Path, output: Path, *extra: str) -> list[str]:
     ]
 
 
+def final_weights(output: Path) -> dict:
+    """The four networks' weights in a run's newest checkpoint."""
+    from safetensors.torch import load_file
+
+    from cyclegan.checkpoint import NET_NAMES, complete_checkpoints
+
+    last = complete_checkpoints(output / "checkpoints")[-1]
+    return {name: load_file(str(last / f"{name}.safetensors")) for name in NET_NAMES}
+
+
+def max_difference(weights: dict, reference: dict) -> float:
+    """The largest absolute difference between two runs' weights, over every tensor."""
+    return max((weights[n][k].double() - reference[n][k].double()).abs().max().item() for n in reference
+               for k in reference[n])
+
+
 def make_image_zoo(folder: Path) -> dict[str, str]:
     """Images of every awkward kind, plus broken files; returns name -> what it is."""
     import numpy as np

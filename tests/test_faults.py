@@ -13,14 +13,14 @@ import torch
 from safetensors.torch import load_file
 
 from cyclegan.checkpoint import NET_NAMES, complete_checkpoints
-from tests.conftest import ROOT, launch, script, tiny
+from tests.conftest import ROOT, final_weights, launch, max_difference, script, tiny
 
 TRAIN = [sys.executable, str(ROOT / "scripts/train.py"), "--config", str(ROOT / "configs/demo.yaml")]
 
 
-def weights(output):
-    last = complete_checkpoints(output / "checkpoints")[-1]
-    return {n: load_file(str(last / f"{n}.safetensors")) for n in NET_NAMES}
+def weights_at(output, step):
+    folder = output / "checkpoints" / f"step_{step:07d}"
+    return {n: load_file(str(folder / f"{n}.safetensors")) for n in NET_NAMES}
 
 
 def start(args, env=None):
@@ -58,7 +58,7 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_weights(no
         process.wait()
     result = script("train.py", "--config", "configs/demo.yaml", *tiny(noise_shards, out, *common, "resume=auto"))
     assert "done at step 16" in result.stdout
-    whole, killed = weights(tmp_path / "whole"), weights(out)
+    whole, killed = final_weights(tmp_path / "whole"), final_weights(out)
     for name in NET_NAMES:
         for key in whole[name]:
             assert torch.equal(whole[name][key], killed[name][key]), f"{name}.{key}"
@@ -152,24 +152,74 @@ def test_same_seed_same_losses(demo_shards, tmp_path):
     assert rows[0] == rows[1] and len(rows[0]) == 3
 
 
-def test_a_nan_loss_skips_the_step_and_is_counted(demo_shards, tmp_path):
+def inject_nan(where, ranks, shards, output, *extra, nproc=1):
+    """Train with a NaN in the third batch or in one of its generator gradients, on `ranks`."""
+    harness = str(ROOT / "tests/harness/inject_nan.py")
+    args = [where, ranks, "--config", str(ROOT / "configs/demo.yaml"),
+            *tiny(shards, output, "tracking.mode=disabled", "train.keep_checkpoints=10", *extra)]
+    if nproc == 1:
+        return subprocess.run([sys.executable, harness, *args], cwd=ROOT, capture_output=True, text=True)
+    return launch(nproc, harness, *args, check=False)
+
+
+def skipped_counts(output):
+    return [json.loads(line)["train/skipped_nonfinite_steps"] for line in (output / "metrics.jsonl").read_text().splitlines()]
+
+
+def all_finite(nets):
+    return all(torch.isfinite(t).all() for net in nets.values() for t in net.values())
+
+
+@pytest.mark.parametrize("adam", ["fused", "foreach"])
+def test_a_nan_loss_skips_the_step_and_is_counted(demo_shards, tmp_path, adam):
     out = tmp_path / "run"
-    harness = [sys.executable, str(ROOT / "tests/harness/inject_nan.py"), "--config", str(ROOT / "configs/demo.yaml")]
-    result = subprocess.run(harness + tiny(demo_shards, out, "train.max_steps=5", "tracking.mode=disabled",
-                                           "train.stop_after_nonfinite=0"), cwd=ROOT, capture_output=True, text=True)
+    result = inject_nan("batch", "0", demo_shards, out, "train.max_steps=5", "train.checkpoint_every=1",
+                        "train.stop_after_nonfinite=0", f"perf.adam={adam}")
     assert result.returncode == 0, result.stderr[-2000:]
+    assert skipped_counts(out) == [0, 0, 1, 1, 1]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["train/skipped_nonfinite_steps"] for r in rows] == [0, 0, 1, 1, 1]
     assert rows[2]["loss/cycle_a"] != rows[2]["loss/cycle_a"]  # the NaN is logged honestly ...
-    assert all(torch.isfinite(t).all() for net in weights(out).values() for t in net.values())  # ... not trained on
+    step2, step3 = (weights_at(out, step) for step in (2, 3))
+    assert max_difference(step3, step2) == 0, "... and not trained on: step 3 left every weight as it was"
+    assert all_finite(final_weights(out))
 
 
-def test_nan_losses_in_a_row_stop_with_a_message(demo_shards, tmp_path):
-    harness = [sys.executable, str(ROOT / "tests/harness/inject_nan.py"), "--config", str(ROOT / "configs/demo.yaml")]
-    result = subprocess.run(harness + tiny(demo_shards, tmp_path / "run", "train.max_steps=5", "tracking.mode=disabled",
-                                           "train.stop_after_nonfinite=1"), cwd=ROOT, capture_output=True, text=True)
+@pytest.mark.slow
+@pytest.mark.parametrize("where, ranks", [("batch", "1"), ("batch", "0,1"), ("grad", "1")])
+def test_a_nan_on_some_ranks_is_skipped_on_every_rank(demo_shards, tmp_path, where, ranks):
+    # DDP averages gradients: a NaN on rank 1 reaches rank 0's gradients too (and a NaN gradient
+    # under a finite loss is just as bad); every rank must skip the same step, counted once
+    out = tmp_path / "run"
+    result = inject_nan(where, ranks, demo_shards, out, "train.max_steps=5", "train.stop_after_nonfinite=0", nproc=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert skipped_counts(out) == [0, 0, 1, 1, 1]
+    sums = json.loads((out / "checksums.json").read_text())
+    assert sums["step"] == 5 and sums["ranks"][0] == sums["ranks"][1]
+    assert all_finite(final_weights(out))
+
+
+def test_nan_steps_in_a_row_stop_with_a_message_naming_a_good_checkpoint(demo_shards, tmp_path):
+    out = tmp_path / "run"
+    result = inject_nan("batch", "0", demo_shards, out, "train.max_steps=5", "train.checkpoint_every=1",
+                        "train.stop_after_nonfinite=1")
     assert result.returncode == 2 and "stopped at step 3: 1 optimizer step(s) in a row" in result.stderr
+    assert f"the newest checkpoint, {out / 'checkpoints' / 'step_0000002'}, holds finite weights" in result.stderr
     assert "Traceback" not in result.stderr
+    assert [c.name for c in complete_checkpoints(out / "checkpoints")] == ["step_0000001", "step_0000002"]
+    assert all_finite(final_weights(out))
+
+
+def test_non_finite_weights_are_never_checkpointed(demo_shards, tmp_path):
+    # batch norm's running statistics take in a NaN batch even though the step is skipped
+    out = tmp_path / "run"
+    result = inject_nan("batch", "0", demo_shards, out, "model.norm=batch", "train.max_steps=5",
+                        "train.checkpoint_every=1", "train.stop_after_nonfinite=0")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert f"not writing checkpoint {out / 'checkpoints' / 'step_0000003'}: g_ab" in result.stderr
+    assert "hold non-finite (NaN or inf) values at step 3" in result.stderr
+    assert f"the newest complete checkpoint, {out / 'checkpoints' / 'step_0000002'}, is intact" in result.stderr
+    assert [c.name for c in complete_checkpoints(out / "checkpoints")] == ["step_0000001", "step_0000002"]
+    assert all_finite(final_weights(out))
 
 
 def test_read_only_output_is_a_clear_error(demo_shards, tiny_disk):

@@ -4,17 +4,12 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from cyclegan.checkpoint import NET_NAMES, complete_checkpoints
-from tests.conftest import ROOT, launch, script, tiny
+from tests.conftest import ROOT, final_weights, launch, max_difference, script, tiny
 
 TRAIN = str(ROOT / "scripts/train.py")
-
-
-def final_weights(output):
-    last = complete_checkpoints(output / "checkpoints")[-1]
-    return {name: load_file(str(last / f"{name}.safetensors")) for name in NET_NAMES}
+FP64 = str(ROOT / "tests/harness/train_fp64.py")
 
 
 def metric_rows(output):
@@ -45,16 +40,19 @@ def test_two_ranks_keep_identical_weights_and_see_different_samples(demo_shards,
 @pytest.mark.slow
 @pytest.mark.parametrize("nproc", [1, 2])
 def test_accumulation_equals_a_larger_batch(noise_shards, tmp_path, nproc):
-    # With eps=1 Adam's first step is lr * g / (|g| + 1), nearly linear in the gradient: weights
-    # move by about 1e-5, so a lost, doubled or unscaled micro-batch shows, while rounding stays
-    # within a few float32 ulps (2e-8 at these weight sizes).
-    common = ["train.max_steps=1", "train.pool_size=0", "train.adam_eps=1.0"]
-    train(nproc, *tiny(noise_shards, tmp_path / "accum", *common, "train.batch_size=1", "train.grad_accum=2"))
-    train(nproc, *tiny(noise_shards, tmp_path / "batch", *common, "train.batch_size=2", "train.grad_accum=1"))
-    accum, batch = final_weights(tmp_path / "accum"), final_weights(tmp_path / "batch")
-    for name in NET_NAMES:
-        for key in accum[name]:
-            torch.testing.assert_close(accum[name][key], batch[name][key], atol=2e-8, rtol=0, msg=f"{name}.{key}")
+    # In float64, so that any CPU's kernels round far below the tolerance. With eps=1, Adam's first
+    # steps are lr * g / (|g| + 1), nearly linear in the gradient (the paper's eps would make them
+    # sign-like, blind to a micro-batch counted twice). A pool of one image swaps on every other query.
+    def weights_after(name, batch, accum):
+        launch(nproc, FP64, "--config", str(ROOT / "configs/demo.yaml"),
+               *tiny(noise_shards, tmp_path / name, "train.max_steps=2", "train.pool_size=1", "train.adam_eps=1.0",
+                     "tracking.mode=disabled", f"train.batch_size={batch}", f"train.grad_accum={accum}"))
+        return final_weights(tmp_path / name)
+
+    batch = weights_after("batch", 2, 1)
+    assert max_difference(weights_after("accum", 1, 2), batch) < 1e-10
+    # negative control: one image per optimizer step instead of two, as a dropped micro-batch gives
+    assert max_difference(weights_after("dropped", 1, 1), batch) > 1e-5
 
 
 @pytest.mark.slow
@@ -83,6 +81,14 @@ def test_bf16_trains_with_falling_losses(demo_shards, tmp_path):
     cycle = [r["loss/cycle_a"] + r["loss/cycle_b"] for r in rows]
     assert len(rows) == 4 and all(torch.isfinite(torch.tensor(cycle)))
     assert cycle[-1] < 0.7 * cycle[0]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU, fp16 is a real choice")
+def test_fp16_on_the_cpu_is_refused_instead_of_quietly_training_fp32(demo_shards, tmp_path):
+    result = script("train.py", "--config", "configs/demo.yaml",
+                    *tiny(demo_shards, tmp_path / "fp16", "train.mixed_precision=fp16"), check=False)
+    assert result.returncode == 2 and "train.mixed_precision=fp16 needs a GPU" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 autocast and its GradScaler need a CUDA device")
