@@ -52,11 +52,74 @@ def test_generator_layout_matches_official_key_by_key():
     assert ours == official_generator_layout()
 
 
-def test_norm_layers_carry_no_state_and_init_is_normal_002():
-    g = ResnetGenerator()
-    assert not any("running" in k for k in g.state_dict())
-    w = g.model[1].weight
-    assert abs(w.std().item() - 0.02) < 0.002 and g.model[1].bias.abs().max() == 0
+def official_discriminator_layout(ndf=64, n_layers=3):
+    """Keys and shapes of an official NLayerDiscriminator with instance norm, written out from its
+    description (not from our model): a 4x4 conv from 3 channels at model.0, then a (conv, norm,
+    LeakyReLU) triple per layer with convs at model.2, 5, 8, ..., widths ndf * min(2^n, 8), and a
+    1-channel 4x4 conv last. Instance norm keeps every conv's bias."""
+    widths = [3] + [ndf * min(2**n, 8) for n in range(n_layers + 1)] + [1]
+    shapes = {}
+    for layer, index in enumerate([0] + [2 + 3 * n for n in range(n_layers + 1)]):
+        shapes[f"model.{index}.weight"] = (widths[layer + 1], widths[layer], 4, 4)
+        shapes[f"model.{index}.bias"] = (widths[layer + 1],)
+    return shapes
+
+
+def official_discriminator_forward(state, x, n_layers=3):
+    """The official discriminator's arithmetic, from its description: strides 2 except the last
+    feature layer and the output, padding 1, LeakyReLU(0.2), instance norm after every conv but
+    the first and the last."""
+    convs = sorted({int(k.split(".")[1]) for k in state})
+    for position, index in enumerate(convs):
+        stride = 2 if position < n_layers else 1
+        x = torch.nn.functional.conv2d(x, state[f"model.{index}.weight"], state[f"model.{index}.bias"], stride, 1)
+        if 0 < position < len(convs) - 1:
+            x = torch.nn.functional.instance_norm(x)
+        if position < len(convs) - 1:
+            x = torch.nn.functional.leaky_relu(x, 0.2)
+    return x
+
+
+def test_official_discriminator_file_loads_strictly_and_judges_as_the_official_one(tmp_path):
+    torch.manual_seed(0)
+    state = {k: torch.randn(shape, dtype=torch.float64) * 0.02 for k, shape in official_discriminator_layout().items()}
+    assert sum(t.numel() for t in state.values()) == 2_764_737
+    path = tmp_path / "latest_net_D_A.pth"
+    torch.save(state, path)
+    d = NLayerDiscriminator().double()
+    d.load_state_dict(torch.load(path, weights_only=True), strict=True)
+    x = torch.rand(1, 3, 256, 256, dtype=torch.float64) * 2 - 1
+    with torch.no_grad():
+        ours, theirs = d(x), official_discriminator_forward(state, x)
+    assert ours.shape == (1, 1, 30, 30)  # 70x70 patches
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+    small = official_discriminator_layout(ndf=8, n_layers=2)
+    assert {k: tuple(v.shape) for k, v in NLayerDiscriminator(3, 8, 2).state_dict().items()} == small
+
+
+@pytest.mark.parametrize("norm", ["instance", "batch", "none"])
+def test_every_layer_starts_as_the_official_init(norm):
+    """Every conv and transposed conv N(0, 0.02) with zero bias; batch-norm scales N(1, 0.02), shifts 0;
+    instance norm without parameters or statistics. Means and deviations within 5 standard errors."""
+    torch.manual_seed(0)
+    # the generator: 24 convs, a norm after all but the last; the discriminator: 5, no norm on the ends
+    for net, convs, normed in ((ResnetGenerator(GeneratorSpec(norm=norm)), 24, 23), (NLayerDiscriminator(norm=norm), 5, 3)):
+        layers = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+        assert len(layers) == convs
+        scales = [(m.weight, 0.0) for m in layers]
+        norms = [m for m in net.modules() if isinstance(m, (torch.nn.InstanceNorm2d, torch.nn.BatchNorm2d))]
+        assert len(norms) == (0 if norm == "none" else normed)
+        for m in norms:
+            if norm == "instance":
+                assert not m.affine and not m.track_running_stats and not list(m.state_dict())
+            else:
+                scales.append((m.weight, 1.0))
+                assert m.bias.abs().max() == 0 and m.running_mean.abs().max() == 0 and (m.running_var == 1).all()
+        for weight, mean in scales:
+            w, n = weight.detach().double(), weight.numel()
+            assert abs(w.mean().item() - mean) < 5 * 0.02 / n**0.5
+            assert abs(w.std().item() - 0.02) < 5 * 0.02 / (2 * n) ** 0.5
+        assert all(m.bias is None or m.bias.abs().max() == 0 for m in layers)
 
 
 def test_official_layout_file_loads_strictly_and_translates(tmp_path):
@@ -69,12 +132,6 @@ def test_official_layout_file_loads_strictly_and_translates(tmp_path):
     ResnetGenerator().load_state_dict(torch.load(path, weights_only=True), strict=True)
     out = g(torch.zeros(1, 3, 64, 64))
     assert out.shape == (1, 3, 64, 64) and out.abs().max() <= 1
-
-
-def test_official_discriminator_file_loads_strictly(tmp_path):
-    path = tmp_path / "latest_net_D_A.pth"
-    torch.save(NLayerDiscriminator().state_dict(), path)
-    NLayerDiscriminator().load_state_dict(torch.load(path, weights_only=True), strict=True)
 
 
 def test_architecture_is_inferred_and_legacy_norm_stats_dropped(tmp_path):
