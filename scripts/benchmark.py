@@ -24,6 +24,9 @@ def main() -> None:
                         help="loader worker counts to time (0: in the main process)")
     loader.add_argument("--batches", type=int, default=300, help="timed batches per repetition")
     loader.add_argument("--repeats", type=int, default=3)
+    loader.add_argument("--image-size", type=int, default=256, help="side of the synthetic source JPEGs")
+    loader.add_argument("--jpeg-draft", action="store_true",
+                        help="time the reduced-scale JPEG decode (data.jpeg_draft) and measure how it moves pixels")
     step = sub.add_parser("step", help="the training step: pairs/s, time breakdown, memory, FLOPs, MFU")
     step.add_argument("--config", default=None, help="YAML config (default: the paper's networks)")
     step.add_argument("--size", type=int, default=256, help="crop size in pixels")
@@ -39,7 +42,8 @@ def main() -> None:
     step.add_argument("overrides", nargs="*", help="config overrides, e.g. model.n_blocks=6")
     args = parser.parse_args()
     if args.mode == "loader":
-        result = loader_benchmark(args.workdir, args.images, args.workers, args.batches, args.repeats)
+        result = loader_benchmark(args.workdir, args.images, args.workers, args.batches, args.repeats,
+                                  args.image_size, args.jpeg_draft)
     else:
         overrides = [f"data.crop_size={args.size}", f"data.load_size={args.size}", f"train.batch_size={args.batch}",
                      f"train.mixed_precision={args.precision}", f"perf.channels_last={args.channels_last}",
