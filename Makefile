@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast install clean
+.PHONY: demo test test-fast test-kernels install clean
 
 install: $(STAMP)
 
@@ -35,6 +35,11 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not slurm"
+
+# The suite again with other CPU kernels (results must not depend on one CPU's rounding).
+test-kernels: $(STAMP)
+	ONEDNN_MAX_CPU_ISA=SSE41 $(BIN)/python -m pytest
+	ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest
 
 clean:
 	rm -rf demo runs
