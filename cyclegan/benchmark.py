@@ -19,7 +19,8 @@ from PIL import Image
 from cyclegan.build import batch_to_device, build_training, make_accelerator
 from cyclegan.config import DataConfig, RunConfig
 from cyclegan.data.shards import find_domains, write_shards
-from cyclegan.data.stream import UnpairedStream, find_sources, train_loader
+from cyclegan.data.sources import find_sources
+from cyclegan.data.stream import UnpairedStream, train_loader
 from cyclegan.images import open_image, to_rgb
 from cyclegan.step import train_step
 

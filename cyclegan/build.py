@@ -10,11 +10,12 @@ import os
 from dataclasses import dataclass
 
 import torch
-from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate import Accelerator, DistributedDataParallelKwargs, DistributedType
 from accelerate.utils import set_seed
 
 from cyclegan.config import RunConfig
-from cyclegan.data.stream import DataSources, epoch_steps, mix_seed
+from cyclegan.data.sources import DataSources
+from cyclegan.data.stream import epoch_steps, mix_seed
 from cyclegan.errors import ConfigError, UserError
 from cyclegan.evaluation import INCEPTION_ENV, Evaluator, load_inception, load_test_split
 from cyclegan.images import normalize
@@ -35,6 +36,9 @@ def make_accelerator(cfg: RunConfig, log_with: str | None = None) -> Accelerator
         step_scheduler_with_optimizer=False,  # stepped by hand, once per optimizer step
         kwargs_handlers=[ddp],
     )
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
+        raise ConfigError(f"this trainer runs on one process or DDP (multi_gpu); {accelerator.distributed_type.value} "
+                          "would shard gradients that the optimizer steps read whole: launch without it")
     if cfg.train.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise ConfigError("train.mixed_precision=fp16 needs a GPU (on the CPU Accelerate would quietly train in "
                           "fp32); use bf16 or no there")

@@ -23,7 +23,8 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from cyclegan.data.shards import sample_key
-from cyclegan.data.stream import DataSources, iter_test_images
+from cyclegan.data.sources import DataSources
+from cyclegan.data.stream import iter_test_images
 from cyclegan.data.transforms import test_transform
 from cyclegan.errors import UserError
 from cyclegan.images import ImageDecodeError, list_images, open_image, to_rgb, to_tensor, to_uint8

@@ -85,7 +85,8 @@ def to_uint8_tensor(image: Image.Image) -> torch.Tensor:
 def normalize(pixels: torch.Tensor) -> torch.Tensor:
     """uint8 -> float in [-1, 1], with the official arithmetic (ToTensor, then Normalize(0.5, 0.5)).
 
-    The floats are of the default dtype: float32, unless a float64 reference run asks for it.
+    The floats are of torch's default dtype, as for any tensor made without one (float32 unless
+    set otherwise, as float64 reference runs do).
     """
     return pixels.to(torch.get_default_dtype()).div(255.0).sub(0.5).div(0.5)
 

@@ -15,8 +15,11 @@ wrapped optimizer updates the scale inside each `step()`: the generators step be
 discriminators' last backward, so the discriminators' earlier micro-batches would be
 unscaled with a scale they were not scaled by, and the growth interval would count twice.)
 
-Skipped steps are counted on the device and read at logging steps; a run of
-`train.stop_after_nonfinite` skipped steps in a row stops training.
+Skipped steps are counted on the device and read at logging steps (under fp16 the scale's
+overflow back-offs count too); a run of `train.stop_after_nonfinite` skipped steps in a row
+stops training. The prepared optimizers' own `step()` is never called, so Accelerate's
+`optimizer_step_was_skipped` is not kept; nothing here reads it. Every rank must hold the
+whole averaged gradients (one process or DDP; `make_accelerator` refuses FSDP and DeepSpeed).
 """
 
 from __future__ import annotations

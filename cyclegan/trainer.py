@@ -30,8 +30,9 @@ from cyclegan.checkpoint import (
     step_dir,
 )
 from cyclegan.config import RunConfig, save_config
+from cyclegan.data.sources import DataSources, find_sources
+from cyclegan.data.stream import UnpairedStream, train_loader
 from cyclegan.errors import UserError
-from cyclegan.data.stream import DataSources, UnpairedStream, find_sources, train_loader
 from cyclegan.evaluation import LOWER_IS_BETTER, headline, load_test_split
 from cyclegan.schedule import make_scheduler
 from cyclegan.step import Networks, StepLosses, train_step
@@ -242,12 +243,12 @@ class Trainer:
             self.check_ranks_agree()
 
     def nonfinite_message(self, in_a_row: int) -> str:
-        step, saved = self.state.step, complete_checkpoints(self.ckpt_root)
-        where = (f"the newest checkpoint, {saved[-1]}, holds finite weights (checked when it was saved)" if saved
-                 else "no checkpoint was written yet")
-        return (f"stopped at step {step}: {in_a_row} optimizer step(s) in a row had non-finite (NaN or inf) gradients "
-                f"and were skipped on every rank, so the weights are unchanged by them; {where}. Lower train.lr, clip "
-                "gradients (train.grad_clip) or use bf16 instead of fp16, and resume with resume=auto.")
+        saved = complete_checkpoints(self.ckpt_root)
+        where = f"the newest checkpoint is {saved[-1]}" if saved else "no checkpoint was written yet"
+        fp16 = " (under fp16, overflows of the loss scale count too)" if self.acc.scaler is not None else ""
+        return (f"stopped at step {self.state.step}: {in_a_row} optimizer step(s) in a row had non-finite (NaN or inf) "
+                f"gradients{fp16} and were skipped on every rank; {where} (checkpoints never hold NaN or inf). Lower "
+                "train.lr, clip gradients (train.grad_clip) or use bf16 instead of fp16, and resume with resume=auto.")
 
     def evaluate(self) -> None:
         """Score the test split; a new best is checkpointed and copied to best/."""

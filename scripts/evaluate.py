@@ -12,7 +12,7 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from cyclegan.config import DataConfig
-from cyclegan.data.stream import find_sources
+from cyclegan.data.sources import find_sources
 from cyclegan.errors import DataError, exit_on_user_error
 from cyclegan.evaluation import Evaluator, format_table, load_generator_pair, load_inception, load_test_split
 

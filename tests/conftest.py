@@ -134,7 +134,9 @@ def make_image_zoo(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def inception_weights(tmp_path_factory) -> Path:
     """A weights file with the layout of the FID Inception network but random values: the real
-    code path (file, loading, 2048 features) without downloading the real weights."""
+    code path (file, loading, 2048 features) without downloading the real weights. Its batch-norm
+    statistics are measured on random images, so that features tell images apart (with the
+    default statistics every image maps to nearly the same features, and every FID is ~0)."""
     import torch
     import torch_fidelity.feature_extractor_inceptionv3 as inception
 
@@ -144,5 +146,12 @@ def inception_weights(tmp_path_factory) -> Path:
         patch.setattr(inception.FeatureExtractorInceptionV3, "load_state_dict", lambda *args, **kwargs: None)
         torch.manual_seed(0)
         net = inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    for norm in net.modules():
+        if isinstance(norm, torch.nn.BatchNorm2d):
+            norm.momentum = None  # a plain average over the calibration batch
+            norm.reset_running_stats()
+    net.train()
+    with torch.no_grad():
+        net(torch.randint(0, 256, (16, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)))
     torch.save(net.state_dict(), path)
     return path

@@ -203,7 +203,7 @@ def test_nan_steps_in_a_row_stop_with_a_message_naming_a_good_checkpoint(demo_sh
     result = inject_nan("batch", "0", demo_shards, out, "train.max_steps=5", "train.checkpoint_every=1",
                         "train.stop_after_nonfinite=1")
     assert result.returncode == 2 and "stopped at step 3: 1 optimizer step(s) in a row" in result.stderr
-    assert f"the newest checkpoint, {out / 'checkpoints' / 'step_0000002'}, holds finite weights" in result.stderr
+    assert f"the newest checkpoint is {out / 'checkpoints' / 'step_0000002'}" in result.stderr
     assert "Traceback" not in result.stderr
     assert [c.name for c in complete_checkpoints(out / "checkpoints")] == ["step_0000001", "step_0000002"]
     assert all_finite(final_weights(out))

@@ -29,18 +29,20 @@ def train(shards, output, *extra):
 
 def test_channels_last_and_adam_variants_give_the_same_weights(noise_shards, tmp_path):
     # In float64, so that no CPU's kernels matter. A real bug moves weights by about lr (5e-4 here):
-    # the controls, a mirrored pixel order in some images and an Adam built with its default beta1,
-    # move them by 1e-3. What float64 rounding leaves is conv biases that feed instance norm: their
-    # gradient is zero plus rounding noise, which Adam (eps 1e-8) turns into updates of about 1e-10.
-    def weights_after(name, *extra):
-        run([sys.executable, str(ROOT / "tests/harness/train_fp64.py"), "--config", "configs/demo.yaml",
+    # the controls, batches with height and width swapped (a layout bug) and an Adam built with its
+    # default beta1, move them by 1e-3. What float64 rounding leaves is conv biases that feed
+    # instance norm: their gradient is zero plus rounding noise, which Adam (eps 1e-8) turns into
+    # updates of about 1e-10.
+    def weights_after(name, *extra, harness_flags=()):
+        run([sys.executable, str(ROOT / "tests/harness/train_fp64.py"), *harness_flags, "--config", "configs/demo.yaml",
              *tiny(noise_shards, tmp_path / name, "train.max_steps=3", "tracking.mode=disabled", *extra)])
         return final_weights(tmp_path / name)
 
     plain = weights_after("plain", "perf.adam=foreach")
     for adam in ("for_loop", "fused"):
         assert max_difference(weights_after(adam, "perf.channels_last=true", f"perf.adam={adam}"), plain) < 1e-7, adam
-    assert max_difference(weights_after("mirrored", "perf.channels_last=true", "data.flip=false"), plain) > 1e-5
+    transposed = weights_after("transposed", "perf.channels_last=true", harness_flags=["--transpose-batches"])
+    assert max_difference(transposed, plain) > 1e-5
     assert max_difference(weights_after("beta1", "train.beta1=0.9"), plain) > 1e-5
 
 

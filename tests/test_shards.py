@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from cyclegan.data.shards import find_domains, write_shards
+from cyclegan.data.sources import count_samples
 from cyclegan.errors import DataError
 from tests.conftest import make_image_zoo, script
 
@@ -34,6 +35,7 @@ def test_zoo_finishes_with_report_and_loadable_shards(zoo_root, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     entry = manifest["splits"]["train"]["A"]
     assert entry["samples"] == 11 and entry["shards"] == ["train/A-000000.tar", "train/A-000001.tar", "train/A-000002.tar"]
+    assert entry["shard_samples"] == [5, 5, 1] == [count_samples(str(out / shard)) for shard in entry["shards"]]
     assert len(manifest["skipped"]) == 6 and "test" not in manifest["splits"]
     assert manifest["converted"]["CMYK"] == 2 and manifest["converted"]["I;16"] == 2
     members = {}

@@ -3,6 +3,8 @@
 import collections
 import io
 import json
+import shutil
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -11,7 +13,8 @@ import pytest
 import torch
 
 from cyclegan.config import DataConfig
-from cyclegan.data.stream import UnpairedStream, expand_urls, find_sources, iter_test_images, train_loader
+from cyclegan.data.sources import expand_urls, find_sources
+from cyclegan.data.stream import UnpairedStream, iter_test_images, train_loader
 from cyclegan.errors import DataError
 from tests.conftest import ROOT
 
@@ -68,21 +71,34 @@ def write_unequal_shards(folder, domain, sizes, image):
     return ",".join(urls)
 
 
-def test_every_image_is_drawn_equally_often(demo_folders, tmp_path):
+@pytest.mark.parametrize("counted", [True, False], ids=["counted", "remote"])
+def test_every_image_is_drawn_equally_often(demo_folders, tmp_path, counted):
     # A: 7 unequal shards on 2 ranks x 2 workers (with shards owned by slots, images of the
-    # 12-sample slot were drawn twice as often as those of the 24-sample ones); B: 3 shards on 4 slots.
+    # 12-sample slot were drawn twice as often as those of the 24-sample ones); B: 3 shards on 4
+    # slots. Remote shards (read through pipe:) come without sample counts.
     image = (demo_folders / "trainA" / "scene_0000.png").read_bytes()
-    data = {"train_a": write_unequal_shards(tmp_path, "A", [12, 12, 12, 12, 12, 12, 4], image),
-            "train_b": write_unequal_shards(tmp_path, "B", [10, 10, 3], image), "num_a": 76, "num_b": 23}
+    urls = {"A": write_unequal_shards(tmp_path, "A", [12, 12, 12, 12, 12, 12, 4], image),
+            "B": write_unequal_shards(tmp_path, "B", [10, 10, 3], image)}
+    if not counted:
+        urls = {d: ",".join(f"pipe:cat {u}" for u in spec.split(",")) for d, spec in urls.items()}
+    data = {"train_a": urls["A"], "train_b": urls["B"], "num_a": 76, "num_b": 23}
     epochs, batches = 6, 19  # 19 batches of 2 on each of 2 ranks: one epoch of A (76 images)
     ranks = read_ranks(data, world=2, workers=2, seed=0, batches=batches, epochs=epochs)
-    per_epoch = [{d: keys(ranks[0][str(e)], d) + keys(ranks[1][str(e)], d) for d in "AB"} for e in range(epochs)]
-    every_a = sorted(set(per_epoch[0]["A"]))
-    assert len(every_a) == 76 and all(sorted(e["A"]) == every_a for e in per_epoch), "A: each image once per epoch"
-    draws = collections.Counter(k for e in per_epoch for k in e["B"])
-    assert len(draws) == 23 and sum(draws.values()) == epochs * 76
-    # 76 draws of 23 images: 3 or 4 times each per epoch, so 18 to 24 times in 6 epochs
-    assert max(draws.values()) / min(draws.values()) <= 24 / 18, sorted(draws.values())
+    for epoch in map(str, range(epochs)):
+        for domain in "AB":  # slot = (rank, lane): batch i of a rank comes from lane i % 2
+            slots = [set(keys(r[epoch][lane::2], domain)) for r in ranks for lane in (0, 1)]
+            assert sum(map(len, slots)) == len(set().union(*slots)), "no two slots share an image in an epoch"
+    for domain, images in (("A", 76), ("B", 23)):
+        draws = collections.Counter(k for r in ranks for e in range(epochs) for k in keys(r[str(e)], domain))
+        assert len(draws) == images and sum(draws.values()) == epochs * 76
+        by_shard = collections.defaultdict(list)
+        for key, count in draws.items():
+            by_shard[key.split("_")[0]].append(count)
+        mean = epochs * 76 / images
+        assert all(abs(statistics.mean(counts) / mean - 1) < 0.1 for counts in by_shard.values()), \
+            f"{domain}: the images of some shard are favoured: {dict(by_shard)}"
+        if counted:  # A once per epoch; B 3 or 4 times (76 / 23 = 3.3), so 18 to 24 times in 6 epochs
+            assert max(draws.values()) / min(draws.values()) <= (1 if domain == "A" else 24 / 18), draws
 
 
 def test_brace_patterns_and_comma_lists(demo_shards):
@@ -111,6 +127,27 @@ def test_missing_shards_and_missing_counts_fail_at_start(demo_shards, tmp_path):
     (tmp_path / "fake.tar").write_text("not a tar at all")
     with pytest.raises(DataError, match="1 shard\\(s\\) for train domain A are not tar files"):
         find_sources(DataConfig(train_a=str(tmp_path / "fake.tar"), train_b=cfg.train_b, num_a=1, num_b=40))
+
+
+def test_sample_counts_from_old_manifests_and_from_compressed_or_broken_shards(demo_shards, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(demo_shards, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    for domains in manifest["splits"].values():
+        for entry in domains.values():
+            del entry["shard_samples"]  # written before per-shard counts: every shard full but the last
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    before, now = find_sources(DataConfig(root=str(old))), find_sources(DataConfig(root=str(demo_shards)))
+    assert (before.train_a.counts, before.train_b.counts) == (now.train_a.counts, now.train_b.counts) == ((40,) * 4,) * 2
+    with tarfile.open(demo_shards / "train/A-000000.tar") as plain, tarfile.open(tmp_path / "A.tar.gz", "w:gz") as gz:
+        for member in plain:
+            gz.addfile(member, plain.extractfile(member))
+    cfg = DataConfig(train_a=str(tmp_path / "A.tar.gz"), train_b=str(demo_shards / "train/B-000000.tar"))
+    assert find_sources(cfg).train_a.counts == (40,)
+    data = (demo_shards / "train/A-000000.tar").read_bytes()
+    (tmp_path / "cut.tar").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="cut.tar cannot be read to count its samples"):
+        find_sources(DataConfig(train_a=str(tmp_path / "cut.tar"), train_b=cfg.train_b))
 
 
 def write_tar(path, samples):
@@ -163,4 +200,4 @@ def test_an_error_inside_a_loader_worker_reaches_the_user_as_one_line(tmp_path):
                     f"data.train_b={tmp_path / 'A.tar'}", "data.num_workers=1",
                     f"output_dir={tmp_path / 'run'}", "tracking.mode=disabled", "tracking.num_images=0", check=False)
     assert result.returncode == 2, result.stderr[-2000:]
-    assert "error: all 3 samples this loader slot reads" in result.stderr and "Traceback" not in result.stderr
+    assert "error: every sample this loader slot reads from" in result.stderr and "Traceback" not in result.stderr

@@ -113,7 +113,8 @@ def test_world_size_or_architecture_change_is_refused(demo_shards, tmp_path):
 @pytest.mark.slow
 def test_a_tiny_run_learns_the_demo_translation(demo_shards, tmp_path):
     from cyclegan.config import DataConfig
-    from cyclegan.data.stream import find_sources, iter_test_images
+    from cyclegan.data.sources import find_sources
+    from cyclegan.data.stream import iter_test_images
     from cyclegan.models import GeneratorSpec, ResnetGenerator, load_generator
 
     out = tmp_path / "learn"

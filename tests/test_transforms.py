@@ -10,7 +10,8 @@ from scipy.signal import fftconvolve
 from torchvision import transforms
 
 from cyclegan.config import DataConfig, load_config
-from cyclegan.data.stream import UnpairedStream, find_sources
+from cyclegan.data.sources import find_sources
+from cyclegan.data.stream import UnpairedStream
 from cyclegan.data.transforms import train_transform
 from cyclegan.errors import ConfigError
 from tests.test_stream import write_tar
@@ -34,13 +35,13 @@ def find_window(big: np.ndarray, small: np.ndarray) -> tuple[int, int] | None:
     return (int(top), int(left)) if np.array_equal(big[top:top + h, left:left + w], small) else None
 
 
-# The size before the crop, as each mode is defined (the official base_dataset for the first two;
-# scale_shorter is ours; crop leaves the image alone).
+# The size of a 60 x 44 image before the crop (load 40, crop 32), worked out by hand from what each
+# mode says (the official base_dataset for the first two; scale_shorter is ours).
 REFERENCE_SIZES = {
-    "resize_and_crop": lambda w, h, load, crop: (load, load),
-    "scale_width_and_crop": lambda w, h, load, crop: (load, int(max(load * h / w, crop))),
-    "scale_shorter_and_crop": lambda w, h, load, crop: (round(w * load / min(w, h)), round(h * load / min(w, h))),
-    "crop": lambda w, h, load, crop: (w, h),
+    "resize_and_crop": (40, 40),
+    "scale_width_and_crop": (40, 32),  # width to 40, height 44 * 40 / 60 = 29.3, raised to the crop
+    "scale_shorter_and_crop": (55, 40),  # 44 -> 40, 60 -> 54.5, rounded
+    "crop": (60, 44),  # left as it is
 }
 
 
@@ -49,7 +50,7 @@ REFERENCE_SIZES = {
 def test_each_mode_crops_a_window_of_the_resized_image(mode, flip):
     image = texture(60, 44)
     cfg = DataConfig(load_size=40, crop_size=32, preprocess=mode, flip=flip)
-    resized = np.asarray(image.resize(REFERENCE_SIZES[mode](60, 44, 40, 32), Image.BICUBIC))
+    resized = np.asarray(image.resize(REFERENCE_SIZES[mode], Image.BICUBIC))
     tops, lefts, flipped = set(), set(), 0
     for seed in range(300):
         out = np.asarray(train_transform(image, random.Random(seed), cfg))
@@ -63,6 +64,12 @@ def test_each_mode_crops_a_window_of_the_resized_image(mode, flip):
     height, width = resized.shape[:2]
     assert tops == set(range(height - 32 + 1)) and lefts == set(range(width - 32 + 1)), "every position, no other"
     assert (90 < flipped < 210) if flip else flipped == 0
+
+
+def test_crop_scales_up_an_image_smaller_than_the_crop():
+    image = texture(24, 20)
+    out = np.asarray(train_transform(image, random.Random(0), DataConfig(crop_size=32, preprocess="crop", flip=False)))
+    assert find_window(np.asarray(image.resize((38, 32), Image.BICUBIC)), out) is not None  # 20 -> 32, 24 -> 38.4
 
 
 def one_image_stream(tmp_path, image: Image.Image, **data) -> tuple[np.ndarray, Image.Image]:

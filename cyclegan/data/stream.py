@@ -18,27 +18,21 @@ The loader is not passed through `accelerator.prepare`: it is split here already
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import os
 import random
-import re
 import signal
-import tarfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import webdataset as wds
-from braceexpand import braceexpand
-from webdataset.tariterators import base_plus_ext
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from cyclegan.config import DataConfig
-from cyclegan.data.shards import MANIFEST
+from cyclegan.data.sources import DataSources, ShardSet
 from cyclegan.data.transforms import draft_size, test_transform, train_transform
 from cyclegan.errors import DataError
 from cyclegan.images import ImageDecodeError, open_image, to_rgb, to_tensor, to_uint8_tensor
@@ -47,136 +41,9 @@ log = logging.getLogger(__name__)
 IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "ppm")
 
 
-@dataclass(frozen=True)
-class ShardSet:
-    """The shards of one split and domain, and how many samples they hold.
-
-    `counts` holds the samples of each shard, which training needs to cut the shards into
-    equal shares (test splits are read in order and leave it empty).
-    """
-
-    urls: tuple[str, ...]
-    samples: int
-    counts: tuple[int, ...] = ()
-
-
-@dataclass(frozen=True)
-class DataSources:
-    train_a: ShardSet
-    train_b: ShardSet
-    test_a: ShardSet | None
-    test_b: ShardSet | None
-
-
 def mix_seed(*parts: object) -> int:
     """A 64-bit seed from any parts, stable across processes and Python runs (unlike hash())."""
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
-
-
-def is_local(url: str) -> bool:
-    return "://" not in url and not url.startswith("pipe:")
-
-
-def expand_urls(spec: str, base: Path | None = None) -> list[str]:
-    """Comma-separated paths, brace patterns (`A-{000000..000009}.tar`) or URLs -> a list."""
-    urls = []
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-        for url in braceexpand(part):
-            if is_local(url) and base is not None and not Path(url).is_absolute():
-                url = str(base / url)
-            urls.append(url)
-    return urls
-
-
-def check_shards(urls: list[str], what: str) -> None:
-    """Fail before training when local shards are missing; remote ones are checked when read."""
-    if not urls:
-        raise DataError(f"no shards given for {what}")
-    local = [u for u in urls if is_local(u)]
-    missing = [u for u in local if not Path(u).is_file()]
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise DataError(f"{len(missing)} shard(s) for {what} do not exist: {shown}")
-    not_tar = [u for u in local if not tarfile.is_tarfile(u)]
-    if not_tar:
-        raise DataError(f"{len(not_tar)} shard(s) for {what} are not tar files: {', '.join(not_tar[:5])}")
-
-
-def find_sources(cfg: DataConfig) -> DataSources:
-    """Shard lists and sample counts from `data.root`'s manifest and/or explicit lists."""
-    manifest, shard_size, root = {}, 0, Path(cfg.root) if cfg.root else None
-    explicit = bool(cfg.train_a and cfg.train_b)
-    if root is not None and (root / MANIFEST).is_file():
-        written = json.loads((root / MANIFEST).read_text())
-        manifest, shard_size = written.get("splits", {}), written.get("shard_size", 0)
-    elif root is not None and not explicit:
-        raise DataError(
-            f"data.root={cfg.root} has no {MANIFEST}; make one with scripts/make_shards.py, "
-            "or give data.train_a/data.train_b with data.num_a/data.num_b"
-        )
-    elif not explicit:
-        raise DataError("no training data: set data.root (a shard folder) or data.train_a and data.train_b")
-
-    def pick(split: str, domain: str, spec: str | None, count: int, required: bool) -> ShardSet | None:
-        entry = manifest.get(split, {}).get(domain)
-        what = f"{split} domain {domain}"
-        if spec:
-            urls = expand_urls(spec)
-            check_shards(urls, what)
-            counts = count_shard_samples(urls, count) if split == "train" else ()
-            shards = ShardSet(tuple(urls), count or sum(counts), counts)
-        elif entry:
-            urls = expand_urls(",".join(entry["shards"]), root)
-            check_shards(urls, what)
-            shards = ShardSet(tuple(urls), entry["samples"], manifest_counts(entry, shard_size))
-        elif required:
-            raise DataError(f"no shards for {what} in {root / MANIFEST if root else 'the config'}")
-        else:
-            return None
-        if split == "train" and shards.samples <= 0:
-            key = f"data.num_{domain.lower()}"
-            raise DataError(f"{what} has no samples (with remote shard lists, set {key} to the number of images)")
-        return shards
-
-    return DataSources(
-        train_a=pick("train", "A", cfg.train_a, cfg.num_a, True),
-        train_b=pick("train", "B", cfg.train_b, cfg.num_b, True),
-        test_a=pick("test", "A", cfg.test_a, 0, False),
-        test_b=pick("test", "B", cfg.test_b, 0, False),
-    )
-
-
-def manifest_counts(entry: dict, shard_size: int) -> tuple[int, ...]:
-    """Samples per shard from a manifest; older manifests imply them (every shard full but the last)."""
-    if "shard_samples" in entry:
-        return tuple(entry["shard_samples"])
-    full = len(entry["shards"]) - 1
-    return (shard_size,) * full + (entry["samples"] - full * shard_size,)
-
-
-def count_local_samples(path: str) -> int:
-    """The samples in one tar shard, read from its headers alone (as WebDataset groups files into
-    samples: consecutive files whose names share everything before the first dot)."""
-    count, previous = 0, None
-    with tarfile.open(path, "r:") as tar:
-        for member in tar:
-            if not member.isreg() or re.match(r"__[^/]*__($|/)", member.name):
-                continue
-            key, _ = base_plus_ext(member.name)
-            if key is not None and key != previous:
-                count, previous = count + 1, key
-    return count
-
-
-def count_shard_samples(urls: list[str], total: int) -> tuple[int, ...]:
-    """Samples per shard for shards given without a manifest: local shards are counted from
-    their tar headers; remote ones are assumed to share `total` equally (a manifest is exact)."""
-    if all(is_local(u) for u in urls):
-        return tuple(count_local_samples(u) for u in urls)
-    if total > 0:
-        log.warning("remote shards without a manifest (%s ...) are taken to hold %d samples in equal numbers; "
-                    "a manifest from scripts/make_shards.py gives exact per-shard counts", urls[0], total)
-    return tuple(total // len(urls) + (i < total % len(urls)) for i in range(len(urls)))
 
 
 def raw_samples(urls: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
@@ -186,25 +53,51 @@ def raw_samples(urls: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
         yield from enumerate(samples)
 
 
-def slot_share(shards: ShardSet, begin: int, end: int, layout_seed: int) -> list[tuple[str, int, int]]:
-    """Samples [begin, end) of the shards laid end to end in an order drawn from `layout_seed`,
-    as (url, first, stop) ranges of sample indices within each shard."""
+@dataclass(frozen=True)
+class Piece:
+    """Samples `first <= i < stop` of one shard (to its end when `stop` is None) whose index
+    leaves `offset` modulo `stride`."""
+
+    url: str
+    first: int = 0
+    stop: int | None = None
+    stride: int = 1
+    offset: int = 0
+
+    def keeps(self, index: int) -> bool:
+        return index >= self.first and index % self.stride == self.offset
+
+
+def layout(shards: ShardSet, seed: int) -> list[int]:
+    """The epoch's shard order, drawn from a seed every rank and worker shares."""
     order = list(range(len(shards.urls)))
-    random.Random(layout_seed).shuffle(order)
+    random.Random(seed).shuffle(order)
+    return order
+
+
+def counted_share(shards: ShardSet, begin: int, end: int, layout_seed: int) -> list[Piece]:
+    """Samples [begin, end) of the shards laid end to end in the epoch's order."""
     share, offset = [], 0
-    for index in order:
+    for index in layout(shards, layout_seed):
         count = shards.counts[index]
         first, stop = max(begin, offset), min(end, offset + count)
         if first < stop:
-            share.append((shards.urls[index], first - offset, stop - offset))
+            share.append(Piece(shards.urls[index], first - offset, stop - offset))
         offset += count
     return share
 
 
-def share_samples(share: list[tuple[str, int, int]], buffer: int, seed: int) -> Iterator[dict]:
+def interleaved_share(shards: ShardSet, slot: int, n_slots: int, layout_seed: int) -> list[Piece]:
+    """Without sample counts: every n-th sample of every shard, the slot that keeps a shard's
+    first sample rotating along the epoch's order so that no slot is favoured."""
+    return [Piece(shards.urls[index], stride=n_slots, offset=(slot + k) % n_slots)
+            for k, index in enumerate(layout(shards, layout_seed))]
+
+
+def share_samples(share: list[Piece], buffer: int, seed: int) -> Iterator[dict | None]:
     """An endless, shuffled stream of the raw samples (bytes, not yet decoded) of one slot's share.
 
-    Each cycle yields every sample of the share exactly once: the shards' pieces in a new
+    Each cycle yields every sample of the share exactly once, then None: the pieces in a new
     order, mixed through a shuffle buffer that is emptied at the end of the cycle.
     """
     rng = random.Random(mix_seed(seed, "buffer"))
@@ -212,11 +105,11 @@ def share_samples(share: list[tuple[str, int, int]], buffer: int, seed: int) -> 
         order = share[:]
         random.Random(mix_seed(seed, "cycle", cycle)).shuffle(order)
         pending: list[dict] = []
-        for url, first, stop in order:
-            for index, sample in raw_samples((url,)):
-                if index >= stop:
+        for piece in order:
+            for index, sample in raw_samples((piece.url,)):
+                if piece.stop is not None and index >= piece.stop:
                     break
-                if index < first:
+                if not piece.keeps(index):
                     continue
                 if len(pending) < buffer:
                     pending.append(sample)
@@ -226,11 +119,12 @@ def share_samples(share: list[tuple[str, int, int]], buffer: int, seed: int) -> 
                 pending[pick] = sample
         if not pending:
             raise DataError(
-                f"no samples could be read from {len(share)} shard(s) ({share[0][0] if share else 'none'} ...): "
+                f"no samples could be read from {len(share)} shard(s) ({share[0].url if share else 'none'} ...): "
                 "the shards are empty or unreadable, or hold fewer samples than their counts say"
             )
         rng.shuffle(pending)
         yield from pending
+        yield None
 
 
 def decode(sample: dict, draft: tuple[int, int] | None = None):
@@ -264,7 +158,8 @@ class UnpairedStream(IterableDataset):
         self.epoch, self.skip = 0, 0
         for domain, shards in (("A", sources.train_a), ("B", sources.train_b)):
             slots = [(r, lane) for r in range(world_size) for lane in range(self.lanes) if self._draws(lane)]
-            if any(first == stop for first, stop in (self._share_bounds(shards, r, lane) for r, lane in slots)):
+            bounds = [self._share_bounds(shards, r, lane) for r, lane in slots] if shards.counts else []
+            if any(first == stop for first, stop in bounds):
                 raise DataError(
                     f"train domain {domain} holds {sum(shards.counts)} sample(s) in its shards: too few to give each "
                     f"of the {world_size} x {self.lanes} loader slots (ranks x data.num_workers) one of its own"
@@ -282,9 +177,13 @@ class UnpairedStream(IterableDataset):
         streams, seeds = {}, {}
         for domain, shards in (("A", self.sources.train_a), ("B", self.sources.train_b)):
             seeds[domain] = mix_seed(self.seed, self.epoch, self.rank, lane, domain)
-            bounds = self._share_bounds(shards, self.rank, lane)
-            share = slot_share(shards, *bounds, mix_seed(self.seed, self.epoch, domain))
-            streams[domain] = self._good_images(share, seeds[domain], bounds[1] - bounds[0])
+            shared_seed = mix_seed(self.seed, self.epoch, domain)
+            if shards.counts:
+                share = counted_share(shards, *self._share_bounds(shards, self.rank, lane), shared_seed)
+            else:
+                n_slots = self.world_size * self.lanes
+                share = interleaved_share(shards, self.rank * self.lanes + lane, n_slots, shared_seed)
+            streams[domain] = self._good_images(share, seeds[domain])
         for position in range(len(owned) * self.batch_size):
             sample = {"skipped": 0}
             for domain, stream in streams.items():
@@ -310,20 +209,22 @@ class UnpairedStream(IterableDataset):
         total, draws = sum(shards.counts), self.world_size * per_rank
         return total * before // draws, total * (before + self._draws(lane)) // draws
 
-    def _good_images(self, share: list[tuple[str, int, int]], seed: int, size: int) -> Iterator[tuple[str, object, int]]:
+    def _good_images(self, share: list[Piece], seed: int) -> Iterator[tuple[str, object, int]]:
         """(key, RGB image, corrupt samples skipped just before it), endlessly."""
-        skipped, corrupt = 0, set()
+        skipped, good_in_cycle = 0, 0
         for sample in share_samples(share, self.cfg.shuffle_buffer, seed):
+            if sample is None:  # the end of a cycle through the share
+                if not good_in_cycle:
+                    raise DataError(f"every sample this loader slot reads from {share[0].url} ... is corrupt")
+                good_in_cycle = 0
+                continue
             try:
                 image = decode(sample, draft_size(self.cfg))
             except ImageDecodeError as err:
                 log.warning("skipping corrupt sample: %s", err)
                 skipped += 1
-                corrupt.add((sample.get("__url__"), sample.get("__key__")))
-                if len(corrupt) == size:
-                    raise DataError(f"all {size} samples this loader slot reads from {share[0][0]} ... are corrupt "
-                                    f"(the last: {err})") from None
                 continue
+            good_in_cycle += 1
             yield sample["__key__"], image, skipped
             skipped = 0
 

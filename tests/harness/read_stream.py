@@ -7,7 +7,8 @@ import json
 import sys
 
 from cyclegan.config import DataConfig
-from cyclegan.data.stream import UnpairedStream, find_sources, train_loader
+from cyclegan.data.sources import find_sources
+from cyclegan.data.stream import UnpairedStream, train_loader
 
 data, (rank, world, workers, seed, batches, skip, epochs) = json.loads(sys.argv[1]), map(int, sys.argv[2:9])
 cfg = DataConfig(**{"load_size": 36, "crop_size": 32, "shuffle_buffer": 8, **data, "num_workers": workers})

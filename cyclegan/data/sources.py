@@ -1,0 +1,160 @@
+"""Where the shards of each split and domain are, and how many samples each shard holds.
+
+Shards come from `data.root`'s manifest (written by scripts/make_shards.py, or by hand: it may
+list remote URLs) or from explicit lists: comma-separated paths, brace patterns or any URL
+WebDataset opens. Training needs the sample count of every shard to give each loader slot an
+equal share: the manifest holds them, local shards given without one are counted from their
+tar headers, and remote shards given without one have none (the loader then has every slot
+read every shard; see `cyclegan.data.stream`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from braceexpand import braceexpand
+from webdataset.tariterators import base_plus_ext
+
+from cyclegan.config import DataConfig
+from cyclegan.data.shards import MANIFEST
+from cyclegan.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    """The shards of one split and domain, and how many samples they hold.
+
+    `counts` holds the samples of each shard: empty for test splits (read in order) and for
+    remote training shards given without a manifest.
+    """
+
+    urls: tuple[str, ...]
+    samples: int
+    counts: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class DataSources:
+    train_a: ShardSet
+    train_b: ShardSet
+    test_a: ShardSet | None
+    test_b: ShardSet | None
+
+
+def is_local(url: str) -> bool:
+    return "://" not in url and not url.startswith("pipe:")
+
+
+def expand_urls(spec: str, base: Path | None = None) -> list[str]:
+    """Comma-separated paths, brace patterns (`A-{000000..000009}.tar`) or URLs -> a list."""
+    urls = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        for url in braceexpand(part):
+            if is_local(url) and base is not None and not Path(url).is_absolute():
+                url = str(base / url)
+            urls.append(url)
+    return urls
+
+
+def check_shards(urls: list[str], what: str) -> None:
+    """Fail before training when local shards are missing; remote ones are checked when read."""
+    if not urls:
+        raise DataError(f"no shards given for {what}")
+    local = [u for u in urls if is_local(u)]
+    missing = [u for u in local if not Path(u).is_file()]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise DataError(f"{len(missing)} shard(s) for {what} do not exist: {shown}")
+    not_tar = [u for u in local if not tarfile.is_tarfile(u)]
+    if not_tar:
+        raise DataError(f"{len(not_tar)} shard(s) for {what} are not tar files: {', '.join(not_tar[:5])}")
+
+
+def find_sources(cfg: DataConfig) -> DataSources:
+    """Shard lists and sample counts from `data.root`'s manifest and/or explicit lists."""
+    manifest, shard_size, root = {}, 0, Path(cfg.root) if cfg.root else None
+    explicit = bool(cfg.train_a and cfg.train_b)
+    if root is not None and (root / MANIFEST).is_file():
+        written = json.loads((root / MANIFEST).read_text())
+        manifest, shard_size = written.get("splits", {}), written.get("shard_size", 0)
+    elif root is not None and not explicit:
+        raise DataError(
+            f"data.root={cfg.root} has no {MANIFEST}; make one with scripts/make_shards.py, "
+            "or give data.train_a/data.train_b (and data.num_a/data.num_b for remote shards)"
+        )
+    elif not explicit:
+        raise DataError("no training data: set data.root (a shard folder) or data.train_a and data.train_b")
+
+    def pick(split: str, domain: str, spec: str | None, count: int, required: bool) -> ShardSet | None:
+        entry = manifest.get(split, {}).get(domain)
+        what = f"{split} domain {domain}"
+        if spec:
+            urls = expand_urls(spec)
+            check_shards(urls, what)
+            counts = count_local_shards(urls, what) if split == "train" else ()
+            shards = ShardSet(tuple(urls), count or sum(counts), counts)
+        elif entry:
+            urls = expand_urls(",".join(entry["shards"]), root)
+            check_shards(urls, what)
+            shards = ShardSet(tuple(urls), entry["samples"], manifest_counts(entry, shard_size))
+        elif required:
+            raise DataError(f"no shards for {what} in {root / MANIFEST if root else 'the config'}")
+        else:
+            return None
+        if split == "train" and shards.samples <= 0:
+            key = f"data.num_{domain.lower()}"
+            raise DataError(f"{what} has no samples (with remote shard lists, set {key} to the number of images)")
+        return shards
+
+    return DataSources(
+        train_a=pick("train", "A", cfg.train_a, cfg.num_a, True),
+        train_b=pick("train", "B", cfg.train_b, cfg.num_b, True),
+        test_a=pick("test", "A", cfg.test_a, 0, False),
+        test_b=pick("test", "B", cfg.test_b, 0, False),
+    )
+
+
+def manifest_counts(entry: dict, shard_size: int) -> tuple[int, ...]:
+    """Samples per shard from a manifest; older ones imply them (every shard full but the last)."""
+    if "shard_samples" in entry:
+        return tuple(entry["shard_samples"])
+    full = len(entry["shards"]) - 1
+    counts = (shard_size,) * full + (entry["samples"] - full * shard_size,)
+    if full and (not shard_size or counts[-1] <= 0):
+        raise DataError(f"the manifest lists {entry['samples']} samples in {len(entry['shards'])} shard(s) of "
+                        f"{shard_size}: they do not add up; write it again with scripts/make_shards.py")
+    return counts
+
+
+def count_local_shards(urls: list[str], what: str) -> tuple[int, ...]:
+    """Samples per local shard, from tar headers; () when any shard is remote (not counted)."""
+    if not all(is_local(u) for u in urls):
+        log.warning("%s: remote shards without a manifest have no sample counts, so every loader slot reads every "
+                    "shard and keeps its share of samples; list them in a manifest with their counts to read "
+                    "each shard once", what)
+        return ()
+    return tuple(count_samples(u) for u in urls)
+
+
+def count_samples(path: str) -> int:
+    """The samples in one tar shard, read from its headers alone, grouped as WebDataset groups
+    files into samples: consecutive files whose names share everything before the first dot."""
+    count, previous = 0, None
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                if not member.isreg() or re.match(r"__[^/]*__($|/)", member.name):
+                    continue
+                key, _ = base_plus_ext(member.name)
+                if key is not None and key != previous:
+                    count, previous = count + 1, key
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise DataError(f"shard {path} cannot be read to count its samples ({err}); it may be truncated") from None
+    return count
