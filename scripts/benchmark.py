@@ -3,6 +3,7 @@
     python scripts/benchmark.py loader --workdir /tmp/bench --workers 0 1 2
     python scripts/benchmark.py step --size 256 --batch 1 --precision bf16 --channels-last --compile \\
         --peak-tflops 989 --json h100-256-b1.json
+    python scripts/benchmark.py translate --workdir /tmp/bench-translate --precision fp32
 """
 
 import argparse
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from cyclegan.benchmark import loader_benchmark, step_benchmark
 from cyclegan.config import load_config
+from cyclegan.translate.benchmark import translate_benchmark
 
 
 def main() -> None:
@@ -40,8 +42,19 @@ def main() -> None:
     step.add_argument("--repeats", type=int, default=3)
     step.add_argument("--peak-tflops", type=float, help="the device's peak for this precision, for MFU")
     step.add_argument("overrides", nargs="*", help="config overrides, e.g. model.n_blocks=6")
+    translate = sub.add_parser("translate", help="translation: folders, shards, large tiled images, video")
+    translate.add_argument("--workdir", type=Path, required=True, help="where inputs and outputs are made")
+    translate.add_argument("--sizes", type=int, nargs="+", default=[256, 1024], help="image sides for folders/shards")
+    translate.add_argument("--images", type=int, default=8, help="images per size")
+    translate.add_argument("--large", type=int, nargs="*", default=[4096, 10000], help="sides of single tiled images")
+    translate.add_argument("--frames", type=int, default=24, help="frames of the 256 px test video")
+    translate.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    translate.add_argument("--tile", type=int, default=512)
     args = parser.parse_args()
-    if args.mode == "loader":
+    if args.mode == "translate":
+        result = translate_benchmark(args.workdir, args.sizes, args.images, args.large, args.frames, args.precision,
+                                     args.tile)
+    elif args.mode == "loader":
         result = loader_benchmark(args.workdir, args.images, args.workers, args.batches, args.repeats,
                                   args.image_size, args.jpeg_draft)
     else:

@@ -1,18 +1,38 @@
-"""scripts/translate.py on real files: sizes, modes, bad files, and the official arithmetic."""
+"""scripts/translate.py on real files, shards and videos: sizes, modes, bad input, ranks, resume,
+exact tiles, and the official test arithmetic."""
 
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+import av
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from torchvision import transforms
 
 from cyclegan.models import GeneratorSpec, ResnetGenerator
-from tests.conftest import make_image_zoo, script
+from cyclegan.models.loading import export_generator
+from cyclegan.translate.tiles import translate_tiled
+from cyclegan.translate.video import flicker
+from tests.conftest import ROOT, launch, make_image_zoo, script
+
+TRANSLATE = str(ROOT / "scripts/translate.py")
 
 
 def save_generator(path, spec=GeneratorSpec(ngf=8, n_blocks=2), seed=0):
     torch.manual_seed(seed)
     net = ResnetGenerator(spec)
-    torch.save(net.state_dict(), path)
+    if path.suffix == ".safetensors":
+        export_generator(net, path)
+    else:
+        torch.save(net.state_dict(), path)
     return net
 
 
@@ -27,10 +47,13 @@ def test_folder_keeps_sizes_names_and_reports_bad_files(tmp_path):
     assert len(written) == 12 and "rgb.png" in written and "rgb.jpg.png" in written and "rgb.tiff.png" in written
     with Image.open(tmp_path / "out" / "odd.png") as out:
         assert out.size == (50, 37) and out.mode == "RGB"
-    assert "skipped 3 unreadable file(s)" in result.stdout
+    assert "skipped 3 unreadable" in result.stdout
     for name in ("empty.png", "truncated.jpg", "not_an_image.png"):
         assert name in result.stdout
     assert "converted to RGB from:" in result.stdout and "I;16" in result.stdout and "CMYK (1)" in result.stdout
+    again = script("translate.py", "--checkpoint", tmp_path / "g.pth", "--input", tmp_path / "in",
+                   "--output", tmp_path / "out", "--device", "cpu")
+    assert "translated 0 image(s)" in again.stdout and "kept 12 image(s) completed by an earlier run" in again.stdout
 
 
 def test_matches_official_test_pipeline_within_one_level(tmp_path):
@@ -39,7 +62,7 @@ def test_matches_official_test_pipeline_within_one_level(tmp_path):
     image = Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8))
     image.save(tmp_path / "x.png")
     script("translate.py", "--checkpoint", tmp_path / "latest_net_G_A.pth", "--input", tmp_path / "x.png",
-           "--output", tmp_path / "out", "--load-size", "256", "--device", "cpu")
+           "--output", tmp_path / "out", "--load-size", "256", "--device", "cpu", "--precision", "fp32")
     official = transforms.Compose([
         transforms.Resize([256, 256], transforms.InterpolationMode.BICUBIC),
         transforms.ToTensor(),
@@ -61,3 +84,203 @@ def test_empty_and_missing_input_are_errors(tmp_path):
     result = script("translate.py", "--checkpoint", tmp_path / "missing.pth", "--input", tmp_path / "empty",
                     "--output", tmp_path / "out", check=False)
     assert result.returncode == 2 and "missing.pth does not exist" in result.stderr
+    (tmp_path / "clip.mp4").write_bytes(b"not a video")
+    result = script("translate.py", "--checkpoint", tmp_path / "g.pth", "--input", tmp_path / "clip.mp4",
+                    "--output", tmp_path / "out.mp4", check=False)
+    assert result.returncode == 2 and "cannot be opened as a video" in result.stderr and "Traceback" not in result.stderr
+
+
+# --- exact tiles ------------------------------------------------------------------------------
+
+def untiled(net, pixels):
+    x = torch.tensor(pixels).permute(2, 0, 1)[None].float() / 255 * 2 - 1
+    pad_h, pad_w = -x.shape[2] % 4, -x.shape[3] % 4
+    with torch.no_grad():
+        y = net(torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode="reflect"))[..., :x.shape[2], :x.shape[3]]
+    return ((y[0].permute(1, 2, 0).numpy() + 1) / 2 * 255).clip(0, 255).astype(np.uint8)
+
+
+def psnr(a, b):
+    mse = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean()
+    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
+
+
+@pytest.mark.parametrize("norm", ["instance", "batch", "none"])
+def test_tiles_use_whole_image_statistics_and_match_the_untiled_translation(norm):
+    torch.manual_seed(0)
+    net = ResnetGenerator(GeneratorSpec(ngf=8, n_blocks=2, norm=norm)).eval()
+    if norm == "batch":  # statistics as a trained network has them
+        for layer in net.modules():
+            if isinstance(layer, torch.nn.BatchNorm2d):
+                layer.running_mean.normal_(0, 0.1), layer.running_var.uniform_(0.5, 2)
+    pixels = np.random.default_rng(0).integers(0, 256, (101, 86, 3), dtype=np.uint8)  # sizes not multiples of 4
+    whole = untiled(net, pixels)
+    for tile in (16, 40, 200):  # many tiles, a few, one
+        assert psnr(translate_tiled(net, pixels, tile, torch.device("cpu")), whole) > 60, (norm, tile)
+
+
+def test_naive_tiles_are_what_the_exact_ones_avoid():
+    # negative control: tiles translated on their own get instance-norm statistics of their own
+    torch.manual_seed(0)
+    net = ResnetGenerator(GeneratorSpec(ngf=8, n_blocks=2)).eval()
+    coarse = np.random.default_rng(1).integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    pixels = np.asarray(Image.fromarray(coarse).resize((96, 96), Image.BICUBIC))  # tones vary across the image
+    naive = np.concatenate([np.concatenate([untiled(net, pixels[r:r + 32, c:c + 32]) for c in range(0, 96, 32)], 1)
+                            for r in range(0, 96, 32)], 0)
+    assert psnr(naive, untiled(net, pixels)) < 40 < psnr(translate_tiled(net, pixels, 32, torch.device("cpu")),
+                                                         untiled(net, pixels))
+
+
+def test_cli_tiles_exactly(tmp_path):
+    save_generator(tmp_path / "g.pth")
+    pixels = np.random.default_rng(2).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "x.png")
+    for tile in ("0", "24"):
+        script("translate.py", "--checkpoint", tmp_path / "g.pth", "--input", tmp_path / "x.png",
+               "--output", tmp_path / tile, "--tile", tile, "--precision", "fp32")
+    whole, tiled = (np.asarray(Image.open(tmp_path / t / "x.png")) for t in ("0", "24"))
+    assert psnr(tiled, whole) > 60
+
+
+# --- shards across ranks ----------------------------------------------------------------------
+
+@pytest.fixture
+def shard_input(tmp_path):
+    """5 shards of domain A (8 images each, two sizes) with one corrupt sample, and a generator."""
+    rng = np.random.default_rng(0)
+    for domain in "AB":
+        folder = tmp_path / "folders" / f"train{domain}"
+        folder.mkdir(parents=True)
+        for i in range(40):
+            size = (48, 40) if i % 3 else (32, 32)
+            Image.fromarray(rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
+    script("make_shards.py", "--input", tmp_path / "folders", "--output", tmp_path / "shards", "--shard-size", "8",
+           "--workers", "1")
+    shard = tmp_path / "shards" / "train" / "A-000002.tar"
+    with tarfile.open(shard, "a") as tar:
+        info = tarfile.TarInfo("broken.png")
+        info.size = 5
+        tar.addfile(info, fileobj=io.BytesIO(b"nopng"))
+    save_generator(tmp_path / "g_ab.safetensors")
+    return tmp_path
+
+
+def shard_keys(folder):
+    keys = {}
+    for shard in sorted(folder.glob("train/A-*.tar")):
+        with tarfile.open(shard) as tar:
+            for member in tar:
+                keys[member.name] = tar.extractfile(member).read()
+    return keys
+
+
+@pytest.mark.slow
+def test_shards_split_across_two_ranks_equal_one_process(shard_input):
+    args = ["--checkpoint", shard_input / "g_ab.safetensors", "--input", shard_input / "shards", "--precision", "fp32"]
+    launch(1, TRANSLATE, *args, "--output", shard_input / "one")
+    result = launch(2, TRANSLATE, *args, "--output", shard_input / "two")
+    assert "translated 40 sample(s)" in result.stdout and "skipped 1 unreadable" in result.stdout
+    one, two = shard_keys(shard_input / "one"), shard_keys(shard_input / "two")
+    assert sorted(one) == sorted(f"{i:03d}.png" for i in range(40)), "every key exactly once, as a png"
+    assert one == two, "the same bytes from one process and from two"
+    manifest = json.loads((shard_input / "two" / "manifest.json").read_text())
+    entry = manifest["splits"]["train"]["A"]
+    assert entry["shards"] == [f"train/A-{i:06d}.tar" for i in range(5)] and entry["shard_samples"] == [8] * 5
+    assert len(manifest["skipped"]) == 1 and "broken" in manifest["skipped"][0]
+    assert not list((shard_input / "two").rglob(".*.partial"))
+
+
+@pytest.mark.slow
+def test_folders_split_across_two_ranks_equal_one_process(shard_input):
+    args = ["--checkpoint", shard_input / "g_ab.safetensors", "--input", shard_input / "folders", "--precision", "fp32"]
+    launch(1, TRANSLATE, *args, "--output", shard_input / "one")
+    result = launch(2, TRANSLATE, *args, "--output", shard_input / "two")
+    assert "translated 80 image(s)" in result.stdout
+    one, two = ({p.relative_to(shard_input / n): p.read_bytes() for p in (shard_input / n).rglob("*.png")}
+                for n in ("one", "two"))
+    assert len(one) == 80 and one == two
+
+
+@pytest.mark.slow
+def test_a_killed_shard_job_rerun_redoes_only_the_missing_shards(shard_input):
+    out = shard_input / "out"
+    args = [sys.executable, TRANSLATE, "--checkpoint", str(shard_input / "g_ab.safetensors"),
+            "--input", str(shard_input / "shards"), "--output", str(out), "--batch-size", "1", "--precision", "fp32"]
+    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 120
+    while not list(out.glob("train/A-*.tar")):
+        assert time.time() < deadline and process.poll() is None, "no shard was completed"
+        time.sleep(0.005)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    done = {p.name: p.stat().st_mtime_ns for p in out.glob("train/A-*.tar")}
+    assert 1 <= len(done) < 5
+    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=True)
+    assert f"kept {8 * len(done)} sample(s) completed by an earlier run" in result.stdout
+    assert f"translated {40 - 8 * len(done)} sample(s)" in result.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("train/A-*.tar") if p.name in done} == done
+    assert len(shard_keys(out)) == 40 and not list(out.rglob(".*.partial"))
+
+
+# --- video ------------------------------------------------------------------------------------
+
+def make_clip(path, frames=20, fps=12, size=(64, 48), moving=True, audio=True, noise=0):
+    """A textured background with a red square crossing it (or still), optionally with grain and a tone."""
+    rng = np.random.default_rng(0)
+    background = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=fps, options={"crf": "0"})
+        video.width, video.height, video.pix_fmt = size[0], size[1], "yuv444p"
+        tone = container.add_stream("aac", rate=16000) if audio else None
+        for t in range(frames):
+            image = background.copy()
+            if moving:
+                image[10:20, 5 + 2 * t:15 + 2 * t] = (255, 0, 0)
+            if noise:
+                image = np.clip(image + rng.integers(-noise, noise + 1, image.shape), 0, 255).astype(np.uint8)
+            container.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(video.encode())
+        if tone:
+            samples = (0.3 * np.sin(np.arange(16000 * frames // fps) * 2 * np.pi * 440 / 16000)).astype(np.float32)
+            for start in range(0, len(samples) - 1024, 1024):
+                frame = av.AudioFrame.from_ndarray(samples[None, start:start + 1024], format="flt", layout="mono")
+                frame.sample_rate = 16000
+                container.mux(tone.encode(frame))
+            container.mux(tone.encode())
+
+
+def read_clip(path):
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+        return frames, stream.average_rate, [s.codec_context.name for s in container.streams.audio]
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".webm"])
+def test_video_keeps_frames_rate_size_and_audio(tmp_path, suffix):
+    save_generator(tmp_path / "g.pth")
+    make_clip(tmp_path / "in.mkv")
+    script("translate.py", "--checkpoint", tmp_path / "g.pth", "--input", tmp_path / "in.mkv",
+           "--output", tmp_path / f"out{suffix}", "--batch-size", "3")
+    frames, rate, audio = read_clip(tmp_path / f"out{suffix}")
+    source_frames, source_rate, _ = read_clip(tmp_path / "in.mkv")
+    assert len(frames) == len(source_frames) == 20 and rate == source_rate == 12
+    assert frames[0].shape == (48, 64, 3)
+    assert audio == (["opus"] if suffix == ".webm" else ["aac"]), "the tone copied (WebM takes no AAC: re-encoded)"
+
+
+def test_a_still_clip_gives_identical_frames_and_smoothing_lowers_flicker(tmp_path):
+    save_generator(tmp_path / "g.pth")
+    make_clip(tmp_path / "still.mkv", moving=False, audio=False)
+    script("translate.py", "--checkpoint", tmp_path / "g.pth", "--input", tmp_path / "still.mkv",
+           "--output", tmp_path / "still-out.mkv", "--batch-size", "3")
+    frames, _, _ = read_clip(tmp_path / "still-out.mkv")
+    assert len(frames) == 20 and all(np.array_equal(frames[0], frame) for frame in frames)
+    make_clip(tmp_path / "grainy.mkv", audio=False, noise=3)  # sensor grain: the translation flickers
+    source, _, _ = read_clip(tmp_path / "grainy.mkv")
+    measured = {}
+    for strength in ("0", "0.8"):
+        script("translate.py", "--checkpoint", tmp_path / "g.pth", "--input", tmp_path / "grainy.mkv",
+               "--output", tmp_path / f"grainy-{strength}.mkv", "--smoothing", strength)
+        measured[strength] = flicker(source, read_clip(tmp_path / f"grainy-{strength}.mkv")[0])
+    assert measured["0.8"] < 0.5 * measured["0"], measured

@@ -1,0 +1,125 @@
+"""The one batched translation core: a generator on a device turning 8-bit images into 8-bit
+translations. Files, shards and videos all go through `Translator.translate`; images too big
+for memory go through the exact tiled path (`cyclegan.translate.tiles`).
+
+Each image keeps its size: it is reflection-padded to a multiple of 4 (the generator
+downsamples twice), translated and cropped back, and the output is `(y + 1) / 2 * 255` cast to
+uint8, as the official test code writes it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+import torch.nn.functional as F
+
+from cyclegan.errors import UserError
+from cyclegan.images import normalize, to_uint8
+from cyclegan.models.generator import ResnetGenerator
+from cyclegan.translate.tiles import translate_tiled
+
+DEFAULT_TILE = 512  # pixels; a tile of the paper's generator then needs about 0.5 GB
+BYTES_PER_PIXEL_PER_NGF = 16  # untiled forward: peak memory / (pixels x ngf), measured on the CPU
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for, but no CUDA device is available")
+    return torch.device(name)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device computes in bf16 natively (on CPUs without it, bf16 is emulated and slow)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """`auto`: bf16 where the device does it natively, else fp32."""
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}")
+    return native_bf16(device) if precision == "auto" else precision == "bf16"
+
+
+@dataclass
+class TranslateReport:
+    """What a translation wrote and skipped, mergeable across ranks."""
+
+    written: int = 0
+    done_before: int = 0  # outputs a previous, interrupted run had completed
+    skipped: list[str] = field(default_factory=list)
+    converted: Counter = field(default_factory=Counter)
+
+    def merge(self, other: TranslateReport) -> None:
+        self.written += other.written
+        self.done_before += other.done_before
+        self.skipped += other.skipped
+        self.converted.update(other.converted)
+
+    def summary(self, output: Path, what: str = "image(s)") -> str:
+        lines = [f"translated {self.written} {what} into {output}"]
+        if self.done_before:
+            lines.append(f"kept {self.done_before} {what} completed by an earlier run")
+        if self.converted:
+            modes = ", ".join(f"{mode} ({n})" for mode, n in sorted(self.converted.items()))
+            lines.append(f"converted to RGB from: {modes}")
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} unreadable item(s):")
+            lines += [f"  {reason}" for reason in self.skipped]
+        return "\n".join(lines)
+
+
+class Translator:
+    """A generator on a device. `tile`: None decides per image (tiles when the untiled forward
+    would not fit in half the free memory), 0 never tiles, N tiles of N pixels."""
+
+    def __init__(self, net: ResnetGenerator, device: torch.device, bf16: bool = False, tile: int | None = None) -> None:
+        self.net, self.device, self.bf16, self.tile = net.eval().to(device), device, bf16, tile
+
+    def untiled_bytes(self, height: int, width: int) -> int:
+        return height * width * self.net.spec.ngf * BYTES_PER_PIXEL_PER_NGF
+
+    def free_bytes(self) -> int:
+        if self.device.type == "cuda":
+            return torch.cuda.mem_get_info(self.device)[0]
+        return psutil.virtual_memory().available
+
+    def tile_for(self, height: int, width: int) -> int:
+        """The tile size for images of this size; 0: untiled."""
+        if self.tile is not None:
+            return self.tile
+        return DEFAULT_TILE if self.untiled_bytes(height, width) > self.free_bytes() // 2 else 0
+
+    def translate(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """8-bit H x W x C images of one size -> their 8-bit translations."""
+        height, width = images[0].shape[:2]
+        tile = self.tile_for(height, width)
+        if tile:
+            return [translate_tiled(self.net, image, tile, self.device, self.bf16) for image in images]
+        per_pass = max(1, self.free_bytes() // 2 // self.untiled_bytes(height, width))
+        out = []
+        for start in range(0, len(images), per_pass):
+            batch = torch.from_numpy(np.stack(images[start:start + per_pass])).to(self.device).permute(0, 3, 1, 2)
+            out += list(to_uint8(self.forward(normalize(batch))).permute(0, 2, 3, 1).cpu().numpy())
+        return out
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """[-1, 1] NCHW of any size -> translated [-1, 1] NCHW (float32) of the same size."""
+        height, width = images.shape[-2:]
+        pad_h, pad_w = -height % 4, -width % 4
+        if pad_h or pad_w:
+            images = F.pad(images, (0, pad_w, 0, pad_h), mode="reflect")
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            out = self.net(images)
+        return out[..., :height, :width].float()

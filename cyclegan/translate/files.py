@@ -1,0 +1,87 @@
+"""Image files in, PNG files out, split across ranks: rank r translates every world-th file.
+
+Each output is written under a temporary name and renamed when complete, so a rerun of an
+interrupted job keeps the outputs it finds and translates only the rest.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from cyclegan.errors import DataError
+from cyclegan.images import ImageDecodeError, list_images, open_image, to_rgb
+from cyclegan.translate.core import TranslateReport, Translator
+
+
+def output_name(relative: Path, stems: Counter) -> Path:
+    """`x.jpg` -> `x.png`; but when `x.jpg` and `x.png` are both inputs, `x.jpg` -> `x.jpg.png`."""
+    if stems[relative.with_suffix("")] > 1 and relative.suffix.lower() != ".png":
+        return relative.with_name(relative.name + ".png")
+    return relative.with_suffix(".png")
+
+
+def save_png(pixels: np.ndarray, target: Path) -> None:
+    """Write atomically: a file with the final name is always complete."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    Image.fromarray(pixels).save(partial, format="PNG")
+    partial.replace(target)
+
+
+def load_rgb(path: Path, load_size: int | None, report: TranslateReport) -> np.ndarray | None:
+    """The image as 8-bit RGB (resized to `load_size` square if given), or None if unreadable."""
+    try:
+        image, mode = to_rgb(open_image(path))
+    except ImageDecodeError as err:
+        report.skipped.append(str(err))
+        return None
+    if mode:
+        report.converted[mode] += 1
+    if load_size:
+        image = image.resize((load_size, load_size), Image.BICUBIC)
+    return np.asarray(image)
+
+
+def translate_files(translator: Translator, source: Path, output: Path, load_size: int | None = None,
+                    batch_size: int = 4, rank: int = 0, world_size: int = 1) -> TranslateReport:
+    """Translate `source` (an image, or a folder searched recursively) into PNGs under `output`,
+    keeping relative paths; this rank's share of the files."""
+    if source.is_file():
+        files, root = [source], source.parent
+    elif source.is_dir():
+        files, root = list_images(source), source
+    else:
+        raise DataError(f"input {source} does not exist")
+    if not files:
+        raise DataError(f"no images found under {source}")
+    stems = Counter(p.relative_to(root).with_suffix("") for p in files)
+    report = TranslateReport()
+    groups: dict[tuple[int, int], list[tuple[Path, Path]]] = defaultdict(list)
+    for path in files[rank::world_size]:
+        target = output / output_name(path.relative_to(root), stems)
+        if target.is_file():
+            report.done_before += 1
+            continue
+        try:
+            with Image.open(path) as image:
+                size = image.size
+        except Exception as err:  # PIL raises many kinds for a bad header
+            report.skipped.append(f"{path}: cannot be opened ({err})")
+            continue
+        groups[(load_size, load_size) if load_size else size].append((path, target))
+    with tqdm(total=sum(map(len, groups.values())), desc="translate", unit="img", disable=rank != 0) as bar:
+        for size, jobs in sorted(groups.items()):  # one size per forward pass
+            for start in range(0, len(jobs), batch_size):
+                chunk = [(load_rgb(path, load_size, report), target) for path, target in jobs[start:start + batch_size]]
+                chunk = [(pixels, target) for pixels, target in chunk if pixels is not None]
+                if chunk:
+                    for pixels, (_, target) in zip(translator.translate([p for p, _ in chunk]), chunk):
+                        save_png(pixels, target)
+                    report.written += len(chunk)
+                bar.update(len(jobs[start:start + batch_size]))
+    return report

@@ -1,0 +1,67 @@
+"""What `scripts/translate.py` does: pick the input's kind, share the work across ranks (under
+`accelerate launch`), translate, and report once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object, parse_flag_from_env
+
+from cyclegan.data.shards import MANIFEST
+from cyclegan.errors import UserError
+from cyclegan.models import load_generator
+from cyclegan.translate.core import TranslateReport, Translator, pick_device, use_bf16
+from cyclegan.translate.files import translate_files
+from cyclegan.translate.shards import translate_shards, write_manifest
+from cyclegan.translate.video import VIDEO_EXTENSIONS, translate_video
+
+
+def input_kind(spec: str) -> str:
+    """`video`, `shards` (a shard folder, or shard paths, patterns or URLs) or `images`."""
+    path = Path(spec)
+    if path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS:
+        return "video"
+    if (path.is_dir() and (path / MANIFEST).is_file()) or (not path.exists() and ".tar" in spec):
+        return "shards"
+    return "images"
+
+
+def run(checkpoint: Path, source: str, output: Path, direction: str = "AtoB", load_size: int | None = None,
+        batch_size: int = 4, device: str = "auto", precision: str = "auto", tile: int | None = None,
+        smoothing: float = 0.0) -> TranslateReport:
+    """Translate `source` into `output`, print a summary once; returns the report of all ranks."""
+    if batch_size < 1 or (tile is not None and tile < 0) or not 0 <= smoothing < 1:
+        raise UserError("--batch-size must be at least 1, --tile at least 0, --smoothing in [0, 1)")
+    # gloo between CPU processes when there is no GPU or the CPU is asked for (as Accelerator does)
+    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"))
+    dev = state.device if device == "auto" else pick_device(device)
+    bf16 = use_bf16(precision, dev)
+    translator = Translator(load_generator(checkpoint, direction=direction), dev, bf16, tile)
+    kind = input_kind(source)
+    state.print(f"translating {kind} {direction} on {dev} in {'bf16' if bf16 else 'fp32'} "
+                f"with {state.num_processes} process(es)")
+    if kind == "video":
+        target = output if output.suffix.lower() in VIDEO_EXTENSIONS else output / Path(source).name
+        report = TranslateReport()
+        if state.is_main_process:
+            report.written = translate_video(translator, Path(source), target, batch_size, smoothing)
+        state.print(report.summary(target, "frame(s)"))
+        return report
+    if kind == "shards":
+        domain = "A" if direction == "AtoB" else "B"
+        mine, shards = translate_shards(translator, source, output, domain, batch_size, state.process_index,
+                                        state.num_processes)
+    else:
+        mine = translate_files(translator, Path(source), output, load_size, batch_size, state.process_index,
+                               state.num_processes)
+    report = TranslateReport()
+    for part in gather_object([mine]) if state.num_processes > 1 else [mine]:
+        report.merge(part)
+    if kind == "shards" and state.is_main_process:
+        write_manifest(output, shards, domain, {"checkpoint": str(checkpoint), "direction": direction,
+                                                "input": source, "precision": "bf16" if bf16 else "fp32"})
+    state.wait_for_everyone()
+    state.print(report.summary(output, "sample(s)" if kind == "shards" else "image(s)"))
+    return report

@@ -1,0 +1,140 @@
+"""Tar shards in, tar shards out, split across ranks: rank r translates every world-th shard.
+
+Each input shard gives one output shard of the same name with the same sample keys (the
+translation as `png`), written under a temporary name and renamed when complete, beside a small
+report of its samples and skipped ones. A rerun keeps the complete shards and redoes the rest:
+nothing is written twice, and since no rank waits on another while translating, shards that do
+not divide evenly across ranks cost nothing but idle ranks. The main process writes
+`manifest.json` once every rank is done.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+from PIL import Image
+from tqdm import tqdm
+
+from cyclegan.data.shards import MANIFEST
+from cyclegan.data.sources import check_shards, count_samples, expand_urls, is_local
+from cyclegan.data.stream import decode, raw_samples
+from cyclegan.errors import DataError
+from cyclegan.images import ImageDecodeError
+from cyclegan.translate.core import TranslateReport, Translator
+
+REPORTS = ".reports"  # per-shard reports, beside the output shards
+
+
+def input_shards(spec: str, domain: str) -> list[tuple[str, str]]:
+    """(output name, input url) per shard: from a shard folder, every split's shards of `domain`,
+    keeping their relative names; from a list or pattern, the shards by file name."""
+    folder = Path(spec)
+    if folder.is_dir() and (folder / MANIFEST).is_file():
+        splits = json.loads((folder / MANIFEST).read_text()).get("splits", {})
+        names = [name for split in splits.values() for name in split.get(domain, {}).get("shards", [])]
+        if not names:
+            raise DataError(f"{folder / MANIFEST} lists no shards of domain {domain}")
+        shards = [(name, url) for name, url in zip(names, expand_urls(",".join(names), folder))]
+    else:
+        shards = [(shard_name(url), url) for url in expand_urls(spec)]
+        if len({name for name, _ in shards}) < len(shards):
+            raise DataError("input shards share file names; give them from one shard folder, or rename them")
+    check_shards([url for _, url in shards], f"--input {spec}")
+    return shards
+
+
+def shard_name(url: str) -> str:
+    """The file name of a shard's path or URL (for `pipe:` commands, of its last .tar argument)."""
+    tars = [token for token in url.removeprefix("pipe:").split() if re.search(r"\.(tar|tgz|tar\.gz)$", token)]
+    if not tars:
+        raise DataError(f"cannot tell the shard's file name in {url!r}: it should end in .tar")
+    return tars[-1].rstrip("/").rsplit("/", 1)[-1]
+
+
+def translate_shard(translator: Translator, url: str, target: Path, batch_size: int,
+                    bar: tqdm) -> tuple[int, list[str]]:
+    """One shard: decoded in order, translated in batches of equal-sized images, written in the
+    input's order. Returns the samples written and the skipped ones (key: reason)."""
+    partial = target.with_name(f".{target.name}.partial")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    written, skipped, pending = 0, [], []
+    with wds.TarWriter(str(partial), encoder=False, mtime=0) as writer:
+        def flush() -> None:
+            by_size: dict[tuple, list[int]] = {}
+            for i, (_, pixels) in enumerate(pending):
+                by_size.setdefault(pixels.shape, []).append(i)
+            translated: dict[int, np.ndarray] = {}
+            for indices in by_size.values():
+                for start in range(0, len(indices), batch_size):
+                    part = indices[start:start + batch_size]
+                    translated.update(zip(part, translator.translate([pending[i][1] for i in part])))
+            for i, (key, _) in enumerate(pending):
+                buffer = io.BytesIO()
+                Image.fromarray(translated[i]).save(buffer, format="PNG")
+                writer.write({"__key__": key, "png": buffer.getvalue()})
+            bar.update(len(pending))
+            pending.clear()
+
+        for _, sample in raw_samples((url,)):
+            try:
+                pending.append((sample["__key__"], np.asarray(decode(sample))))
+            except ImageDecodeError as err:
+                skipped.append(str(err))
+                bar.update(1)
+            if len(pending) >= 8 * batch_size:
+                written += len(pending)
+                flush()
+        written += len(pending)
+        flush()
+    report_path = target.parent / REPORTS / f"{target.name}.json"
+    report_path.parent.mkdir(exist_ok=True)  # written before the shard's rename: a complete shard has one
+    report_path.write_text(json.dumps({"samples": written, "skipped": skipped}))
+    partial.replace(target)
+    return written, skipped
+
+
+def translate_shards(translator: Translator, spec: str, output: Path, domain: str, batch_size: int = 4,
+                     rank: int = 0, world_size: int = 1) -> tuple[TranslateReport, list[tuple[str, str]]]:
+    """This rank's share of the input shards; returns its report and every (name, url) pair."""
+    shards = input_shards(spec, domain)
+    mine, report = [], TranslateReport()
+    for name, url in shards[rank::world_size]:
+        if (output / name).is_file():
+            report.done_before += shard_report(output, name)["samples"]
+        else:
+            mine.append((name, url))
+    local = all(is_local(url) for _, url in mine)
+    total = sum(count_samples(url) for _, url in mine) if local else None  # remote shards: unknown
+    with tqdm(total=total, desc="translate", unit="img", disable=rank != 0) as bar:
+        for name, url in mine:
+            written, skipped = translate_shard(translator, url, output / name, batch_size, bar)
+            report.written += written
+            report.skipped += skipped
+    return report, shards
+
+
+def shard_report(output: Path, name: str) -> dict:
+    """{"samples", "skipped"} of a complete output shard."""
+    return json.loads((output / name).parent.joinpath(REPORTS, f"{Path(name).name}.json").read_text())
+
+
+def write_manifest(output: Path, shards: list[tuple[str, str]], domain: str, about: dict) -> dict:
+    """`manifest.json` of the output, from the per-shard reports (those of earlier runs too)."""
+    entries = {name: shard_report(output, name) for name, _ in shards}
+    splits: dict = {}
+    for name, _ in shards:
+        split = Path(name).parent.name if "/" in name else "translated"
+        entry = splits.setdefault(split, {}).setdefault(domain, {"shards": [], "shard_samples": [], "samples": 0})
+        entry["shards"].append(name)
+        entry["shard_samples"].append(entries[name]["samples"])
+        entry["samples"] += entries[name]["samples"]
+    skipped = [reason for name, _ in shards for reason in entries[name]["skipped"]]
+    manifest = {"format": 1, "translation": about, "splits": splits, "skipped": skipped}
+    (output / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
