@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object, parse_flag_from_env
+from PIL import Image
 
 from cyclegan.data.shards import MANIFEST
 from cyclegan.errors import UserError
@@ -40,6 +41,7 @@ def run(checkpoint: Path, source: str, output: Path, direction: str = "AtoB", lo
     bf16 = use_bf16(precision, dev)
     translator = Translator(load_generator(checkpoint, direction=direction), dev, bf16, tile)
     kind = input_kind(source)
+    Image.MAX_IMAGE_PIXELS = None  # one's own 20,000 px scene is no decompression bomb; tiles handle its size
     state.print(f"translating {kind} {direction} on {dev} in {'bf16' if bf16 else 'fp32'} "
                 f"with {state.num_processes} process(es)")
     if kind == "video":
