@@ -1,7 +1,10 @@
 """The speed switches change speed, not results. Never timed: speed lives in docs/benchmarks.md."""
 
 import json
+import os
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -23,8 +26,8 @@ def assert_close_rows(ours, reference, rel):
             assert mine[key] == pytest.approx(theirs[key], rel=rel, abs=1e-6), key
 
 
-def train(shards, output, *extra):
-    script("train.py", "--config", "configs/demo.yaml", *tiny(shards, output, "train.max_steps=3", *extra))
+def train(shards, output, *extra, env=None):
+    script("train.py", "--config", "configs/demo.yaml", *tiny(shards, output, "train.max_steps=3", *extra), env=env)
 
 
 def test_channels_last_and_adam_variants_give_the_same_weights(noise_shards, tmp_path):
@@ -49,7 +52,10 @@ def test_channels_last_and_adam_variants_give_the_same_weights(noise_shards, tmp
 @pytest.mark.slow
 def test_compiled_networks_train_and_keep_official_keys(noise_shards, tmp_path):
     train(noise_shards, tmp_path / "eager")
-    train(noise_shards, tmp_path / "compiled", "perf.compile=true")
+    # Inductor's cache does not tell kernels built for one ATEN_CPU_CAPABILITY from another's
+    capability = os.environ.get("ATEN_CPU_CAPABILITY", "native")
+    cache = Path(tempfile.gettempdir()) / f"cyclegan-tests-inductor-{capability}"
+    train(noise_shards, tmp_path / "compiled", "perf.compile=true", env={"TORCHINDUCTOR_CACHE_DIR": str(cache)})
     compiled, eager = losses(tmp_path / "compiled"), losses(tmp_path / "eager")
     # Step 1 scores the same initial weights: only rounding differs. After that, Adam's
     # sign-like first steps let fused kernels' rounding grow, so later rows agree less tightly.
