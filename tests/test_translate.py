@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -40,19 +41,21 @@ def test_folder_keeps_sizes_names_and_reports_bad_files(tmp_path):
     save_generator(tmp_path / "g.pth")
     make_image_zoo(tmp_path / "in")
     Image.new("RGB", (50, 37), (10, 200, 30)).save(tmp_path / "in" / "odd.png")
+    Image.new("RGB", (3, 3)).save(tmp_path / "in" / "tiny.png")
     result = script("translate.py", "--checkpoint", tmp_path / "g.pth", "--input", tmp_path / "in",
-                    "--output", tmp_path / "out", "--device", "cpu")
+                    "--output", tmp_path / "out", "--device", "cpu", "--precision", "fp32")
+    assert "tiny.png: 3 x 3 px is too small to translate" in result.stdout
     written = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png"))
     assert "nested/inner.v2.png" in written and "odd.png" in written and "deep16.png" in written
     assert len(written) == 12 and "rgb.png" in written and "rgb.jpg.png" in written and "rgb.tiff.png" in written
     with Image.open(tmp_path / "out" / "odd.png") as out:
         assert out.size == (50, 37) and out.mode == "RGB"
-    assert "skipped 3 unreadable" in result.stdout
+    assert "skipped 4 unreadable" in result.stdout
     for name in ("empty.png", "truncated.jpg", "not_an_image.png"):
         assert name in result.stdout
     assert "converted to RGB from:" in result.stdout and "I;16" in result.stdout and "CMYK (1)" in result.stdout
     again = script("translate.py", "--checkpoint", tmp_path / "g.pth", "--input", tmp_path / "in",
-                   "--output", tmp_path / "out", "--device", "cpu")
+                   "--output", tmp_path / "out", "--device", "cpu", "--precision", "fp32")
     assert "translated 0 image(s)" in again.stdout and "kept 12 image(s) completed by an earlier run" in again.stdout
 
 
@@ -87,7 +90,7 @@ def test_empty_and_missing_input_are_errors(tmp_path):
     (tmp_path / "clip.mp4").write_bytes(b"not a video")
     result = script("translate.py", "--checkpoint", tmp_path / "g.pth", "--input", tmp_path / "clip.mp4",
                     "--output", tmp_path / "out.mp4", check=False)
-    assert result.returncode == 2 and "cannot be opened as a video" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "cannot be translated as a video" in result.stderr and "Traceback" not in result.stderr
 
 
 # --- exact tiles ------------------------------------------------------------------------------
@@ -142,6 +145,41 @@ def test_cli_tiles_exactly(tmp_path):
     assert psnr(tiled, whole) > 60
 
 
+def open_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_tiles_leave_no_scratch_behind_even_on_errors(monkeypatch):
+    net = ResnetGenerator(GeneratorSpec(ngf=4, n_blocks=1)).eval()
+    pixels = np.zeros((40, 40, 3), dtype=np.uint8)
+    before = open_fds()
+    translate_tiled(net, pixels, 16, torch.device("cpu"))
+    assert open_fds() == before
+    calls = {"n": 0}
+    original = torch.nn.functional.conv2d
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "conv2d", failing)
+    with pytest.raises(KeyboardInterrupt):
+        translate_tiled(net, pixels, 16, torch.device("cpu"))
+    assert open_fds() == before  # and the scratch files were unlinked when made
+
+
+def test_images_too_big_for_memory_are_tiled_automatically(monkeypatch):
+    from cyclegan.translate.core import Translator
+
+    translator = Translator(ResnetGenerator(GeneratorSpec(ngf=4, n_blocks=1)), torch.device("cpu"))
+    monkeypatch.setattr(translator, "free_bytes", lambda: 2 * translator.untiled_bytes(64, 64))
+    assert translator.tile_for(64, 64) == 0 and translator.tile_for(128, 64) == 512
+    translator.tile = 0
+    assert translator.tile_for(4096, 4096) == 0, "--tile 0 never tiles"
+
+
 # --- shards across ranks ----------------------------------------------------------------------
 
 @pytest.fixture
@@ -165,13 +203,13 @@ def shard_input(tmp_path):
     return tmp_path
 
 
-def shard_keys(folder):
-    keys = {}
+def shard_contents(folder):
+    """(member name, bytes) of every output shard, in shard and tar order."""
+    contents = []
     for shard in sorted(folder.glob("train/A-*.tar")):
         with tarfile.open(shard) as tar:
-            for member in tar:
-                keys[member.name] = tar.extractfile(member).read()
-    return keys
+            contents += [(member.name, tar.extractfile(member).read()) for member in tar]
+    return contents
 
 
 @pytest.mark.slow
@@ -179,15 +217,39 @@ def test_shards_split_across_two_ranks_equal_one_process(shard_input):
     args = ["--checkpoint", shard_input / "g_ab.safetensors", "--input", shard_input / "shards", "--precision", "fp32"]
     launch(1, TRANSLATE, *args, "--output", shard_input / "one")
     result = launch(2, TRANSLATE, *args, "--output", shard_input / "two")
-    assert "translated 40 sample(s)" in result.stdout and "skipped 1 unreadable" in result.stdout
-    one, two = shard_keys(shard_input / "one"), shard_keys(shard_input / "two")
-    assert sorted(one) == sorted(f"{i:03d}.png" for i in range(40)), "every key exactly once, as a png"
+    assert result.stdout.count("translated 40 sample(s)") == 1 and "skipped 1 unreadable" in result.stdout
+    one, two = shard_contents(shard_input / "one"), shard_contents(shard_input / "two")
+    assert [name for name, _ in one] == [f"{i:03d}.png" for i in range(40)], "every key once, in the input's order"
     assert one == two, "the same bytes from one process and from two"
     manifest = json.loads((shard_input / "two" / "manifest.json").read_text())
     entry = manifest["splits"]["train"]["A"]
     assert entry["shards"] == [f"train/A-{i:06d}.tar" for i in range(5)] and entry["shard_samples"] == [8] * 5
     assert len(manifest["skipped"]) == 1 and "broken" in manifest["skipped"][0]
     assert not list((shard_input / "two").rglob(".*.partial"))
+
+
+def test_shard_files_patterns_and_damaged_shards(shard_input):
+    """A single shard path, pipe: URLs named by their .tar, and a truncated shard: reported, the
+    others done, exit status 2; a rerun with other settings into the same output is refused."""
+    shards, checkpoint = shard_input / "shards" / "train", shard_input / "g_ab.safetensors"
+    script("translate.py", "--checkpoint", checkpoint, "--input", shards / "A-000000.tar", "--output",
+           shard_input / "single", "--precision", "fp32")
+    with tarfile.open(shard_input / "single" / "A-000000.tar") as tar:
+        assert tar.getnames() == [f"{i:03d}.png" for i in range(8)]
+    data = (shards / "A-000001.tar").read_bytes()
+    (shard_input / "cut.tar").write_bytes(data[: len(data) // 2])
+    spec = f"pipe:cat {shards / 'A-000000.tar'},pipe:cat {shard_input / 'cut.tar'}"
+    result = script("translate.py", "--checkpoint", checkpoint, "--input", spec, "--output", shard_input / "piped",
+                    "--precision", "fp32", check=False)
+    assert result.returncode == 2 and "could not read 1 input(s)" in result.stdout and "cut.tar" in result.stdout
+    assert "Traceback" not in result.stderr
+    manifest = json.loads((shard_input / "piped" / "manifest.json").read_text())
+    assert manifest["splits"]["translated"]["A"]["shards"] == ["A-000000.tar"]
+    assert not (shard_input / "piped" / "cut.tar").exists() and not list((shard_input / "piped").glob(".*partial"))
+    result = script("translate.py", "--checkpoint", checkpoint, "--input", spec, "--output", shard_input / "piped",
+                    "--precision", "fp32", "--direction", "BtoA", check=False)
+    assert result.returncode == 2 and "holds a translation made otherwise (direction: AtoB there, BtoA here" \
+        in result.stderr
 
 
 @pytest.mark.slow
@@ -219,7 +281,7 @@ def test_a_killed_shard_job_rerun_redoes_only_the_missing_shards(shard_input):
     assert f"kept {8 * len(done)} sample(s) completed by an earlier run" in result.stdout
     assert f"translated {40 - 8 * len(done)} sample(s)" in result.stdout
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("train/A-*.tar") if p.name in done} == done
-    assert len(shard_keys(out)) == 40 and not list(out.rglob(".*.partial"))
+    assert len(shard_contents(out)) == 40 and not list(out.rglob(".*.partial"))
 
 
 # --- video ------------------------------------------------------------------------------------
@@ -256,24 +318,58 @@ def read_clip(path):
         return frames, stream.average_rate, [s.codec_context.name for s in container.streams.audio]
 
 
-@pytest.mark.parametrize("suffix", [".mp4", ".webm"])
-def test_video_keeps_frames_rate_size_and_audio(tmp_path, suffix):
+@pytest.mark.parametrize("suffix, size, audio_codec", [(".mp4", (64, 48), "aac"), (".mov", (63, 47), "aac"),
+                                                      (".webm", (64, 48), "opus")])
+def test_video_keeps_frames_rate_size_and_audio(tmp_path, suffix, size, audio_codec):
     save_generator(tmp_path / "g.pth")
-    make_clip(tmp_path / "in.mkv")
+    make_clip(tmp_path / "in.mkv", size=size)
     script("translate.py", "--checkpoint", tmp_path / "g.pth", "--input", tmp_path / "in.mkv",
-           "--output", tmp_path / f"out{suffix}", "--batch-size", "3")
+           "--output", tmp_path / f"out{suffix}", "--batch-size", "3", "--precision", "fp32")
     frames, rate, audio = read_clip(tmp_path / f"out{suffix}")
     source_frames, source_rate, _ = read_clip(tmp_path / "in.mkv")
     assert len(frames) == len(source_frames) == 20 and rate == source_rate == 12
-    assert frames[0].shape == (48, 64, 3)
-    assert audio == (["opus"] if suffix == ".webm" else ["aac"]), "the tone copied (WebM takes no AAC: re-encoded)"
+    assert frames[0].shape == (size[1], size[0], 3)
+    assert audio == [audio_codec], "the tone copied (WebM takes no AAC: re-encoded as Opus)"
+    result = script("translate.py", "--checkpoint", tmp_path / "g.pth", "--input", tmp_path / "in.mkv",
+                    "--output", tmp_path, check=False)
+    assert result.returncode == 2 and "would overwrite the input video" in result.stderr
+
+
+def test_video_keeps_variable_frame_times_and_fits_audio_to_the_container(tmp_path):
+    save_generator(tmp_path / "g.pth")
+    with av.open(str(tmp_path / "vfr.mkv"), "w") as container:  # 30 fps for 10 frames, then 10 fps; Opus sound
+        video = container.add_stream("libx264", rate=30)
+        video.width, video.height = 64, 48
+        video.codec_context.time_base = Fraction(1, 90000)
+        tone = container.add_stream("libopus", rate=48000)
+        for i in range(20):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 10 * i, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = 3000 * min(i, 10) + 9000 * max(i - 10, 0), Fraction(1, 90000)
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+        for start in range(0, 48000, 960):
+            samples = np.zeros((1, 960), dtype=np.int16)
+            frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+            frame.sample_rate, frame.pts = 48000, start
+            container.mux(tone.encode(frame))
+        container.mux(tone.encode())
+    script("translate.py", "--checkpoint", tmp_path / "g.pth", "--input", tmp_path / "vfr.mkv",
+           "--output", tmp_path / "vfr.mov", "--precision", "fp32")
+    times = {}
+    for name in ("vfr.mkv", "vfr.mov"):
+        with av.open(str(tmp_path / name)) as container:
+            times[name] = [frame.time for frame in container.decode(video=0)]
+            codecs = [s.codec_context.name for s in container.streams.audio]
+    assert len(times["vfr.mov"]) == 20
+    assert max(abs(a - b) for a, b in zip(times["vfr.mkv"], times["vfr.mov"])) < 0.002
+    assert codecs == ["aac"], "MOV takes no Opus: re-encoded"
 
 
 def test_a_still_clip_gives_identical_frames_and_smoothing_lowers_flicker(tmp_path):
     save_generator(tmp_path / "g.pth")
     make_clip(tmp_path / "still.mkv", moving=False, audio=False)
     script("translate.py", "--checkpoint", tmp_path / "g.pth", "--input", tmp_path / "still.mkv",
-           "--output", tmp_path / "still-out.mkv", "--batch-size", "3")
+           "--output", tmp_path / "still-out.mkv", "--batch-size", "3", "--precision", "fp32")
     frames, _, _ = read_clip(tmp_path / "still-out.mkv")
     assert len(frames) == 20 and all(np.array_equal(frames[0], frame) for frame in frames)
     make_clip(tmp_path / "grainy.mkv", audio=False, noise=3)  # sensor grain: the translation flickers
@@ -281,6 +377,6 @@ def test_a_still_clip_gives_identical_frames_and_smoothing_lowers_flicker(tmp_pa
     measured = {}
     for strength in ("0", "0.8"):
         script("translate.py", "--checkpoint", tmp_path / "g.pth", "--input", tmp_path / "grainy.mkv",
-               "--output", tmp_path / f"grainy-{strength}.mkv", "--smoothing", strength)
+               "--output", tmp_path / f"grainy-{strength}.mkv", "--smoothing", strength, "--precision", "fp32")
         measured[strength] = flicker(source, read_clip(tmp_path / f"grainy-{strength}.mkv")[0])
     assert measured["0.8"] < 0.5 * measured["0"], measured

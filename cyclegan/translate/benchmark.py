@@ -24,7 +24,7 @@ from cyclegan.translate.core import Translator, pick_device, use_bf16
 from cyclegan.translate.run import run
 
 LARGE_IMAGE = """
-import json, os, resource, sys, tempfile, threading, time
+import json, resource, shutil, sys, tempfile, threading, time
 import numpy as np, torch
 from PIL import Image
 from cyclegan.models import load_generator
@@ -35,12 +35,10 @@ translator = Translator(load_generator(checkpoint), device, use_bf16(precision, 
 coarse = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
 pixels = np.asarray(Image.fromarray(coarse).resize((side, side), Image.BICUBIC))
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-scratch, done = {"peak": 0}, threading.Event()
-def watch():  # the scratch files' size, every 0.2 s
+scratch, done, used = {"peak": 0}, threading.Event(), shutil.disk_usage(tempfile.gettempdir()).used
+def watch():  # the scratch files (unlinked, so only the disk's use shows them), every 0.2 s
     while not done.wait(0.2):
-        sizes = [os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(tempfile.gettempdir())
-                 if "cyclegan-tiles-" in d for f in fs]
-        scratch["peak"] = max(scratch["peak"], sum(sizes))
+        scratch["peak"] = max(scratch["peak"], shutil.disk_usage(tempfile.gettempdir()).used - used)
 threading.Thread(target=watch, daemon=True).start()
 start = time.perf_counter()
 translator.translate([pixels])

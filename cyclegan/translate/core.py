@@ -18,7 +18,7 @@ import psutil
 import torch
 import torch.nn.functional as F
 
-from cyclegan.errors import UserError
+from cyclegan.errors import DataError, UserError
 from cyclegan.images import normalize, to_uint8
 from cyclegan.models.generator import ResnetGenerator
 from cyclegan.translate.tiles import translate_tiled
@@ -26,6 +26,12 @@ from cyclegan.translate.tiles import translate_tiled
 DEFAULT_TILE = 512  # pixels; a tile of the paper's generator then needs about 0.5 GB
 BYTES_PER_PIXEL_PER_NGF = 16  # untiled forward: peak memory / (pixels x ngf), measured on the CPU
 PRECISIONS = ("auto", "fp32", "bf16")
+MIN_SIDE = 8  # the innermost layers reflect-pad a quarter of the image by one pixel: two are needed
+
+
+class ImageTooSmall(DataError):
+    """An image the generator cannot take."""
+
 
 
 def pick_device(name: str) -> torch.device:
@@ -37,9 +43,9 @@ def pick_device(name: str) -> torch.device:
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether the device computes in bf16 natively (on CPUs without it, bf16 is emulated and slow)."""
+    """Whether the device computes in bf16 natively (elsewhere bf16 is emulated, and slow)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
@@ -58,12 +64,14 @@ class TranslateReport:
     written: int = 0
     done_before: int = 0  # outputs a previous, interrupted run had completed
     skipped: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # inputs that could not be read at all (shards)
     converted: Counter = field(default_factory=Counter)
 
     def merge(self, other: TranslateReport) -> None:
         self.written += other.written
         self.done_before += other.done_before
         self.skipped += other.skipped
+        self.failed += other.failed
         self.converted.update(other.converted)
 
     def summary(self, output: Path, what: str = "image(s)") -> str:
@@ -76,6 +84,9 @@ class TranslateReport:
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} unreadable item(s):")
             lines += [f"  {reason}" for reason in self.skipped]
+        if self.failed:
+            lines.append(f"could not read {len(self.failed)} input(s); run the command again to retry them:")
+            lines += [f"  {reason}" for reason in self.failed]
         return "\n".join(lines)
 
 
@@ -90,9 +101,16 @@ class Translator:
         return height * width * self.net.spec.ngf * BYTES_PER_PIXEL_PER_NGF
 
     def free_bytes(self) -> int:
+        """Memory this process can still take: on a GPU counting PyTorch's cached blocks, on the CPU
+        within the container's (cgroup's) limit too."""
         if self.device.type == "cuda":
-            return torch.cuda.mem_get_info(self.device)[0]
-        return psutil.virtual_memory().available
+            cached = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+            return torch.cuda.mem_get_info(self.device)[0] + cached
+        free = psutil.virtual_memory().available
+        limit, used = Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory.current")
+        if limit.is_file() and used.is_file() and limit.read_text().strip() != "max":
+            free = min(free, int(limit.read_text()) - int(used.read_text()))
+        return free
 
     def tile_for(self, height: int, width: int) -> int:
         """The tile size for images of this size; 0: untiled."""
@@ -103,6 +121,8 @@ class Translator:
     def translate(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """8-bit H x W x C images of one size -> their 8-bit translations."""
         height, width = images[0].shape[:2]
+        if min(height, width) < MIN_SIDE:
+            raise ImageTooSmall(f"{width} x {height} px is too small to translate (both sides need {MIN_SIDE} px)")
         tile = self.tile_for(height, width)
         if tile:
             return [translate_tiled(self.net, image, tile, self.device, self.bf16) for image in images]

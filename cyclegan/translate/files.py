@@ -13,9 +13,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from cyclegan.errors import DataError
+from cyclegan.errors import DataError, UserError
 from cyclegan.images import ImageDecodeError, list_images, open_image, to_rgb
-from cyclegan.translate.core import TranslateReport, Translator
+from cyclegan.translate.core import ImageTooSmall, TranslateReport, Translator
 
 
 def output_name(relative: Path, stems: Counter) -> Path:
@@ -29,7 +29,11 @@ def save_png(pixels: np.ndarray, target: Path) -> None:
     """Write atomically: a file with the final name is always complete."""
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial")
-    Image.fromarray(pixels).save(partial, format="PNG")
+    try:
+        Image.fromarray(pixels).save(partial, format="PNG")
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     partial.replace(target)
 
 
@@ -53,8 +57,8 @@ def translate_files(translator: Translator, source: Path, output: Path, load_siz
     keeping relative paths; this rank's share of the files."""
     if source.is_file():
         files, root = [source], source.parent
-    elif source.is_dir():
-        files, root = list_images(source), source
+    elif source.is_dir():  # leaving out an output folder inside the input, which a rerun would find
+        files, root = [p for p in list_images(source) if output.resolve() not in p.resolve().parents], source
     else:
         raise DataError(f"input {source} does not exist")
     if not files:
@@ -64,6 +68,8 @@ def translate_files(translator: Translator, source: Path, output: Path, load_siz
     groups: dict[tuple[int, int], list[tuple[Path, Path]]] = defaultdict(list)
     for path in files[rank::world_size]:
         target = output / output_name(path.relative_to(root), stems)
+        if target.resolve() == path.resolve():
+            raise UserError(f"translating {path} into {output} would overwrite it: choose another --output")
         if target.is_file():
             report.done_before += 1
             continue
@@ -77,11 +83,16 @@ def translate_files(translator: Translator, source: Path, output: Path, load_siz
     with tqdm(total=sum(map(len, groups.values())), desc="translate", unit="img", disable=rank != 0) as bar:
         for size, jobs in sorted(groups.items()):  # one size per forward pass
             for start in range(0, len(jobs), batch_size):
-                chunk = [(load_rgb(path, load_size, report), target) for path, target in jobs[start:start + batch_size]]
-                chunk = [(pixels, target) for pixels, target in chunk if pixels is not None]
-                if chunk:
-                    for pixels, (_, target) in zip(translator.translate([p for p, _ in chunk]), chunk):
-                        save_png(pixels, target)
-                    report.written += len(chunk)
-                bar.update(len(jobs[start:start + batch_size]))
+                part = jobs[start:start + batch_size]
+                chunk = [(pixels, path, target) for path, target in part
+                         if (pixels := load_rgb(path, load_size, report)) is not None]
+                try:
+                    translated = translator.translate([pixels for pixels, _, _ in chunk]) if chunk else []
+                except ImageTooSmall as err:
+                    report.skipped += [f"{path}: {err}" for _, path, _ in chunk]
+                    translated = []
+                for pixels, (_, _, target) in zip(translated, chunk):
+                    save_png(pixels, target)
+                report.written += len(translated)
+                bar.update(len(part))
     return report

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -18,15 +20,34 @@ from cyclegan.translate.files import translate_files
 from cyclegan.translate.shards import translate_shards, write_manifest
 from cyclegan.translate.video import VIDEO_EXTENSIONS, translate_video
 
+SHARD_SUFFIXES = (".tar", ".tgz", ".tar.gz")
+SETTINGS = ".translation.json"  # what an output folder was made with, so that a rerun matches it
+
 
 def input_kind(spec: str) -> str:
-    """`video`, `shards` (a shard folder, or shard paths, patterns or URLs) or `images`."""
+    """`video`, `shards` (a shard folder, shard files, patterns or URLs) or `images`."""
     path = Path(spec)
-    if path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS:
-        return "video"
-    if (path.is_dir() and (path / MANIFEST).is_file()) or (not path.exists() and ".tar" in spec):
-        return "shards"
-    return "images"
+    if path.is_file():
+        if path.suffix.lower() in VIDEO_EXTENSIONS:
+            return "video"
+        return "shards" if spec.endswith(SHARD_SUFFIXES) else "images"
+    if path.is_dir():
+        return "shards" if (path / MANIFEST).is_file() or any(path.glob("*.tar")) else "images"
+    return "shards" if ".tar" in spec else "images"
+
+
+def check_settings(output: Path, settings: dict, state: PartialState) -> None:
+    """Refuse to finish another translation's output; record this one's settings (main process)."""
+    recorded = output / SETTINGS
+    previous = json.loads(recorded.read_text()) if recorded.is_file() else None
+    if previous is not None and previous != settings:
+        changed = ", ".join(f"{k}: {previous.get(k)} there, {settings[k]} here" for k in settings
+                            if previous.get(k) != settings[k])
+        raise UserError(f"{output} holds a translation made otherwise ({changed}): choose another --output")
+    state.wait_for_everyone()  # every rank has read it before the main process writes it
+    if previous is None and state.is_main_process:
+        output.mkdir(parents=True, exist_ok=True)
+        recorded.write_text(json.dumps(settings, indent=2) + "\n")
 
 
 def run(checkpoint: Path, source: str, output: Path, direction: str = "AtoB", load_size: int | None = None,
@@ -35,22 +56,31 @@ def run(checkpoint: Path, source: str, output: Path, direction: str = "AtoB", lo
     """Translate `source` into `output`, print a summary once; returns the report of all ranks."""
     if batch_size < 1 or (tile is not None and tile < 0) or not 0 <= smoothing < 1:
         raise UserError("--batch-size must be at least 1, --tile at least 0, --smoothing in [0, 1)")
-    # gloo between CPU processes when there is no GPU or the CPU is asked for (as Accelerator does)
-    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"))
+    kind = input_kind(source)
+    if Path(source).exists() and Path(source).resolve() == output.resolve():
+        raise UserError("--output is the input itself: choose another folder or file")
+    # gloo between CPU processes when there is no GPU or the CPU is asked for (as Accelerator does);
+    # ranks that finish their share early wait at the end for the others, however long they take
+    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"),
+                         timeout=timedelta(days=7))
     dev = state.device if device == "auto" else pick_device(device)
     bf16 = use_bf16(precision, dev)
     translator = Translator(load_generator(checkpoint, direction=direction), dev, bf16, tile)
-    kind = input_kind(source)
     Image.MAX_IMAGE_PIXELS = None  # one's own 20,000 px scene is no decompression bomb; tiles handle its size
     state.print(f"translating {kind} {direction} on {dev} in {'bf16' if bf16 else 'fp32'} "
                 f"with {state.num_processes} process(es)")
     if kind == "video":
         target = output if output.suffix.lower() in VIDEO_EXTENSIONS else output / Path(source).name
+        if target.resolve() == Path(source).resolve():
+            raise UserError(f"the output {target} would overwrite the input video: choose another --output")
         report = TranslateReport()
         if state.is_main_process:
             report.written = translate_video(translator, Path(source), target, batch_size, smoothing)
         state.print(report.summary(target, "frame(s)"))
         return report
+    settings = {"checkpoint": str(checkpoint.resolve()), "direction": direction, "input": source,
+                "precision": "bf16" if bf16 else "fp32", "load_size": load_size}
+    check_settings(output, settings, state)
     if kind == "shards":
         domain = "A" if direction == "AtoB" else "B"
         mine, shards = translate_shards(translator, source, output, domain, batch_size, state.process_index,
@@ -62,8 +92,9 @@ def run(checkpoint: Path, source: str, output: Path, direction: str = "AtoB", lo
     for part in gather_object([mine]) if state.num_processes > 1 else [mine]:
         report.merge(part)
     if kind == "shards" and state.is_main_process:
-        write_manifest(output, shards, domain, {"checkpoint": str(checkpoint), "direction": direction,
-                                                "input": source, "precision": "bf16" if bf16 else "fp32"})
+        write_manifest(output, shards, domain, settings)
     state.wait_for_everyone()
     state.print(report.summary(output, "sample(s)" if kind == "shards" else "image(s)"))
+    if report.failed:
+        raise UserError(f"{len(report.failed)} input(s) could not be read (listed above); the rest is done")
     return report

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +23,10 @@ from tqdm import tqdm
 
 from cyclegan.data.shards import MANIFEST
 from cyclegan.data.sources import check_shards, count_samples, expand_urls, is_local
-from cyclegan.data.stream import decode, raw_samples
+from cyclegan.data.stream import decode
 from cyclegan.errors import DataError
 from cyclegan.images import ImageDecodeError
-from cyclegan.translate.core import TranslateReport, Translator
+from cyclegan.translate.core import ImageTooSmall, TranslateReport, Translator
 
 REPORTS = ".reports"  # per-shard reports, beside the output shards
 
@@ -34,6 +35,10 @@ def input_shards(spec: str, domain: str) -> list[tuple[str, str]]:
     """(output name, input url) per shard: from a shard folder, every split's shards of `domain`,
     keeping their relative names; from a list or pattern, the shards by file name."""
     folder = Path(spec)
+    if folder.is_dir() and not (folder / MANIFEST).is_file():  # a folder of shards without a manifest
+        spec = ",".join(str(p) for p in sorted(folder.glob("*.tar")))
+        if not spec:
+            raise DataError(f"{folder} holds no {MANIFEST} and no .tar shards")
     if folder.is_dir() and (folder / MANIFEST).is_file():
         splits = json.loads((folder / MANIFEST).read_text()).get("splits", {})
         names = [name for split in splits.values() for name in split.get(domain, {}).get("shards", [])]
@@ -56,41 +61,59 @@ def shard_name(url: str) -> str:
     return tars[-1].rstrip("/").rsplit("/", 1)[-1]
 
 
+def strict_samples(url: str) -> Iterator[dict]:
+    """The shard's samples in order; a shard that cannot be read whole raises (training skips what it
+    cannot read; a translation must not call a half-read shard complete)."""
+    try:
+        yield from wds.tarfile_samples([{"url": url}], handler=wds.reraise_exception)
+    except Exception as err:  # tar, pipe and file errors come in many classes
+        raise DataError(f"shard {url} cannot be read ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+
+
 def translate_shard(translator: Translator, url: str, target: Path, batch_size: int,
                     bar: tqdm) -> tuple[int, list[str]]:
     """One shard: decoded in order, translated in batches of equal-sized images, written in the
-    input's order. Returns the samples written and the skipped ones (key: reason)."""
+    input's order under a temporary name, renamed when complete. Returns the samples written and
+    the skipped ones."""
     partial = target.with_name(f".{target.name}.partial")
     target.parent.mkdir(parents=True, exist_ok=True)
     written, skipped, pending = 0, [], []
-    with wds.TarWriter(str(partial), encoder=False, mtime=0) as writer:
-        def flush() -> None:
-            by_size: dict[tuple, list[int]] = {}
-            for i, (_, pixels) in enumerate(pending):
-                by_size.setdefault(pixels.shape, []).append(i)
-            translated: dict[int, np.ndarray] = {}
-            for indices in by_size.values():
-                for start in range(0, len(indices), batch_size):
-                    part = indices[start:start + batch_size]
+
+    def flush(writer: wds.TarWriter) -> int:
+        by_size: dict[tuple, list[int]] = {}
+        for i, (_, pixels) in enumerate(pending):
+            by_size.setdefault(pixels.shape, []).append(i)
+        translated: dict[int, np.ndarray] = {}
+        for indices in by_size.values():
+            for start in range(0, len(indices), batch_size):
+                part = indices[start:start + batch_size]
+                try:
                     translated.update(zip(part, translator.translate([pending[i][1] for i in part])))
-            for i, (key, _) in enumerate(pending):
+                except ImageTooSmall as err:
+                    skipped.extend(f"sample {pending[i][0]} in {url}: {err}" for i in part)
+        for i, (key, _) in enumerate(pending):
+            if i in translated:
                 buffer = io.BytesIO()
                 Image.fromarray(translated[i]).save(buffer, format="PNG")
                 writer.write({"__key__": key, "png": buffer.getvalue()})
-            bar.update(len(pending))
-            pending.clear()
+        bar.update(len(pending))
+        pending.clear()
+        return len(translated)
 
-        for _, sample in raw_samples((url,)):
-            try:
-                pending.append((sample["__key__"], np.asarray(decode(sample))))
-            except ImageDecodeError as err:
-                skipped.append(str(err))
-                bar.update(1)
-            if len(pending) >= 8 * batch_size:
-                written += len(pending)
-                flush()
-        written += len(pending)
-        flush()
+    try:
+        with wds.TarWriter(str(partial), encoder=False, mtime=0) as writer:
+            for sample in strict_samples(url):
+                try:
+                    pending.append((sample["__key__"], np.asarray(decode(sample))))
+                except ImageDecodeError as err:
+                    skipped.append(str(err))
+                    bar.update(1)
+                if len(pending) >= 8 * batch_size:
+                    written += flush(writer)
+            written += flush(writer)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     report_path = target.parent / REPORTS / f"{target.name}.json"
     report_path.parent.mkdir(exist_ok=True)  # written before the shard's rename: a complete shard has one
     report_path.write_text(json.dumps({"samples": written, "skipped": skipped}))
@@ -100,40 +123,60 @@ def translate_shard(translator: Translator, url: str, target: Path, batch_size: 
 
 def translate_shards(translator: Translator, spec: str, output: Path, domain: str, batch_size: int = 4,
                      rank: int = 0, world_size: int = 1) -> tuple[TranslateReport, list[tuple[str, str]]]:
-    """This rank's share of the input shards; returns its report and every (name, url) pair."""
+    """This rank's share of the input shards; returns its report and every (name, url) pair.
+    A shard that cannot be read is reported as failed, and the others are translated."""
     shards = input_shards(spec, domain)
     mine, report = [], TranslateReport()
     for name, url in shards[rank::world_size]:
-        if (output / name).is_file():
+        if is_complete(output, name):
             report.done_before += shard_report(output, name)["samples"]
         else:
             mine.append((name, url))
-    local = all(is_local(url) for _, url in mine)
-    total = sum(count_samples(url) for _, url in mine) if local else None  # remote shards: unknown
-    with tqdm(total=total, desc="translate", unit="img", disable=rank != 0) as bar:
+    with tqdm(total=expected_samples(mine), desc="translate", unit="img", disable=rank != 0) as bar:
         for name, url in mine:
-            written, skipped = translate_shard(translator, url, output / name, batch_size, bar)
+            try:
+                written, skipped = translate_shard(translator, url, output / name, batch_size, bar)
+            except DataError as err:
+                report.failed.append(str(err))
+                continue
             report.written += written
             report.skipped += skipped
     return report, shards
 
 
+def expected_samples(shards: list[tuple[str, str]]) -> int | None:
+    """For the progress bar: the samples of local shards, counted from their headers (None if unknown)."""
+    try:
+        return sum(count_samples(url) for _, url in shards) if all(is_local(u) for _, u in shards) else None
+    except DataError:  # a damaged shard: reported when it is translated
+        return None
+
+
+def is_complete(output: Path, name: str) -> bool:
+    return (output / name).is_file() and report_path(output, name).is_file()
+
+
+def report_path(output: Path, name: str) -> Path:
+    return (output / name).parent / REPORTS / f"{Path(name).name}.json"
+
+
 def shard_report(output: Path, name: str) -> dict:
     """{"samples", "skipped"} of a complete output shard."""
-    return json.loads((output / name).parent.joinpath(REPORTS, f"{Path(name).name}.json").read_text())
+    return json.loads(report_path(output, name).read_text())
 
 
 def write_manifest(output: Path, shards: list[tuple[str, str]], domain: str, about: dict) -> dict:
-    """`manifest.json` of the output, from the per-shard reports (those of earlier runs too)."""
-    entries = {name: shard_report(output, name) for name, _ in shards}
+    """`manifest.json` of the output's complete shards, from their reports (earlier runs' too)."""
+    complete = [(name, url) for name, url in shards if is_complete(output, name)]
+    entries = {name: shard_report(output, name) for name, _ in complete}
     splits: dict = {}
-    for name, _ in shards:
+    for name, _ in complete:
         split = Path(name).parent.name if "/" in name else "translated"
         entry = splits.setdefault(split, {}).setdefault(domain, {"shards": [], "shard_samples": [], "samples": 0})
         entry["shards"].append(name)
         entry["shard_samples"].append(entries[name]["samples"])
         entry["samples"] += entries[name]["samples"]
-    skipped = [reason for name, _ in shards for reason in entries[name]["skipped"]]
+    skipped = [reason for name, _ in complete for reason in entries[name]["skipped"]]
     manifest = {"format": 1, "translation": about, "splits": splits, "skipped": skipped}
     (output / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

@@ -8,13 +8,15 @@ tile by tile, reading from the previous layer's output exactly the margin its ke
 output to a scratch file while accumulating per-channel statistics of it; the instance norm and
 ReLU that follow are applied as the next layer reads. Every layer so sees what it would see
 untiled: the result equals the untiled translation up to float rounding, with no overlap to
-blend. Memory holds the 8-bit input and output images and a few tiles; the activations (up to
-4 bytes x ngf channels per pixel) live in scratch files in the temporary directory (TMPDIR).
+blend. Memory holds the 8-bit input and output images and a few tiles; the activations live in
+scratch files in the temporary directory (TMPDIR), unlinked at once so that the system frees
+them however the process ends (at their peak 6 bytes x ngf per pixel: 384 for the paper's).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cyclegan.errors import DataError
 from cyclegan.models.generator import ResnetBlock, ResnetGenerator
 
 
@@ -97,13 +100,13 @@ class Plane:
 
 class DiskPlane(Plane):
     """A plane in a scratch file, read and written a row at a time (never mapped, so the pages
-    it passes through are not held by the process)."""
+    it passes through are not held by the process). The file is unlinked as soon as it is made:
+    the system frees it when the process lets go of it, however the process ends."""
 
     def __init__(self, folder: Path, height: int, width: int, channels: int) -> None:
         super().__init__(height, width, channels)
-        handle, name = tempfile.mkstemp(dir=folder, suffix=".plane")
-        self.fd, self.path = handle, Path(name)
-        os.ftruncate(self.fd, height * width * channels * 4)
+        self.fd, name = tempfile.mkstemp(dir=folder, suffix=".plane")
+        os.unlink(name)
 
     def _offset(self, row: int, column: int) -> int:
         return (row * self.width + column) * self.channels * 4
@@ -121,7 +124,6 @@ class DiskPlane(Plane):
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
-            self.path.unlink(missing_ok=True)
             self.fd = -1
 
 
@@ -205,6 +207,8 @@ class TiledRun:
             elif isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
                 plane, pad = replace(self.convolve(module, plane, pad)), (0, "zeros")
             elif isinstance(module, nn.InstanceNorm2d):
+                if module.affine or module.track_running_stats:
+                    raise TypeError("tiled translation takes instance norm without affine parameters or statistics")
                 plane.then_affine(*plane.moments.affine(module.eps))
             elif isinstance(module, nn.BatchNorm2d):  # in eval mode: an affine from the running statistics
                 scale = module.weight / torch.sqrt(module.running_var + module.eps)
@@ -227,12 +231,24 @@ def _transposed_inputs(first: int, stop: int, k: int, s: int, p: int) -> tuple[i
     return -(-(first + p - k + 1) // s), (stop - 1 + p) // s + 1
 
 
+def scratch_bytes(net: ResnetGenerator, height: int, width: int) -> int:
+    """Peak scratch space: the first layer's ngf channels, beside the next one's 2 ngf at a quarter
+    of the pixels, in float32."""
+    return height * width * net.spec.ngf * 4 * 3 // 2
+
+
 def translate_tiled(net: ResnetGenerator, pixels: np.ndarray, tile: int, device: torch.device,
                     bf16: bool = False) -> np.ndarray:
     """An 8-bit H x W x C image -> its 8-bit translation, in tiles of `tile` pixels."""
     if not isinstance(net.model[-1], nn.Tanh):
         raise TypeError("tiled translation expects the generator to end in tanh")
     height, width = pixels.shape[:2]
+    scratch = Path(tempfile.gettempdir())
+    needed, free = scratch_bytes(net, height, width), shutil.disk_usage(scratch).free
+    if needed > free:
+        raise DataError(f"translating a {width} x {height} px image in tiles needs about {needed / 2**30:.1f} GiB of "
+                        f"scratch space in {scratch}, which has {free / 2**30:.1f} GiB free: point TMPDIR at a larger "
+                        "disk")
     pad_h, pad_w = -height % 4, -width % 4  # as untiled: the generator downsamples twice
     padded = np.pad(pixels, ((0, pad_h), (0, pad_w), (0, 0)), mode="reflect") if pad_h or pad_w else pixels
 
@@ -245,8 +261,8 @@ def translate_tiled(net: ResnetGenerator, pixels: np.ndarray, tile: int, device:
                 y = F.conv2d(x, conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
         return y[0].float().permute(1, 2, 0).cpu().numpy()
 
-    with tempfile.TemporaryDirectory(prefix="cyclegan-tiles-") as scratch, torch.no_grad():
-        run = TiledRun(Path(scratch), tile, padded.shape[0], compute)
+    run = TiledRun(scratch, tile, padded.shape[0], compute)
+    with torch.no_grad():
         try:
             out = run.layers(list(net.model), ImagePlane(padded))
             image = np.empty((height, width, out.channels), dtype=np.uint8)

@@ -1,5 +1,5 @@
 """A video in, a video out: every frame translated in batches, with the input's frame count,
-frame rate and size (each frame keeps its time, on the grid of the input's nominal rate); audio streams copied as they are (re-encoded only where
+frame rate, size and frame times; audio streams copied as they are (re-encoded only where
 the container cannot hold their codec). PyAV brings FFmpeg in its wheel: nothing to install by hand.
 
 Optional temporal smoothing (`smoothing` > 0) fights flicker, the frame-to-frame jitter a
@@ -22,6 +22,10 @@ from cyclegan.errors import DataError
 from cyclegan.translate.core import Translator
 
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"}
+TICKS_PER_FRAME = 100  # the output's time base: 1/100 of the nominal frame period
+# audio codecs each container takes as they are (besides PCM in MP4 and MOV); None: any
+COPYABLE_AUDIO = {".webm": {"opus", "vorbis"}, ".mp4": {"aac", "mp3", "alac", "ac3", "eac3", "opus", "flac"},
+                  ".m4v": {"aac", "mp3", "alac", "ac3", "eac3"}, ".mov": {"aac", "mp3", "alac", "ac3", "eac3"}}
 STILL_LEVELS = 2  # input changes below this many levels (of 255) count as "nothing moves"
 MOTION_SCALE = 4.0  # levels of input change at which smoothing has fallen to 1/e
 
@@ -64,38 +68,49 @@ def flicker(frames_in: list[np.ndarray], frames_out: list[np.ndarray]) -> float:
 
 def translate_video(translator: Translator, source: Path, target: Path, batch_size: int = 4,
                     smoothing: float = 0.0) -> int:
-    """Translate every frame of `source` into `target`; returns the number of frames."""
+    """Translate every frame of `source` into `target` (written under a temporary name, renamed when
+    complete); returns the number of frames."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".partial-{target.name}")
     try:
-        reader = av.open(str(source))
+        with av.open(str(source)) as reader, av.open(str(partial), "w", format=_container(target)) as writer:
+            count = _translate_streams(translator, reader, writer, target, batch_size, smoothing)
     except av.error.FFmpegError as err:
-        raise DataError(f"{source} cannot be opened as a video ({err})") from None
-    with reader:
-        if not reader.streams.video:
-            raise DataError(f"{source} holds no video stream")
-        video_in = reader.streams.video[0]
-        width, height = video_in.codec_context.width, video_in.codec_context.height
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".partial-{target.name}")
-        with av.open(str(partial), "w", format=_container(target)) as writer:
-            codec, options, pix_fmt = encoder_for(target, width, height)
-            rate = video_in.average_rate or video_in.guessed_rate or Fraction(30)
-            video_out = writer.add_stream(codec, rate=rate, options=options)
-            video_out.width, video_out.height, video_out.pix_fmt = width, height, pix_fmt
-            video_out.codec_context.time_base = 1 / Fraction(rate)
-            audio = {stream.index: _AudioOut(stream, writer, target) for stream in reader.streams.audio}
-            frames = _Frames(translator, video_out, writer, batch_size, Smoother(smoothing))
-            with tqdm(total=video_in.frames or None, desc="translate", unit="frame") as bar:
-                for packet in reader.demux(video_in, *reader.streams.audio):
-                    if packet.stream.index in audio:
-                        audio[packet.stream.index].add(packet)
-                        continue
-                    for frame in packet.decode():
-                        bar.update(frames.add(frame))
-                bar.update(frames.flush())
-            writer.mux(video_out.encode())
-            for out in audio.values():
-                out.finish()
-        partial.replace(target)
+        partial.unlink(missing_ok=True)
+        raise DataError(f"{source} cannot be translated as a video ({err})") from None
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    if count == 0:
+        partial.unlink(missing_ok=True)
+        raise DataError(f"{source} holds no frame that could be decoded")
+    partial.replace(target)
+    return count
+
+
+def _translate_streams(translator: Translator, reader, writer, target: Path, batch_size: int, smoothing: float) -> int:
+    if not reader.streams.video:
+        raise DataError(f"{reader.name} holds no video stream")
+    video_in = reader.streams.video[0]
+    width, height = video_in.codec_context.width, video_in.codec_context.height
+    codec, options, pix_fmt = encoder_for(target, width, height)
+    rate = video_in.average_rate or video_in.guessed_rate or Fraction(30)
+    video_out = writer.add_stream(codec, rate=rate, options=options)
+    video_out.width, video_out.height, video_out.pix_fmt = width, height, pix_fmt
+    video_out.codec_context.time_base = 1 / (Fraction(rate) * TICKS_PER_FRAME)
+    audio = {stream.index: _AudioOut(stream, writer, target) for stream in reader.streams.audio}
+    frames = _Frames(translator, video_out, writer, batch_size, Smoother(smoothing), rate, video_in.time_base)
+    with tqdm(total=video_in.frames or None, desc="translate", unit="frame") as bar:
+        for packet in reader.demux(video_in, *reader.streams.audio):
+            if packet.stream.index in audio:
+                audio[packet.stream.index].add(packet)
+                continue
+            for frame in packet.decode():
+                bar.update(frames.add(frame))
+        bar.update(frames.flush())
+    writer.mux(video_out.encode())
+    for out in audio.values():
+        out.finish()
     return frames.count
 
 
@@ -104,15 +119,18 @@ def _container(path: Path) -> str | None:
 
 
 class _AudioOut:
-    """An audio stream of the input, copied packet for packet; re-encoded as Opus only where the
-    container cannot hold its codec (WebM takes Opus and Vorbis alone)."""
+    """An audio stream of the input, copied packet for packet; re-encoded (Opus in WebM, AAC in
+    MP4 and MOV) only where the container cannot hold its codec. Matroska holds any."""
 
     def __init__(self, stream, writer, target: Path) -> None:
-        self.writer, self.transcode = writer, target.suffix.lower() == ".webm" and stream.codec_context.name not in (
-            "opus", "vorbis")
+        suffix, name = target.suffix.lower(), stream.codec_context.name
+        kept, pcm = COPYABLE_AUDIO.get(suffix), suffix != ".webm" and name.startswith("pcm_")
+        self.writer, self.transcode = writer, kept is not None and name not in kept and not pcm
         if self.transcode:
-            self.out = writer.add_stream("libopus", rate=48000)
-            self.resampler = av.AudioResampler(format="s16", layout=stream.layout.name, rate=48000)
+            codec = "libopus" if suffix == ".webm" else "aac"
+            self.out = writer.add_stream(codec, rate=48000)
+            self.resampler = av.AudioResampler(format="s16" if codec == "libopus" else "fltp", layout=stream.layout.name,
+                                               rate=48000)
         else:
             self.out = writer.add_stream_from_template(stream)
 
@@ -136,16 +154,26 @@ class _AudioOut:
 class _Frames:
     """Decoded frames gathered into batches, translated and encoded in order."""
 
-    def __init__(self, translator: Translator, stream, writer, batch_size: int, smoother: Smoother) -> None:
+    def __init__(self, translator: Translator, stream, writer, batch_size: int, smoother: Smoother, rate: Fraction,
+                 time_base: Fraction | None) -> None:
         self.translator, self.stream, self.writer = translator, stream, writer
-        self.batch_size, self.smoother = batch_size, smoother
+        self.batch_size, self.smoother, self.rate = batch_size, smoother, float(rate)
+        # how far from the nominal frame grid a timestamp may be and still sit on it: the input's
+        # timestamp resolution (Matroska rounds to milliseconds), in frame periods
+        self.snap = max(0.01, float(time_base or 0) * self.rate)
         self.pending: list[tuple[np.ndarray, int]] = []
         self.count, self.last_pts = 0, -1
 
     def add(self, frame: av.VideoFrame) -> int:
-        """Queue a frame at its time on the output's frame grid (always after the previous one)."""
-        slot = round(frame.time / self.stream.codec_context.time_base) if frame.time is not None else self.last_pts + 1
-        self.last_pts = max(self.last_pts + 1, slot)
+        """Queue a frame at its own time: on the nominal frame grid where it sits on it (so a constant
+        rate stays exact), elsewhere to 1/100 of a frame (variable rates keep their timing)."""
+        if frame.time is None:
+            pts = self.last_pts + TICKS_PER_FRAME
+        else:
+            periods = frame.time * self.rate
+            on_grid = abs(periods - round(periods)) <= self.snap
+            pts = round((round(periods) if on_grid else periods) * TICKS_PER_FRAME)
+        self.last_pts = max(self.last_pts + 1, pts)
         self.pending.append((frame.to_ndarray(format="rgb24"), self.last_pts))
         return self.flush() if len(self.pending) == self.batch_size else 0
 
