@@ -6,6 +6,7 @@ not depend on the values. Prints markdown rows ready to paste."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -51,6 +52,10 @@ print(json.dumps({"side": side, "seconds": seconds, "peak_rss_gib": peak, "befor
 
 
 def timed_run(source: Path | str, output: Path, checkpoint: Path, precision: str, **options) -> float:
+    """Seconds to translate `source` into a fresh `output` (a kept one would be resumed: nothing to do)."""
+    if output.is_dir():
+        shutil.rmtree(output)
+    output.unlink(missing_ok=True)
     start = time.perf_counter()
     run(checkpoint, str(source), output, precision=precision, **options)
     return time.perf_counter() - start
@@ -79,7 +84,7 @@ def translate_benchmark(workdir: Path, sizes: list[int], images: int, large: lis
         shards = workdir / f"shards-{side}"
         if not (shards / "manifest.json").is_file():
             write_shards(find_domains(folders, None, None), shards, shard_size=max(1, images // 2), workers=1)
-        timed_run(folders / "trainA" / "00000.jpg", workdir / "warmup", checkpoint, precision, tile=0)
+        timed_run(folders / "trainA" / "00000.jpg", workdir / f"warmup-{side}", checkpoint, precision, tile=0)
         for kind, source in (("folder", folders / "trainA"), ("shards", shards)):
             seconds = timed_run(source, workdir / f"out-{kind}-{side}", checkpoint, precision, tile=0)
             rows.append({"what": f"{kind}, {side} px", "per_s": images / seconds, "unit": "images/s"})
