@@ -26,7 +26,7 @@ from cyclegan.data.shards import sample_key
 from cyclegan.data.sources import DataSources
 from cyclegan.data.stream import iter_test_images
 from cyclegan.data.transforms import test_transform
-from cyclegan.errors import UserError
+from cyclegan.errors import CheckpointError, UserError
 from cyclegan.images import ImageDecodeError, list_images, open_image, to_rgb, to_tensor, to_uint8
 from cyclegan.models.loading import read_state_dict
 
@@ -204,12 +204,12 @@ def load_generator_pair(path: Path) -> tuple[nn.Module, nn.Module]:
     """(g_ab, g_ba) from a run folder, an export or checkpoint folder, or a folder of official
     `latest_net_G_A.pth` and `latest_net_G_B.pth`."""
     from cyclegan.models import load_generator
+    from cyclegan.models.loading import HF_WEIGHTS
 
-    if (path / "export").is_dir():
-        path = path / "export"
-    if (path / "latest_net_G_A.pth").is_file():
-        return load_generator(path / "latest_net_G_A.pth"), load_generator(path / "latest_net_G_B.pth")
-    if (path / "g_ab.safetensors").is_file():
+    if (path / HF_WEIGHTS).is_file():
+        raise UserError(f"{path} is a Hugging Face folder of one generator; evaluation needs both directions")
+    try:
         return load_generator(path, direction="AtoB"), load_generator(path, direction="BtoA")
-    raise UserError(f"{path} holds no generators: give a run folder, an export or checkpoint folder, "
-                    "or a folder with the official latest_net_G_A.pth and latest_net_G_B.pth")
+    except CheckpointError as err:
+        raise UserError(f"{path} holds no pair of generators: give a run folder, an export or checkpoint folder, "
+                        f"or a folder with the official latest_net_G_A.pth and latest_net_G_B.pth ({err})") from None

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Benchmarks; results go to docs/benchmarks.md.
 
     python scripts/benchmark.py loader --workdir /tmp/bench --workers 0 1 2

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Draw the synthetic demo dataset (two styles of procedural scenes) as trainA/ trainB/ testA/ testB/."""
 
 import argparse

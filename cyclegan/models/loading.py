@@ -22,6 +22,8 @@ from cyclegan.models.generator import GeneratorSpec, ResnetGenerator
 
 LEGACY_NORM_STATS = ("running_mean", "running_var", "num_batches_tracked")
 GENERATOR_FILE_NAMES = {"AtoB": "g_ab", "BtoA": "g_ba"}
+OFFICIAL_FILE_NAMES = {"AtoB": "latest_net_G_A.pth", "BtoA": "latest_net_G_B.pth"}
+HF_WEIGHTS, HF_CONFIG = "model.safetensors", "config.json"  # the Hugging Face folder format
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -116,13 +118,24 @@ def describe(spec: GeneratorSpec) -> str:
 
 
 def resolve_generator_path(path: str | Path, direction: str = "AtoB") -> Path:
-    """A directory of exports stands for its `g_ab` (AtoB) or `g_ba` (BtoA) generator."""
+    """A folder stands for a generator in it: a run folder for its `export/`; an export or
+    checkpoint folder for its `g_ab` (AtoB) or `g_ba` (BtoA); a folder of official files for
+    `latest_net_G_A.pth` (AtoB) or `latest_net_G_B.pth`; a Hugging Face folder for its
+    `model.safetensors` (one direction: the one it was exported with)."""
     path = Path(path)
+    if path.is_dir() and (path / "export").is_dir():
+        path = path / "export"
     if path.is_dir():
+        if (path / HF_WEIGHTS).is_file() and (path / HF_CONFIG).is_file():
+            return path / HF_WEIGHTS
+        official = path / OFFICIAL_FILE_NAMES[direction]
+        if official.is_file():
+            return official
         name = GENERATOR_FILE_NAMES[direction]
         candidate = path / f"{name}.safetensors"
         if not candidate.is_file():
-            raise CheckpointError(f"{path} is a folder without {candidate.name}; pass a generator file or an export folder")
+            raise CheckpointError(f"{path} is a folder without {candidate.name}: pass a generator file, or a run, "
+                                  "export, checkpoint or Hugging Face folder")
         return candidate
     return path
 
@@ -147,7 +160,8 @@ def load_generator(
 
 
 def _export_spec(path: Path) -> GeneratorSpec | None:
-    sidecar = path.with_suffix(".json")
+    """The architecture saved beside exported weights: NAME.json, or a Hugging Face config.json."""
+    sidecar = path.parent / HF_CONFIG if path.name == HF_WEIGHTS else path.with_suffix(".json")
     if path.suffix != ".safetensors" or not sidecar.is_file():
         return None
     try:

@@ -9,6 +9,7 @@ uint8, as the official test code writes it.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +18,13 @@ import numpy as np
 import psutil
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from torch import nn
 
 from cyclegan.errors import DataError, UserError
-from cyclegan.images import normalize, to_uint8
-from cyclegan.models.generator import ResnetGenerator
+from cyclegan.images import normalize, to_rgb, to_uint8
+from cyclegan.models import load_generator
+from cyclegan.translate.onnx import OnnxGenerator
 from cyclegan.translate.tiles import translate_tiled
 
 DEFAULT_TILE = 512  # pixels; a tile of the paper's generator then needs about 0.5 GB
@@ -32,6 +36,17 @@ MIN_SIDE = 8  # the innermost layers reflect-pad a quarter of the image by one p
 class ImageTooSmall(DataError):
     """An image the generator cannot take."""
 
+
+
+def from_hub(repo: str) -> Path:
+    """A Hub model's files, downloaded (or from the local cache)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo))
+    except Exception as err:  # offline, unknown repo, no access
+        raise UserError(f"{repo} is no local file or folder, and could not be fetched from the Hugging Face Hub "
+                        f"({str(err).splitlines()[0]})") from None
 
 
 def pick_device(name: str) -> torch.device:
@@ -91,11 +106,43 @@ class TranslateReport:
 
 
 class Translator:
-    """A generator on a device. `tile`: None decides per image (tiles when the untiled forward
-    would not fit in half the free memory), 0 never tiles, N tiles of N pixels."""
+    """A generator on a device, turning images into translations:
 
-    def __init__(self, net: ResnetGenerator, device: torch.device, bf16: bool = False, tile: int | None = None) -> None:
+        translator = Translator.from_pretrained("runs/h2z/export", direction="AtoB")
+        zebra = translator(Image.open("horse.jpg"))   # PIL in, PIL out, own size kept
+        batch = translator(tensor)                     # or [-1, 1] NCHW tensors
+
+    `tile`: None decides per image (tiles when the untiled forward would not fit in half the free
+    memory), 0 never tiles, N tiles of N pixels."""
+
+    def __init__(self, net: nn.Module, device: torch.device, bf16: bool = False, tile: int | None = None) -> None:
         self.net, self.device, self.bf16, self.tile = net.eval().to(device), device, bf16, tile
+
+    @classmethod
+    def from_pretrained(cls, source: str | Path, direction: str = "AtoB", device: str | torch.device = "auto",
+                        precision: str = "auto", tile: int | None = None) -> Translator:
+        """From a run, export or checkpoint folder, a Hugging Face folder or Hub id, an official
+        `.pth`, a `.safetensors` export, or an `.onnx` model (run by onnxruntime on the CPU)."""
+        path = Path(source)
+        if not path.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", str(source)):
+            path = from_hub(str(source))
+        if path.suffix == ".onnx":
+            if tile:
+                raise UserError("tiled translation needs the PyTorch generator, not its ONNX export")
+            return cls(OnnxGenerator(path), torch.device("cpu"), tile=0)
+        dev = device if isinstance(device, torch.device) else pick_device(device)
+        return cls(load_generator(path, direction=direction), dev, use_bf16(precision, dev), tile)
+
+    def __call__(self, images: Image.Image | torch.Tensor) -> Image.Image | torch.Tensor:
+        """A PIL image -> its translation as a PIL image of the same size (tiled if need be); a
+        [-1, 1] CHW or NCHW tensor -> the translated tensor, on the same device."""
+        if isinstance(images, Image.Image):
+            return Image.fromarray(self.translate([np.asarray(to_rgb(images)[0])])[0])
+        if isinstance(images, torch.Tensor):
+            single = images.dim() == 3
+            out = self.forward((images[None] if single else images).to(self.device)).to(images.device)
+            return out[0] if single else out
+        raise TypeError(f"a Translator takes a PIL image or a tensor, not {type(images).__name__}")
 
     def untiled_bytes(self, height: int, width: int) -> int:
         return height * width * self.net.spec.ngf * BYTES_PER_PIXEL_PER_NGF

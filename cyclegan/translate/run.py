@@ -14,8 +14,7 @@ from PIL import Image
 
 from cyclegan.data.shards import MANIFEST
 from cyclegan.errors import UserError
-from cyclegan.models import load_generator
-from cyclegan.translate.core import TranslateReport, Translator, pick_device, use_bf16
+from cyclegan.translate.core import TranslateReport, Translator, pick_device
 from cyclegan.translate.files import translate_files
 from cyclegan.translate.shards import translate_shards, write_manifest
 from cyclegan.translate.video import VIDEO_EXTENSIONS, translate_video
@@ -64,10 +63,10 @@ def run(checkpoint: Path, source: str, output: Path, direction: str = "AtoB", lo
     state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"),
                          timeout=timedelta(days=7))
     dev = state.device if device == "auto" else pick_device(device)
-    bf16 = use_bf16(precision, dev)
-    translator = Translator(load_generator(checkpoint, direction=direction), dev, bf16, tile)
+    translator = Translator.from_pretrained(checkpoint, direction, dev, precision, tile)
+    bf16 = translator.bf16
     Image.MAX_IMAGE_PIXELS = None  # one's own 20,000 px scene is no decompression bomb; tiles handle its size
-    state.print(f"translating {kind} {direction} on {dev} in {'bf16' if bf16 else 'fp32'} "
+    state.print(f"translating {kind} {direction} on {translator.device} in {'bf16' if bf16 else 'fp32'} "
                 f"with {state.num_processes} process(es)")
     if kind == "video":
         target = output if output.suffix.lower() in VIDEO_EXTENSIONS else output / Path(source).name
@@ -78,7 +77,7 @@ def run(checkpoint: Path, source: str, output: Path, direction: str = "AtoB", lo
             report.written = translate_video(translator, Path(source), target, batch_size, smoothing)
         state.print(report.summary(target, "frame(s)"))
         return report
-    settings = {"checkpoint": str(checkpoint.resolve()), "direction": direction, "input": source,
+    settings = {"checkpoint": str(Path(checkpoint).resolve()), "direction": direction, "input": source,
                 "precision": "bf16" if bf16 else "fp32", "load_size": load_size}
     check_settings(output, settings, state)
     if kind == "shards":
