@@ -192,13 +192,12 @@ def _swap_in(staging: Path, target: Path) -> None:
 
 
 def publish_export(checkpoint: Path, export: Path) -> None:
-    """Refresh `OUTPUT/export/` with the checkpoint's generators."""
+    """Refresh `OUTPUT/export/` with the checkpoint's generators, and its state.json (which step)."""
     staging = export.with_name(f".{export.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    for name in ("g_ab", "g_ba"):
-        for suffix in (".safetensors", ".json"):
-            shutil.copy2(checkpoint / f"{name}{suffix}", staging / f"{name}{suffix}")
+    for name in ("g_ab.safetensors", "g_ab.json", "g_ba.safetensors", "g_ba.json", "state.json"):
+        shutil.copy2(checkpoint / name, staging / name)
     _swap_in(staging, export)
 
 

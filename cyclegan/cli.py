@@ -1,12 +1,15 @@
 """The command lines: `cyclegan-train`, `cyclegan-make-shards`, `cyclegan-translate`,
 `cyclegan-evaluate` and `cyclegan-export` (installed as programs), also run as `scripts/*.py`.
-Each parses its arguments and calls the package; a user's mistake ends in a one-line message."""
+Each parses its arguments first (its parser is a function of its own, so that tests can check
+the README's commands against it), then imports and calls the package; a user's mistake ends in
+a one-line message."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 from pathlib import Path
 
 from cyclegan.errors import exit_on_user_error
@@ -16,33 +19,35 @@ def _parser(doc: str) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-@exit_on_user_error
-def train() -> None:
+def train_parser() -> argparse.ArgumentParser:
     """Train CycleGAN.
 
     accelerate launch scripts/train.py --config configs/default.yaml data.root=shards/horse2zebra
     cyclegan-train --config configs/demo.yaml train.max_steps=100 resume=auto
     """
-    from cyclegan.config import load_config
-    from cyclegan.trainer import train as run_training
-
-    parser = _parser(train.__doc__)
+    parser = _parser(train_parser.__doc__)
     parser.add_argument("--config", help="YAML file (see configs/)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=1e-4")
-    args = parser.parse_args()
-    run_training(load_config(args.config, args.overrides))
+    return parser
 
 
 @exit_on_user_error
-def make_shards() -> None:
+def train() -> None:
+    args = train_parser().parse_args()
+
+    from cyclegan.config import load_config
+    from cyclegan.trainer import train as run_training
+
+    run_training(load_config(args.config, args.overrides))
+
+
+def make_shards_parser() -> argparse.ArgumentParser:
     """Pack trainA/ trainB/ [testA/ testB/] image folders into WebDataset tar shards.
 
     cyclegan-make-shards --input datasets/horse2zebra --output shards/horse2zebra
     cyclegan-make-shards --domain-a photos/ --domain-b paintings/ --output shards/p2p
     """
-    from cyclegan.data.shards import find_domains, report, write_shards
-
-    parser = _parser(make_shards.__doc__)
+    parser = _parser(make_shards_parser.__doc__)
     parser.add_argument("--input", type=Path, help="folder holding trainA/ trainB/ and optionally testA/ testB/")
     parser.add_argument("--domain-a", type=Path, help="any folder of domain A images (instead of --input)")
     parser.add_argument("--domain-b", type=Path, help="any folder of domain B images (instead of --input)")
@@ -51,14 +56,21 @@ def make_shards() -> None:
     parser.add_argument("--max-side", type=int, default=None, help="downsize images whose longer side exceeds N")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel decoding processes")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    args = parser.parse_args()
+    return parser
+
+
+@exit_on_user_error
+def make_shards() -> None:
+    args = make_shards_parser().parse_args()
+
+    from cyclegan.data.shards import find_domains, report, write_shards
+
     sources = find_domains(args.input, args.domain_a, args.domain_b)
     manifest = write_shards(sources, args.output, args.shard_size, args.max_side, args.overwrite, args.workers)
     print(report(manifest, args.output))
 
 
-@exit_on_user_error
-def translate() -> None:
+def translate_parser() -> argparse.ArgumentParser:
     """Translate images, folders of images, tar shards or a video with a generator checkpoint.
 
     cyclegan-translate --checkpoint runs/h2z/export --input photos/ --output out/
@@ -67,9 +79,7 @@ def translate() -> None:
     accelerate launch --num_processes 8 scripts/translate.py --checkpoint runs/gta/export \\
         --input shards/gta5 --output shards/gta5-as-cityscapes
     """
-    from cyclegan.translate import run
-
-    parser = _parser(translate.__doc__)
+    parser = _parser(translate_parser.__doc__)
     parser.add_argument("--checkpoint", type=Path, required=True,
                         help="run, export, checkpoint or Hugging Face folder, Hub id, official .pth, "
                              "exported .safetensors, or .onnx")
@@ -78,8 +88,9 @@ def translate() -> None:
                              "or URLs (as data.train_a takes); or a video (mp4, mov, mkv, webm)")
     parser.add_argument("--output", type=Path, required=True,
                         help="folder for translated images or shards; for a video, a file or a folder")
-    parser.add_argument("--direction", choices=("AtoB", "BtoA"), default="AtoB",
-                        help="which generator of a run or export folder, and which domain of a shard folder")
+    parser.add_argument("--direction", choices=("AtoB", "BtoA"), default=None,
+                        help="which generator of a run or export folder, and so which domain of a shard folder "
+                             "(default: AtoB, or what a file's name or a Hugging Face config says)")
     parser.add_argument("--load-size", type=int, default=None,
                         help="resize images to NxN (bicubic) like the official test; default keeps each size")
     parser.add_argument("--batch-size", type=int, default=4, help="images or frames of equal size per forward pass")
@@ -92,29 +103,30 @@ def translate() -> None:
                              "only images that would not fit in memory whole")
     parser.add_argument("--smoothing", type=float, default=0.0,
                         help="video only: temporal smoothing against flicker, 0 (off) to below 1")
-    args = parser.parse_args()
+    return parser
+
+
+@exit_on_user_error
+def translate() -> None:
+    args = translate_parser().parse_args()
+
+    from cyclegan.translate import run
+
     run(args.checkpoint, args.input, args.output, args.direction, args.load_size, args.batch_size, args.device,
         args.precision, args.tile, args.smoothing)
 
 
-@exit_on_user_error
-def evaluate() -> None:
+def evaluate_parser() -> argparse.ArgumentParser:
     """Score a trained CycleGAN on the test split: FID and KID per direction, plus L1, PSNR and
     SSIM when the test split is paired (same file names in testA and testB).
 
     cyclegan-evaluate --checkpoint runs/h2z --data shards/h2z --inception-weights weights.pth
     accelerate launch --num_processes 8 scripts/evaluate.py ...      # split across GPUs
     """
-    from accelerate import Accelerator
-
-    from cyclegan.config import DataConfig
-    from cyclegan.data.sources import find_sources
-    from cyclegan.errors import DataError
-    from cyclegan.evaluation import Evaluator, format_table, load_generator_pair, load_inception, load_test_split
-
-    parser = _parser(evaluate.__doc__)
+    parser = _parser(evaluate_parser.__doc__)
     parser.add_argument("--checkpoint", type=Path, required=True, help="run, export or checkpoint folder")
-    parser.add_argument("--data", type=Path, required=True, help="shard folder (with manifest.json) or testA/ testB/ root")
+    parser.add_argument("--data", type=Path, required=True,
+                        help="shard folder (with manifest.json) or testA/ testB/ root")
     parser.add_argument("--inception-weights", help="local Inception file for FID/KID (or CYCLEGAN_INCEPTION_WEIGHTS)")
     parser.add_argument("--paired-only", action="store_true", help="skip FID and KID (no Inception weights needed)")
     parser.add_argument("--size", type=int, default=256, help="test images are resized to this square")
@@ -123,7 +135,20 @@ def evaluate() -> None:
     parser.add_argument("--kid-subsets", type=int, default=100)
     parser.add_argument("--kid-subset-size", type=int, default=100)
     parser.add_argument("--json", type=Path, help="also write the results here")
-    args = parser.parse_args()
+    return parser
+
+
+@exit_on_user_error
+def evaluate() -> None:
+    args = evaluate_parser().parse_args()
+
+    from accelerate import Accelerator
+
+    from cyclegan.config import DataConfig
+    from cyclegan.data.sources import find_sources
+    from cyclegan.errors import DataError
+    from cyclegan.evaluation import Evaluator, format_table, load_generator_pair, load_inception, load_test_split
+
     accelerator = Accelerator()
     if not args.data.exists():
         raise DataError(f"--data {args.data} does not exist")
@@ -141,34 +166,50 @@ def evaluate() -> None:
     accelerator.end_training()
 
 
-@exit_on_user_error
-def export() -> None:
+def export_parser() -> argparse.ArgumentParser:
     """Export a generator as ONNX or as a Hugging Face model folder (with a model card).
 
     cyclegan-export --checkpoint runs/h2z --format onnx --output h2z-AtoB.onnx
     cyclegan-export --checkpoint runs/h2z --format hf --output h2z-AtoB/ --push-to-hub me/horse2zebra
     cyclegan-export --checkpoint latest_net_G_A.pth --format onnx --output horse2zebra.onnx
     """
-    from cyclegan.export import export_hf, export_onnx, push_to_hub, run_folder
-    from cyclegan.models import load_generator
-    from cyclegan.models.loading import resolve_generator_path
-
-    parser = _parser(export.__doc__)
+    parser = _parser(export_parser.__doc__)
     parser.add_argument("--checkpoint", type=Path, required=True,
-                        help="run, export or checkpoint folder, official .pth, or exported .safetensors")
+                        help="run, export, checkpoint or official folder, official .pth, or exported .safetensors")
     parser.add_argument("--format", choices=("onnx", "hf"), required=True)
     parser.add_argument("--output", type=Path, required=True, help="the .onnx file, or the Hugging Face folder")
-    parser.add_argument("--direction", choices=("AtoB", "BtoA"), default="AtoB",
-                        help="which generator of a run, export or checkpoint folder")
+    parser.add_argument("--direction", choices=("AtoB", "BtoA"), default=None,
+                        help="which generator of a folder (AtoB unless a file's name says otherwise)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("--push-to-hub", metavar="REPO", help="hf: also upload the folder to this Hub repo")
+    return parser
+
+
+@exit_on_user_error
+def export() -> None:
+    parser = export_parser()
     args = parser.parse_args()
-    net = load_generator(args.checkpoint, direction=args.direction)
+
+    if args.push_to_hub and args.format != "hf":
+        parser.error("--push-to-hub uploads a Hugging Face folder: use it with --format hf")
+
+    from cyclegan.errors import UserError
+    from cyclegan.export import export_hf, export_onnx, push_to_hub, run_folder
+    from cyclegan.models import load_generator
+    from cyclegan.models.loading import generator_direction, resolve_generator_path
+
+    if args.output.exists() and not args.overwrite:
+        raise UserError(f"--output {args.output} exists: pass --overwrite to replace it")
+    weights = resolve_generator_path(args.checkpoint, args.direction)
+    direction = args.direction or generator_direction(weights) or "AtoB"
+    net = load_generator(weights)
     if args.format == "onnx":
-        worst = export_onnx(net, args.output)
-        print(f"wrote {args.output}; onnxruntime matches PyTorch within {worst:.1e}")
+        worst = export_onnx(net, args.output, direction)
+        print(f"wrote {args.output} ({direction}); onnxruntime matches PyTorch within {worst:.1e}")
         return
-    run = run_folder(resolve_generator_path(args.checkpoint, args.direction).resolve())
-    export_hf(net, args.output, args.direction, run)
-    print(f"wrote {args.output} (config.json, model.safetensors, README.md)")
+    if args.output.is_dir():
+        shutil.rmtree(args.output)
+    export_hf(net, args.output, direction, weights, run_folder(weights.resolve()))
+    print(f"wrote {args.output} ({direction}: config.json, model.safetensors, README.md)")
     if args.push_to_hub:
         print(f"uploaded: {push_to_hub(args.output, args.push_to_hub)}")

@@ -206,8 +206,9 @@ def load_generator_pair(path: Path) -> tuple[nn.Module, nn.Module]:
     from cyclegan.models import load_generator
     from cyclegan.models.loading import HF_WEIGHTS
 
-    if (path / HF_WEIGHTS).is_file():
-        raise UserError(f"{path} is a Hugging Face folder of one generator; evaluation needs both directions")
+    if not path.is_dir() or (path / HF_WEIGHTS).is_file():
+        raise UserError(f"{path} holds one generator; evaluation needs both directions: give a run folder, an export "
+                        "or checkpoint folder, or a folder with the official latest_net_G_A.pth and latest_net_G_B.pth")
     try:
         return load_generator(path, direction="AtoB"), load_generator(path, direction="BtoA")
     except CheckpointError as err:

@@ -1,11 +1,12 @@
 """Exports of a generator for people who deploy and share it: ONNX, for onnxruntime and the
 apps built on it, and the Hugging Face folder format (config.json, model.safetensors and a model
 card written from the run). Any generator file `load_generator` reads can be exported; the
-architecture comes from the weights.
+architecture comes from the weights, and the direction goes with the export.
 
 The ONNX graph takes images whose height and width are multiples of 4 (any batch, any size):
 the generator downsamples twice. `cyclegan.translate.onnx.OnnxGenerator` pads other sizes by
-reflection and crops back, as translation does with the PyTorch generator.
+reflection and crops back, as translation does with the PyTorch generator; an app of its own
+does the same before calling onnxruntime.
 """
 
 from __future__ import annotations
@@ -23,40 +24,52 @@ from cyclegan.models.generator import GeneratorSpec, ResnetGenerator
 from cyclegan.models.loading import describe
 
 ONNX_OPSET = 18
-ONNX_CHECK_SIZES = ((64, 64), (96, 128))  # exported at one size, checked at two others too
+ONNX_CHECK_SIZES = ((64, 64), (96, 128))  # the traced size and another, both checked
 ONNX_TOLERANCE = 1e-4
+TAGS = ["cyclegan", "image-to-image", "unpaired-image-translation"]
 
 
-class HubGenerator(ResnetGenerator, PyTorchModelHubMixin, library_name="cyclegan",
-                   tags=["cyclegan", "image-to-image", "unpaired-image-translation"]):
-    """The generator with Hugging Face's save/load/push: its init arguments become config.json and
-    its weights model.safetensors, under the official state_dict keys."""
+class HubGenerator(ResnetGenerator, PyTorchModelHubMixin, library_name="cyclegan", tags=TAGS):
+    """The generator with Hugging Face's save/load/push: its init arguments (the architecture and
+    the direction it translates) become config.json, its weights model.safetensors under the
+    official state_dict keys."""
 
     def __init__(self, in_channels: int = 3, out_channels: int = 3, ngf: int = 64, n_blocks: int = 9,
-                 norm: str = "instance", dropout: bool = False) -> None:
+                 norm: str = "instance", dropout: bool = False, direction: str = "AtoB") -> None:
         super().__init__(GeneratorSpec(in_channels, out_channels, ngf, n_blocks, norm, dropout))
+        self.direction = direction
 
 
-def export_onnx(net: ResnetGenerator, path: Path) -> float:
-    """Write `net` as ONNX with dynamic batch, height and width; check it with onnxruntime against
-    PyTorch at several sizes. Returns the largest difference seen."""
-    import onnx
-
-    net = net.eval().cpu()
-    example = torch.zeros(1, net.spec.in_channels, 64, 64)
+def export_onnx(net: ResnetGenerator, path: Path, direction: str) -> float:
+    """Write `net` as ONNX with dynamic batch, height and width, under a temporary name renamed
+    once onnxruntime agrees with PyTorch at every check size. Returns the largest difference."""
+    try:
+        import onnx
+    except ImportError:
+        raise UserError("ONNX export needs the onnx and onnxruntime packages: pip install -e '.[export]'") from None
+    if path.suffix != ".onnx":
+        raise UserError(f"--output {path} should end in .onnx")
+    net, partial = net.eval().cpu(), path.with_name(f".{path.name}.partial")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():  # reflection padding's slices cannot be constant-folded: harmless
-        warnings.filterwarnings("ignore", message="Constant folding")
-        torch.onnx.export(net, (example,), str(path), input_names=["image"], output_names=["translated"],
-                          opset_version=ONNX_OPSET, dynamo=False,
-                          dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
-                                        "translated": {0: "batch", 2: "height", 3: "width"}})
-    model = onnx.load(str(path))
-    onnx.helper.set_model_props(model, {"cyclegan.generator": json.dumps(net.spec.to_dict()),
-                                        "cyclegan.input": "NCHW float32 in [-1, 1], height and width multiples of 4"})
-    onnx.save(model, str(path))
-    onnx.checker.check_model(str(path))
-    return check_onnx(net, path)
+    try:
+        with warnings.catch_warnings():  # reflection padding's slices and instance norm: harmless notes
+            warnings.simplefilter("ignore", UserWarning)
+            torch.onnx.export(net, (torch.zeros(1, net.spec.in_channels, 64, 64),), str(partial), dynamo=False,
+                              input_names=["image"], output_names=["translated"], opset_version=ONNX_OPSET,
+                              dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
+                                            "translated": {0: "batch", 2: "height", 3: "width"}})
+        model = onnx.load(str(partial))
+        onnx.helper.set_model_props(model, {"cyclegan.generator": json.dumps(net.spec.to_dict()),
+                                            "cyclegan.direction": direction,
+                                            "cyclegan.input": "NCHW float32 in [-1, 1], sides multiples of 4"})
+        onnx.save(model, str(partial))
+        onnx.checker.check_model(str(partial))
+        worst = check_onnx(net, partial)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    partial.replace(path)
+    return worst
 
 
 def check_onnx(net: ResnetGenerator, path: Path) -> float:
@@ -70,22 +83,24 @@ def check_onnx(net: ResnetGenerator, path: Path) -> float:
         with torch.no_grad():
             worst = max(worst, (session(x) - net(x)).abs().max().item())
     if worst > ONNX_TOLERANCE:
-        raise RuntimeError(f"the ONNX export of {path} differs from PyTorch by {worst:.2e} (> {ONNX_TOLERANCE})")
+        raise UserError(f"the ONNX export differs from PyTorch by {worst:.2e} (more than {ONNX_TOLERANCE}); "
+                        "nothing was written")
     return worst
 
 
-def export_hf(net: ResnetGenerator, folder: Path, direction: str, run: Path | None) -> Path:
+def export_hf(net: ResnetGenerator, folder: Path, direction: str, weights: Path, run: Path | None) -> Path:
     """Write `folder` as a Hugging Face model: config.json, model.safetensors, and README.md, the
-    model card, with what the run folder tells (and its newest sample grid as sample.png)."""
-    hub = HubGenerator(**net.spec.to_dict())
+    model card, with what the run folder tells of the weights (and a sample grid as sample.png)."""
+    hub = HubGenerator(**net.spec.to_dict(), direction=direction)
     hub.load_state_dict(net.state_dict())
     hub.save_pretrained(folder)
     sample = newest_sample(run, direction) if run else None
     if sample is not None:
         shutil.copy2(sample, folder / "sample.png")
     card = ModelCard.from_template(
-        ModelCardData(library_name="cyclegan", tags=["cyclegan", "image-to-image"], pipeline_tag="image-to-image"),
-        template_str=CARD, title=f"CycleGAN generator {direction}", body=card_body(net.spec, direction, run, sample))
+        ModelCardData(library_name="cyclegan", tags=TAGS, pipeline_tag="image-to-image"),
+        template_str=CARD, title=f"CycleGAN generator {direction}",
+        body=card_body(net.spec, direction, weights, run, sample))
     card.save(folder / "README.md")
     return folder
 
@@ -100,52 +115,70 @@ CARD = """---
 """
 
 
-def card_body(spec: GeneratorSpec, direction: str, run: Path | None, sample: Path | None) -> str:
+def card_body(spec: GeneratorSpec, direction: str, weights: Path, run: Path | None, sample: Path | None) -> str:
     """What a reader of the card wants: the architecture, the data, the training and the scores."""
-    lines = [f"A CycleGAN (Zhu et al. 2017, arXiv 1703.10593) generator translating {direction[0]} to "
-             f"{direction[-1]}: {describe(spec)}. Weights use the official implementation's state_dict keys.",
-             "", "## How to use", "", "```python", "from PIL import Image", "from cyclegan import Translator", "",
-             'translator = Translator.from_pretrained("path/or/hub-id")',
+    lines = [f"A CycleGAN (Zhu et al. 2017, arXiv 1703.10593) generator translating domain {direction[0]} to "
+             f"domain {direction[-1]}: {describe(spec)}. The weights use the official implementation's state_dict "
+             "keys, so its code loads them too.", "", "## How to use", "",
+             "With the `cyclegan` package (this model's training code):", "", "```python", "from PIL import Image",
+             "from cyclegan import Translator", "",
+             'translator = Translator.from_pretrained("this/repo-or-folder")',
              'translated = translator(Image.open("input.jpg"))', "```", ""]
     if run is None:
         return "\n".join(lines + ["Exported from a weights file without its training run."])
-    lines += ["## Training", ""] + [f"- {line}" for line in run_facts(run)]
+    lines += ["## Training", ""] + [f"- {fact}" for fact in run_facts(run, weights, direction)]
     if sample is not None:
-        lines += ["", "## Samples", "", "Each row: real | translated | reconstructed | identity.", "",
-                  "![sample grid](sample.png)"]
+        lines += ["", "## Samples", "", "Test images of the run, each row real | translated | reconstructed | identity "
+                  "(from the run's newest sample grid).", "", "![sample grid](sample.png)"]
     return "\n".join(lines)
 
 
-def run_facts(run: Path) -> list[str]:
-    """Lines about a run folder: training settings, data sizes, steps, final losses, eval scores."""
-    from omegaconf import OmegaConf
-
-    from cyclegan.checkpoint import complete_checkpoints, read_train_state
-
+def run_facts(run: Path, weights: Path, direction: str) -> list[str]:
+    """Lines about the exported weights and their run: settings, data, step, losses, scores."""
+    record = _json(run / "run.json") or {}
+    state = _json(weights.parent / "state.json") or {}
     facts = []
-    config = OmegaConf.load(run / "config.yaml")
-    t, saved = config.train, complete_checkpoints(run / "checkpoints")
-    world = read_train_state(saved[-1]).world_size if saved else None
-    batch = f"{t.batch_size * t.grad_accum * world} ({t.batch_size} per device x {t.grad_accum} accumulation x " \
-            f"{world} process(es))" if world else f"{t.batch_size} per device x {t.grad_accum} accumulation"
-    precision = {"no": "fp32"}.get(t.mixed_precision, t.mixed_precision)
-    facts.append(f"global batch {batch}; precision {precision}; Adam lr {t.lr}, betas ({t.beta1}, {t.beta2}); "
-                 f"{t.epochs} constant + {t.decay_epochs} decay epochs; lambda_cycle {t.lambda_cycle}, "
-                 f"lambda_identity {t.lambda_identity}")
-    manifest = Path(config.data.root or "") / "manifest.json"
-    if config.data.root and manifest.is_file():
-        train = json.loads(manifest.read_text())["splits"].get("train", {})
-        facts.append("training images: " + ", ".join(f"{d} {e['samples']}" for d, e in sorted(train.items())))
-    losses = [row for row in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss/adv_ab" in row]
-    if losses:
-        facts.append(f"trained {losses[-1]['step']} optimizer steps; final losses: "
-                     + ", ".join(f"{k[5:]} {v:.4f}" for k, v in losses[-1].items() if k.startswith("loss/")))
-    best = run / "best" / "best.json"
-    if best.is_file():
-        record = json.loads(best.read_text())
-        facts.append(f"best evaluation at step {record['step']}: "
-                     + ", ".join(f"{k} {v:.4f}" for k, v in record.get("results", {}).items()))
+    if record:
+        t = record["train"]
+        precision = {"no": "fp32"}.get(t["mixed_precision"], t["mixed_precision"])
+        facts.append(f"global batch {record['global_batch']} ({t['batch_size']} per device x {t['grad_accum']} "
+                     f"accumulation x {record['world_size']} process(es)); precision {precision}; Adam lr {t['lr']}, "
+                     f"betas ({t['beta1']}, {t['beta2']}); {t['epochs']} constant + {t['decay_epochs']} decay "
+                     f"epochs; lambda_cycle {t['lambda_cycle']}, lambda_identity {t['lambda_identity']}")
+        images = record.get("images", {})
+        facts.append("images: " + ", ".join(f"{name.replace('_', ' ')} {n}" for name, n in sorted(images.items())))
+    step = state.get("step")
+    rows = [row for row in _json_lines(run / "metrics.jsonl") if "loss/adv_ab" in row
+            and (step is None or row["step"] <= step)]
+    if step is not None:
+        facts.append(f"these weights: optimizer step {step}")
+    if rows:
+        facts.append(f"losses logged at step {rows[-1]['step']}: "
+                     + ", ".join(f"{k[5:]} {v:.4f}" for k, v in rows[-1].items() if k.startswith("loss/")))
+    best = _json(run / "best" / "best.json")
+    if best:
+        scores = {k.split("/", 1)[1]: v for k, v in best.get("results", {}).items() if k.startswith(f"{direction}/")}
+        whose = "these weights" if best["step"] == step else f"the checkpoint of step {best['step']} in best/"
+        facts.append(f"best evaluation ({whose}): " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(scores.items())))
     return facts
+
+
+def _json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _json_lines(path: Path) -> list[dict]:
+    """A JSONL file's rows; a line cut short by a killed run is left out."""
+    rows = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
 
 
 def newest_sample(run: Path, direction: str) -> Path | None:
@@ -153,9 +186,9 @@ def newest_sample(run: Path, direction: str) -> Path | None:
     return samples[-1] if samples else None
 
 
-def run_folder(checkpoint: Path) -> Path | None:
-    """The training run a generator file or folder comes from, if it sits in one."""
-    for folder in [checkpoint, *checkpoint.parents][:4]:
+def run_folder(weights: Path) -> Path | None:
+    """The training run a generator file comes from, if it sits in one (export/, checkpoints/, best/)."""
+    for folder in weights.parents[:3]:
         if (folder / "config.yaml").is_file() and (folder / "metrics.jsonl").is_file():
             return folder
     return None
@@ -172,6 +205,4 @@ def push_to_hub(folder: Path, repo: str) -> str:
     except Exception as err:  # no network, no token, no permission: all end the same way for the user
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UserError(f"could not upload to the Hugging Face Hub repo {repo} ({reason}). The export is complete in "
-                        f"{folder}: upload it later with `huggingface-cli upload {repo} {folder}`, after "
-                        "`huggingface-cli login`") from None
-
+                        f"{folder}: upload it later with `hf upload {repo} {folder}`, after `hf auth login`") from None

@@ -63,8 +63,9 @@ def image_grid(columns: list[torch.Tensor]) -> np.ndarray:
     return rearrange(stacked, "k n c h w -> (n h) (k w) c").numpy()
 
 
-def describe_run(cfg: RunConfig, world_size: int, global_batch: int) -> dict:
-    """The tracker's run config: the resolved config plus what makes a run reproducible."""
+def describe_run(cfg: RunConfig, world_size: int, global_batch: int, images: dict[str, int]) -> dict:
+    """The tracker's run config (also OUTPUT/run.json): the resolved config, the images per split and
+    domain, and what makes a run reproducible."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
                                 cwd=Path(__file__).parent).stdout.strip() or "unknown"
@@ -77,7 +78,7 @@ def describe_run(cfg: RunConfig, world_size: int, global_batch: int) -> dict:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return {**cfg.to_dict(), "git_commit": commit, "world_size": world_size, "global_batch": global_batch,
-            "versions": versions}
+            "images": images, "versions": versions}
 
 
 class RunLog:

@@ -160,7 +160,11 @@ class Trainer:
         self.announce()
         if self.state.tracker_run_id is None and acc.is_main_process:
             self.state.tracker_run_id = new_run_id()
-        run_config = describe_run(cfg, plan.world_size, plan.global_batch)
+        images = {name: shards.samples for name, shards in vars(self.sources).items() if shards is not None}
+        run_config = describe_run(cfg, plan.world_size, plan.global_batch, images)
+        if acc.is_main_process:
+            with writing(self.output / "run.json"):
+                (self.output / "run.json").write_text(json.dumps(run_config, indent=2) + "\n")
         self.log = RunLog(acc, cfg, self.state.step, self.state.tracker_run_id, run_config)
         self.last_values: dict[str, float] = {}
         self.grid_images = fixed_test_images(self.sources, cfg) if acc.is_main_process else None

@@ -45,7 +45,7 @@ def main() -> None:
     step.add_argument("overrides", nargs="*", help="config overrides, e.g. model.n_blocks=6")
     translate = sub.add_parser("translate", help="translation: folders, shards, large tiled images, video")
     translate.add_argument("--workdir", type=Path, required=True, help="where inputs and outputs are made")
-    translate.add_argument("--sizes", type=int, nargs="+", default=[256, 1024], help="image sides for folders/shards")
+    translate.add_argument("--sizes", type=int, nargs="*", default=[256, 1024], help="image sides for folders/shards")
     translate.add_argument("--images", type=int, default=8, help="images per size")
     translate.add_argument("--large", type=int, nargs="*", default=[4096, 10000], help="sides of single tiled images")
     translate.add_argument("--frames", type=int, default=24, help="frames of the 256 px test video")

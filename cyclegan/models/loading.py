@@ -117,32 +117,56 @@ def describe(spec: GeneratorSpec) -> str:
     )
 
 
-def resolve_generator_path(path: str | Path, direction: str = "AtoB") -> Path:
-    """A folder stands for a generator in it: a run folder for its `export/`; an export or
-    checkpoint folder for its `g_ab` (AtoB) or `g_ba` (BtoA); a folder of official files for
-    `latest_net_G_A.pth` (AtoB) or `latest_net_G_B.pth`; a Hugging Face folder for its
-    `model.safetensors` (one direction: the one it was exported with)."""
+def generator_direction(path: Path) -> str | None:
+    """The direction a generator file or folder says it translates: by its name (`g_ab`, `g_ba`,
+    `latest_net_G_A`, `latest_net_G_B`) or a Hugging Face config's `direction`."""
+    if path.is_dir():
+        config = path / HF_CONFIG
+        return json.loads(config.read_text()).get("direction") if config.is_file() and _is_json(config) else None
+    for direction in GENERATOR_FILE_NAMES:
+        if path.stem in (GENERATOR_FILE_NAMES[direction], Path(OFFICIAL_FILE_NAMES[direction]).stem):
+            return direction
+    return None
+
+
+def _is_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+        return True
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def resolve_generator_path(path: str | Path, direction: str | None = None) -> Path:
+    """The generator file a path stands for: a run folder for its `export/`; an export or checkpoint
+    folder for its `g_ab` (AtoB, the default) or `g_ba` (BtoA); a folder of official files for
+    `latest_net_G_A.pth`, `latest_net_G_B.pth` or the pretrained downloads' `latest_net_G.pth`; a
+    Hugging Face folder for its `model.safetensors`. A file or folder whose name or config says
+    another direction than the one asked for is refused."""
     path = Path(path)
+    if direction not in (None, *GENERATOR_FILE_NAMES):
+        raise CheckpointError(f"direction must be AtoB or BtoA, not {direction!r}")
     if path.is_dir() and (path / "export").is_dir():
         path = path / "export"
-    if path.is_dir():
-        if (path / HF_WEIGHTS).is_file() and (path / HF_CONFIG).is_file():
-            return path / HF_WEIGHTS
-        official = path / OFFICIAL_FILE_NAMES[direction]
-        if official.is_file():
-            return official
-        name = GENERATOR_FILE_NAMES[direction]
-        candidate = path / f"{name}.safetensors"
-        if not candidate.is_file():
-            raise CheckpointError(f"{path} is a folder without {candidate.name}: pass a generator file, or a run, "
-                                  "export, checkpoint or Hugging Face folder")
-        return candidate
-    return path
+    if path.is_dir() and (path / HF_WEIGHTS).is_file():
+        resolved = path / HF_WEIGHTS
+    elif path.is_dir():
+        candidates = [path / OFFICIAL_FILE_NAMES[direction or "AtoB"], path / "latest_net_G.pth",
+                      path / f"{GENERATOR_FILE_NAMES[direction or 'AtoB']}.safetensors"]
+        resolved = next((c for c in candidates if c.is_file()), None)
+        if resolved is None:
+            raise CheckpointError(f"{path} is a folder without {' or '.join(c.name for c in candidates)}: pass a "
+                                  "generator file, or a run, export, checkpoint, official or Hugging Face folder")
+    else:
+        resolved = path
+    named = generator_direction(path if path.is_dir() and (path / HF_WEIGHTS).is_file() else resolved)
+    if direction and named and named != direction:
+        raise CheckpointError(f"{path} holds the {named} generator, but {direction} was asked for")
+    return resolved
 
 
-def load_generator(
-    path: str | Path, expected: GeneratorSpec | None = None, direction: str = "AtoB"
-) -> ResnetGenerator:
+def load_generator(path: str | Path, expected: GeneratorSpec | None = None,
+                   direction: str | None = None) -> ResnetGenerator:
     """Load an official `.pth` or an exported `.safetensors` generator, checked key by key.
 
     Without `expected`, the architecture comes from the export's JSON or, for official files,
@@ -165,8 +189,10 @@ def _export_spec(path: Path) -> GeneratorSpec | None:
     if path.suffix != ".safetensors" or not sidecar.is_file():
         return None
     try:
-        return GeneratorSpec(**json.loads(sidecar.read_text()))
-    except (json.JSONDecodeError, TypeError) as err:
+        fields = json.loads(sidecar.read_text())
+        fields.pop("direction", None)  # a Hugging Face config also says which way the generator translates
+        return GeneratorSpec(**fields)
+    except (json.JSONDecodeError, TypeError, AttributeError) as err:
         raise CheckpointError(f"architecture file {sidecar} is not a valid generator description ({err})") from None
 
 

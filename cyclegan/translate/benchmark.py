@@ -25,7 +25,7 @@ from cyclegan.translate.core import Translator, pick_device, use_bf16
 from cyclegan.translate.run import run
 
 LARGE_IMAGE = """
-import json, resource, shutil, sys, tempfile, threading, time
+import json, shutil, sys, tempfile, threading, time
 import numpy as np, torch
 from PIL import Image
 from cyclegan.models import load_generator
@@ -35,7 +35,10 @@ device = pick_device("auto")
 translator = Translator(load_generator(checkpoint), device, use_bf16(precision, device), tile)
 coarse = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
 pixels = np.asarray(Image.fromarray(coarse).resize((side, side), Image.BICUBIC))
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+def high_water():  # this process's peak RSS in GiB (ru_maxrss would count the parent's, from before exec)
+    line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM"))
+    return int(line.split()[1]) / 2**20
+before = high_water()
 scratch, done, used = {"peak": 0}, threading.Event(), shutil.disk_usage(tempfile.gettempdir()).used
 def watch():  # the scratch files (unlinked, so only the disk's use shows them), every 0.2 s
     while not done.wait(0.2):
@@ -45,7 +48,7 @@ start = time.perf_counter()
 translator.translate([pixels])
 seconds = time.perf_counter() - start
 done.set()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+peak = high_water()
 print(json.dumps({"side": side, "seconds": seconds, "peak_rss_gib": peak, "before_gib": before,
                   "scratch_gib": scratch["peak"] / 2**30}))
 """

@@ -24,6 +24,7 @@ from torch import nn
 from cyclegan.errors import DataError, UserError
 from cyclegan.images import normalize, to_rgb, to_uint8
 from cyclegan.models import load_generator
+from cyclegan.models.loading import generator_direction, resolve_generator_path
 from cyclegan.translate.onnx import OnnxGenerator
 from cyclegan.translate.tiles import translate_tiled
 
@@ -36,6 +37,13 @@ MIN_SIDE = 8  # the innermost layers reflect-pad a quarter of the image by one p
 class ImageTooSmall(DataError):
     """An image the generator cannot take."""
 
+
+
+def is_hub_id(source: str) -> bool:
+    """`owner/name` that is no local path (its first part is no folder here) and no file name."""
+    first = source.split("/")[0]
+    return (re.fullmatch(r"[\w.-]+/[\w.-]+", source) is not None and not Path(source).exists()
+            and not Path(first).exists() and Path(source).suffix not in (".onnx", ".pth", ".pt", ".safetensors"))
 
 
 def from_hub(repo: str) -> Path:
@@ -115,23 +123,32 @@ class Translator:
     `tile`: None decides per image (tiles when the untiled forward would not fit in half the free
     memory), 0 never tiles, N tiles of N pixels."""
 
-    def __init__(self, net: nn.Module, device: torch.device, bf16: bool = False, tile: int | None = None) -> None:
+    def __init__(self, net: nn.Module, device: torch.device, bf16: bool = False, tile: int | None = None,
+                 direction: str = "AtoB") -> None:
         self.net, self.device, self.bf16, self.tile = net.eval().to(device), device, bf16, tile
+        self.direction = direction
 
     @classmethod
-    def from_pretrained(cls, source: str | Path, direction: str = "AtoB", device: str | torch.device = "auto",
+    def from_pretrained(cls, source: str | Path, direction: str | None = None, device: str | torch.device = "auto",
                         precision: str = "auto", tile: int | None = None) -> Translator:
-        """From a run, export or checkpoint folder, a Hugging Face folder or Hub id, an official
-        `.pth`, a `.safetensors` export, or an `.onnx` model (run by onnxruntime on the CPU)."""
+        """From a run, export, checkpoint or official folder (`direction` picks the generator, AtoB
+        by default), a Hugging Face folder or Hub id, an official `.pth`, a `.safetensors` export,
+        or an `.onnx` model (run by onnxruntime on the CPU). A file or folder that says it
+        translates the other way than `direction` is refused."""
         path = Path(source)
-        if not path.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", str(source)):
+        if is_hub_id(str(source)):
             path = from_hub(str(source))
         if path.suffix == ".onnx":
             if tile:
                 raise UserError("tiled translation needs the PyTorch generator, not its ONNX export")
-            return cls(OnnxGenerator(path), torch.device("cpu"), tile=0)
+            net = OnnxGenerator(path)
+            if direction and net.direction and direction != net.direction:
+                raise UserError(f"{path} holds the {net.direction} generator, but {direction} was asked for")
+            return cls(net, torch.device("cpu"), tile=0, direction=net.direction or direction or "AtoB")
         dev = device if isinstance(device, torch.device) else pick_device(device)
-        return cls(load_generator(path, direction=direction), dev, use_bf16(precision, dev), tile)
+        weights = resolve_generator_path(path, direction)
+        named = direction or generator_direction(path if path.is_dir() else weights) or "AtoB"
+        return cls(load_generator(weights), dev, use_bf16(precision, dev), tile, named)
 
     def __call__(self, images: Image.Image | torch.Tensor) -> Image.Image | torch.Tensor:
         """A PIL image -> its translation as a PIL image of the same size (tiled if need be); a
@@ -139,6 +156,10 @@ class Translator:
         if isinstance(images, Image.Image):
             return Image.fromarray(self.translate([np.asarray(to_rgb(images)[0])])[0])
         if isinstance(images, torch.Tensor):
+            if not images.is_floating_point() or images.dim() not in (3, 4):
+                raise UserError("a Translator takes float tensors in [-1, 1], CHW or NCHW")
+            if min(images.shape[-2:]) < MIN_SIDE:
+                raise ImageTooSmall(f"{images.shape[-1]} x {images.shape[-2]} px is too small to translate")
             single = images.dim() == 3
             out = self.forward((images[None] if single else images).to(self.device)).to(images.device)
             return out[0] if single else out

@@ -31,6 +31,7 @@ class OnnxGenerator(nn.Module):
         meta = self.session.get_modelmeta().custom_metadata_map
         self.spec = GeneratorSpec(**json.loads(meta["cyclegan.generator"])) if "cyclegan.generator" in meta \
             else GeneratorSpec()
+        self.direction = meta.get("cyclegan.direction")
         self.input = self.session.get_inputs()[0].name
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -49,7 +49,7 @@ def check_settings(output: Path, settings: dict, state: PartialState) -> None:
         recorded.write_text(json.dumps(settings, indent=2) + "\n")
 
 
-def run(checkpoint: Path, source: str, output: Path, direction: str = "AtoB", load_size: int | None = None,
+def run(checkpoint: Path, source: str, output: Path, direction: str | None = None, load_size: int | None = None,
         batch_size: int = 4, device: str = "auto", precision: str = "auto", tile: int | None = None,
         smoothing: float = 0.0) -> TranslateReport:
     """Translate `source` into `output`, print a summary once; returns the report of all ranks."""
@@ -64,7 +64,7 @@ def run(checkpoint: Path, source: str, output: Path, direction: str = "AtoB", lo
                          timeout=timedelta(days=7))
     dev = state.device if device == "auto" else pick_device(device)
     translator = Translator.from_pretrained(checkpoint, direction, dev, precision, tile)
-    bf16 = translator.bf16
+    bf16, direction = translator.bf16, translator.direction
     Image.MAX_IMAGE_PIXELS = None  # one's own 20,000 px scene is no decompression bomb; tiles handle its size
     state.print(f"translating {kind} {direction} on {translator.device} in {'bf16' if bf16 else 'fp32'} "
                 f"with {state.num_processes} process(es)")
