@@ -17,6 +17,7 @@ from cyclegan.config import RunConfig
 from cyclegan.data.sources import DataSources
 from cyclegan.data.stream import epoch_steps, mix_seed
 from cyclegan.errors import ConfigError, UserError
+from cyclegan.diffaug import DiffAugment
 from cyclegan.evaluation import INCEPTION_ENV, Evaluator, load_inception, load_test_split
 from cyclegan.images import normalize
 from cyclegan.models import GeneratorSpec, NLayerDiscriminator, ResnetGenerator
@@ -107,6 +108,7 @@ def build_training(accelerator: Accelerator, cfg: RunConfig) -> tuple[Networks, 
     pools = Pools(
         fake_a=ImagePool(cfg.train.pool_size, mix_seed(cfg.seed, rank, "pool_a")),
         fake_b=ImagePool(cfg.train.pool_size, mix_seed(cfg.seed, rank, "pool_b")),
+        augment=DiffAugment(cfg.train.diffaug, cfg.train.diffaug_p, mix_seed(cfg.seed, rank, "diffaug")),
     )
     return Networks(*prepared[:4]), Optimizers(*prepared[4:], guard=opts.guard), pools
 

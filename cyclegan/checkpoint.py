@@ -3,9 +3,10 @@
 A checkpoint is the folder `checkpoints/step_XXXXXXX/` (named by global optimizer step):
 
     g_ab.safetensors g_ab.json g_ba.safetensors g_ba.json   the generators, also an export
+    g_ab_ema.safetensors ...                                the averaged generators (train.ema_decay)
     d_a.safetensors d_b.safetensors                         the discriminators
     optim.pt                                                optimizers, schedulers, scaler
-    rank_R.pt                                               rank R's image pools and RNG states
+    rank_R.pt                                               rank R's image pools, augmentation and RNG states
     state.json                                              step, epoch, world size, architecture
 
 Every rank writes into `.step_XXXXXXX.partial/`; after a barrier the main process renames
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
+from cyclegan.ema import GeneratorEMA
 from cyclegan.errors import CheckpointError
 from cyclegan.models.loading import export_generator, load_into, read_state_dict, save_weights
 from cyclegan.step import Networks, Optimizers, Pools
@@ -95,16 +97,19 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(
-    accelerator: Accelerator,
-    root: Path,
-    state: TrainState,
-    nets: Networks,
-    opts: Optimizers,
-    schedulers: dict,
-    pools: Pools,
-    keep: int,
-) -> Path:
+@dataclass
+class Trained:
+    """Everything a checkpoint holds besides the TrainState."""
+
+    nets: Networks
+    opts: Optimizers
+    schedulers: dict
+    pools: Pools
+    ema: GeneratorEMA | None = None
+
+
+def save_checkpoint(accelerator: Accelerator, root: Path, state: TrainState, trained: Trained, keep: int,
+                    export_ema: bool = True) -> Path:
     """Write one complete checkpoint from every rank, then keep only the newest `keep`.
 
     A failed write (a full disk, an unwritable folder) removes the partial folder and stops
@@ -112,7 +117,7 @@ def save_checkpoint(
     """
     final = step_dir(root, state.step)
     partial = root / f".{final.name}.partial"
-    broken = non_finite_parts(accelerator, nets, opts)
+    broken = non_finite_parts(accelerator, trained.nets, trained.opts)
     if broken:
         raise CheckpointError(
             f"not writing checkpoint {final}: {', '.join(broken)} hold non-finite (NaN or inf) values at step "
@@ -124,10 +129,12 @@ def save_checkpoint(
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
         accelerator.wait_for_everyone()
+        pools = trained.pools
         torch.save({"pools": {"fake_a": pools.fake_a.state_dict(), "fake_b": pools.fake_b.state_dict()},
-                    "rng": _rng_state()}, partial / f"rank_{accelerator.process_index}.pt")
+                    "augment": pools.augment.state_dict(), "rng": _rng_state()},
+                   partial / f"rank_{accelerator.process_index}.pt")
         if accelerator.is_main_process:
-            _write_shared_files(accelerator, partial, state, nets, opts, schedulers)
+            _write_shared_files(accelerator, partial, state, trained)
     except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
         shutil.rmtree(partial, ignore_errors=True)
         raise CheckpointError(
@@ -139,7 +146,7 @@ def save_checkpoint(
         if final.exists():
             shutil.rmtree(final)
         partial.rename(final)
-        publish_export(final, root.parent / "export")
+        publish_export(final, root.parent / "export", averaged=trained.ema is not None and export_ema)
         for old in complete_checkpoints(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -166,15 +173,19 @@ def _all_finite(tensors: list[torch.Tensor], device: torch.device) -> torch.Tens
     return torch.stack(flags).all() if flags else torch.ones((), dtype=torch.bool, device=device)
 
 
-def _write_shared_files(accelerator: Accelerator, folder: Path, state: TrainState, nets: Networks,
-                        opts: Optimizers, schedulers: dict) -> None:
-    """What the main process writes: weights, optimizer and scheduler state, state.json."""
+def _write_shared_files(accelerator: Accelerator, folder: Path, state: TrainState, trained: Trained) -> None:
+    """What the main process writes: weights (and averaged generators), optimizer and scheduler
+    state, state.json."""
     for name in NET_NAMES:
-        net = accelerator.unwrap_model(getattr(nets, name))
+        net = accelerator.unwrap_model(getattr(trained.nets, name))
         save = export_generator if name.startswith("g_") else save_weights
         save(net, folder / f"{name}.safetensors")
+    if trained.ema is not None:
+        for name, averaged in trained.ema.models.items():
+            export_generator(averaged, folder / f"{name}_ema.safetensors")
+    opts = trained.opts
     extra = {"opt_g": opts.g.state_dict(), "opt_d": opts.d.state_dict(),
-             "schedulers": {k: s.state_dict() for k, s in schedulers.items()}}
+             "schedulers": {k: s.state_dict() for k, s in trained.schedulers.items()}}
     if accelerator.scaler is not None:
         extra["scaler"] = accelerator.scaler.state_dict()
     torch.save(extra, folder / "optim.pt")
@@ -191,13 +202,17 @@ def _swap_in(staging: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def publish_export(checkpoint: Path, export: Path) -> None:
-    """Refresh `OUTPUT/export/` with the checkpoint's generators, and its state.json (which step)."""
+def publish_export(checkpoint: Path, export: Path, averaged: bool = False) -> None:
+    """Refresh `OUTPUT/export/` with the checkpoint's generators (the averaged ones if asked), and
+    its state.json (which step)."""
     staging = export.with_name(f".{export.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    for name in ("g_ab.safetensors", "g_ab.json", "g_ba.safetensors", "g_ba.json", "state.json"):
-        shutil.copy2(checkpoint / name, staging / name)
+    for name in ("g_ab", "g_ba"):
+        source = f"{name}_ema" if averaged else name
+        for suffix in (".safetensors", ".json"):
+            shutil.copy2(checkpoint / f"{source}{suffix}", staging / f"{name}{suffix}")
+    shutil.copy2(checkpoint / "state.json", staging / "state.json")
     _swap_in(staging, export)
 
 
@@ -217,23 +232,23 @@ def read_train_state(path: Path) -> TrainState:
         raise CheckpointError(f"checkpoint {path} has no readable state.json ({err})") from None
 
 
-def load_checkpoint(
-    accelerator: Accelerator,
-    path: Path,
-    expected: TrainState,
-    nets: Networks,
-    opts: Optimizers,
-    schedulers: dict,
-    pools: Pools,
-) -> TrainState:
-    """Restore everything `save_checkpoint` wrote; refuse a changed world size or architecture."""
-    saved = read_train_state(path)
+def load_checkpoint(accelerator: Accelerator, path: Path, expected: TrainState, trained: Trained,
+                    elastic: bool = False) -> tuple[TrainState, list[str]]:
+    """Restore everything `save_checkpoint` wrote; refuse another architecture, and another world
+    size or worker count unless `elastic`. Returns the saved state and notes for the user."""
+    saved, notes = read_train_state(path), []
     if saved.world_size != expected.world_size or saved.num_workers != expected.num_workers:
-        raise CheckpointError(
-            f"checkpoint {path} was written by {saved.world_size} process(es) with data.num_workers="
-            f"{saved.num_workers}; this run has {expected.world_size} and {expected.num_workers}. The data "
-            "stream is split by both, so resume with the same values, or start a new output_dir."
-        )
+        if not elastic:
+            raise CheckpointError(
+                f"checkpoint {path} was written by {saved.world_size} process(es) with data.num_workers="
+                f"{saved.num_workers}; this run has {expected.world_size} and {expected.num_workers}. The data "
+                "stream is split by both, so resume with the same values, start a new output_dir, or set "
+                "resume_elastic=true to go on (no longer bitwise reproducible)."
+            )
+        notes.append(f"resuming a run of {saved.world_size} process(es) x {saved.num_workers} worker(s) on "
+                     f"{expected.world_size} x {expected.num_workers}: the data stream is split anew, image pools "
+                     "of ranks that are gone are dropped and new ranks start with empty ones; from here the run "
+                     "is no longer bitwise reproducible")
     if saved.model != expected.model:
         changed = sorted(k for k in expected.model if saved.model.get(k) != expected.model[k])
         raise CheckpointError(
@@ -242,21 +257,42 @@ def load_checkpoint(
         )
     for name in NET_NAMES:
         file = path / f"{name}.safetensors"
-        load_into(accelerator.unwrap_model(getattr(nets, name)), read_state_dict(file), file, f"network {name}")
+        load_into(accelerator.unwrap_model(getattr(trained.nets, name)), read_state_dict(file), file, f"network {name}")
     extra = _torch_load(path / "optim.pt")
-    opts.g.load_state_dict(extra["opt_g"])
-    opts.d.load_state_dict(extra["opt_d"])
-    for key, scheduler in schedulers.items():
+    trained.opts.g.load_state_dict(extra["opt_g"])
+    trained.opts.d.load_state_dict(extra["opt_d"])
+    for key, scheduler in trained.schedulers.items():
         scheduler.load_state_dict(extra["schedulers"][key])
     if accelerator.scaler is not None and "scaler" in extra:
         accelerator.scaler.load_state_dict(extra["scaler"])
-    mine = _torch_load(path / f"rank_{accelerator.process_index}.pt")
+    if trained.ema is not None:
+        notes += _load_ema(accelerator, path, trained)
+    mine = path / f"rank_{accelerator.process_index}.pt"
+    if mine.is_file() or not elastic:
+        _load_rank_file(accelerator, _torch_load(mine), trained.pools)
+    return saved, notes
+
+
+def _load_ema(accelerator: Accelerator, path: Path, trained: Trained) -> list[str]:
+    files = {name: path / f"{name}_ema.safetensors" for name in trained.ema.models}
+    if all(f.is_file() for f in files.values()):
+        for name, file in files.items():
+            load_into(trained.ema.models[name], read_state_dict(file), file, f"averaged {name}")
+        return []
+    trained.ema.load_state_dict({name: accelerator.unwrap_model(getattr(trained.nets, name)).state_dict()
+                                 for name in trained.ema.models})
+    return [f"checkpoint {path} holds no averaged generators: the average starts from its weights"]
+
+
+def _load_rank_file(accelerator: Accelerator, mine: dict, pools: Pools) -> None:
+    """This rank's pools, augmentation dice and RNG states."""
     pools.fake_a.load_state_dict(mine["pools"]["fake_a"])
     pools.fake_b.load_state_dict(mine["pools"]["fake_b"])
     pools.fake_a.to(accelerator.device)
     pools.fake_b.to(accelerator.device)
+    if "augment" in mine:
+        pools.augment.load_state_dict(mine["augment"])
     _set_rng_state(mine["rng"])
-    return saved
 
 
 def _torch_load(path: Path) -> dict:

@@ -25,6 +25,7 @@ BACKENDS = ("wandb", "tensorboard")
 TRACKING_MODES = ("online", "offline", "disabled")
 EVAL_METRICS = ("fid", "kid", "l1", "psnr", "ssim")
 ADAM_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for_loop")
+DIFFAUG_POLICIES = ("color", "translation", "cutout")
 
 
 @dataclass
@@ -94,6 +95,14 @@ class TrainConfig:
     # (0: only at the end of the run); DDP keeps replicas bitwise equal, so any difference is a bug
     check_ranks_every: int = 0
     keep_checkpoints: int = 3  # newest checkpoints kept on disk
+    # exponential moving average of the generators' weights, e.g. 0.999 (0: off); grids, evaluation
+    # and exports then use the averaged generators (docs/quality.md measures it)
+    ema_decay: float = 0.0
+    export_ema: bool = True  # with ema_decay on: export the averaged generators (false: the trained ones)
+    # differentiable augmentation of everything the discriminators see, for small data sets:
+    # any of "color,translation,cutout" ("": off, the paper); each applied with probability diffaug_p
+    diffaug: str = ""
+    diffaug_p: float = 1.0
 
 
 @dataclass
@@ -144,6 +153,12 @@ class RunConfig:
     output_dir: str = "runs/cyclegan"  # checkpoints, exports, metrics and samples land here
     seed: int = 0  # seeds weights, data order, augmentation and the image pools
     resume: Optional[str] = None  # None, "auto" (newest complete checkpoint) or a checkpoint path
+    # resume on another number of processes or loader workers (refused otherwise: the data stream
+    # is split by both); the run goes on, but is no longer bitwise reproducible
+    resume_elastic: bool = False
+    # start from these weights only (fresh optimizers, schedule, pools, step): an official
+    # checkpoint folder, one of our exports (generators only) or checkpoints; a resume wins over it
+    init_from: Optional[str] = None
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -233,6 +248,10 @@ def validate(config: RunConfig) -> None:
         ("train.checkpoint_every", t.checkpoint_every >= 1, "must be at least 1"),
         ("train.keep_checkpoints", t.keep_checkpoints >= 1, "must be at least 1"),
         ("train.check_ranks_every", t.check_ranks_every >= 0, "must not be negative"),
+        ("train.ema_decay", 0 <= t.ema_decay < 1, "must lie in [0, 1)"),
+        ("train.diffaug", all(op.strip() in DIFFAUG_POLICIES for op in t.diffaug.split(",") if op.strip()),
+         f"takes a comma-separated list of {', '.join(DIFFAUG_POLICIES)}"),
+        ("train.diffaug_p", 0 <= t.diffaug_p <= 1, "must lie in [0, 1]"),
         ("perf.adam", config.perf.adam in ADAM_IMPLEMENTATIONS, f"must be one of {', '.join(ADAM_IMPLEMENTATIONS)}"),
         ("tracking.backend", k.backend in BACKENDS, f"must be one of {', '.join(BACKENDS)}"),
         ("tracking.mode", k.mode in TRACKING_MODES, f"must be one of {', '.join(TRACKING_MODES)}"),

@@ -1,4 +1,10 @@
-"""The paper's learning-rate schedule, counted in optimizer steps: constant, then linear to zero."""
+"""The paper's learning-rate schedule, counted in optimizer steps: constant, then linear to zero.
+
+A run resumed with a longer schedule (more `train.epochs` or `train.decay_epochs`) or another
+world size (`resume_elastic`, so other steps per epoch) goes on from the rate it had reached,
+with no jump: while still constant it simply follows the new schedule; once decaying, it falls
+linearly from where it was to zero at the new end.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +13,20 @@ from torch.optim.lr_scheduler import LambdaLR
 
 
 class ConstantThenLinear:
-    """LR factor 1 for `constant` steps, then falling linearly to 0 over `decay` steps.
+    """LR factor 1 for `constant` steps, then falling linearly to 0 over `decay` steps; or, once
+    continued at step `start` with factor `value` < 1, linearly from there to 0 at the end.
 
-    A class rather than a lambda so that LambdaLR can save it in its state_dict.
+    A class rather than a lambda so that LambdaLR saves its fields in its state_dict.
     """
 
     def __init__(self, constant: int, decay: int) -> None:
         self.constant, self.decay = constant, decay
+        self.start, self.value = 0, 1.0
 
     def __call__(self, step: int) -> float:
+        end = self.constant + self.decay
+        if self.value < 1.0 or self.start > self.constant:
+            return self.value * max(0.0, (end - step) / (end - self.start)) if end > self.start else 0.0
         if step < self.constant:
             return 1.0
         if self.decay == 0:
@@ -25,3 +36,16 @@ class ConstantThenLinear:
 
 def make_scheduler(optimizer: Optimizer, steps_per_epoch: int, epochs: int, decay_epochs: int) -> LambdaLR:
     return LambdaLR(optimizer, ConstantThenLinear(epochs * steps_per_epoch, decay_epochs * steps_per_epoch))
+
+
+def continue_schedule(scheduler: LambdaLR, steps_per_epoch: int, epochs: int, decay_epochs: int, step: int) -> bool:
+    """After a resume: keep the restored schedule if it is this run's, else continue from its rate at
+    `step` along this run's. Returns whether the schedule changed."""
+    schedule = scheduler.lr_lambdas[0]
+    constant, decay = epochs * steps_per_epoch, decay_epochs * steps_per_epoch
+    if (schedule.constant, schedule.decay) == (constant, decay):
+        return False
+    value = schedule(step)
+    schedule.constant, schedule.decay = constant, decay
+    schedule.start, schedule.value = step, value
+    return True

@@ -22,6 +22,7 @@ from accelerate import Accelerator
 from torch import nn
 
 from cyclegan.config import TrainConfig
+from cyclegan.diffaug import DiffAugment
 from cyclegan.losses import adversarial_loss, cycle_loss, identity_loss
 from cyclegan.optim import StepGuard
 from cyclegan.pool import ImagePool
@@ -44,14 +45,26 @@ class Optimizers:
 
 @dataclass
 class Pools:
+    """What each rank draws on its own: the histories of fakes, and the augmentation's dice."""
+
     fake_a: ImagePool
     fake_b: ImagePool
+    augment: DiffAugment
+
+
+class Stacked:
+    """Detached scalar tensors, still on the device: reading them is left to logging steps."""
+
+    def stacked(self) -> torch.Tensor:
+        return torch.stack([getattr(self, f.name).float() for f in fields(self)])
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
 
 
 @dataclass
-class StepLosses:
-    """Detached loss tensors, still on the device: reading them is left to logging steps."""
-
+class StepLosses(Stacked):
     adv_ab: torch.Tensor
     adv_ba: torch.Tensor
     cycle_a: torch.Tensor
@@ -61,17 +74,24 @@ class StepLosses:
     d_a: torch.Tensor
     d_b: torch.Tensor
 
-    def stacked(self) -> torch.Tensor:
-        return torch.stack([getattr(self, f.name) for f in fields(self)])
 
-    @classmethod
-    def names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
+@dataclass
+class StepHealth(Stacked):
+    """How the game goes: each discriminator's accuracy on real and on (pooled) fake images, and how
+    far each generator moves its input (mean |G(x) - x|; near 0: it collapsed to the identity)."""
+
+    d_a_real: torch.Tensor
+    d_a_fake: torch.Tensor
+    d_b_real: torch.Tensor
+    d_b_fake: torch.Tensor
+    g_ab_change: torch.Tensor
+    g_ba_change: torch.Tensor
 
 
 @dataclass
 class StepResult:
     losses: StepLosses
+    health: StepHealth
     grad_norm_g: torch.Tensor | None  # set on optimizer (sync) steps only
     grad_norm_d: torch.Tensor | None
 
@@ -90,6 +110,7 @@ def train_step(
     g_ab, g_ba, d_a, d_b = nets.g_ab, nets.g_ba, nets.d_a, nets.d_b
     lambda_idt = cfg.lambda_cycle * cfg.lambda_identity
     zero = real_a.new_zeros(())
+    augment = pools.augment  # the identity unless train.diffaug: whatever a discriminator sees goes through it
     with accelerator.accumulate(g_ab, g_ba, d_a, d_b):
         # 1. translate both ways
         fake_b = g_ab(real_a)
@@ -101,8 +122,8 @@ def train_step(
         set_requires_grad([d_a, d_b], False)
         idt_a = identity_loss(g_ba(real_a), real_a) * lambda_idt if lambda_idt > 0 else zero
         idt_b = identity_loss(g_ab(real_b), real_b) * lambda_idt if lambda_idt > 0 else zero
-        adv_ab = adversarial_loss(d_b(fake_b), True, cfg.gan_mode)
-        adv_ba = adversarial_loss(d_a(fake_a), True, cfg.gan_mode)
+        adv_ab = adversarial_loss(d_b(augment(fake_b)), True, cfg.gan_mode)
+        adv_ba = adversarial_loss(d_a(augment(fake_a)), True, cfg.gan_mode)
         cycle_a = cycle_loss(rec_a, real_a) * cfg.lambda_cycle
         cycle_b = cycle_loss(rec_b, real_b) * cfg.lambda_cycle
         loss_g = adv_ab + adv_ba + cycle_a + cycle_b + idt_a + idt_b
@@ -115,12 +136,14 @@ def train_step(
 
         # 3. discriminators: real vs pooled fake, half weight each, one backward per discriminator
         pooled_b = pools.fake_b.query(fake_b.detach())
-        loss_d_b = 0.5 * (adversarial_loss(d_b(real_b), True, cfg.gan_mode)
-                          + adversarial_loss(d_b(pooled_b), False, cfg.gan_mode))
+        real_b_score, fake_b_score = d_b(augment(real_b)), d_b(augment(pooled_b))
+        loss_d_b = 0.5 * (adversarial_loss(real_b_score, True, cfg.gan_mode)
+                          + adversarial_loss(fake_b_score, False, cfg.gan_mode))
         accelerator.backward(loss_d_b)
         pooled_a = pools.fake_a.query(fake_a.detach())
-        loss_d_a = 0.5 * (adversarial_loss(d_a(real_a), True, cfg.gan_mode)
-                          + adversarial_loss(d_a(pooled_a), False, cfg.gan_mode))
+        real_a_score, fake_a_score = d_a(augment(real_a)), d_a(augment(pooled_a))
+        loss_d_a = 0.5 * (adversarial_loss(real_a_score, True, cfg.gan_mode)
+                          + adversarial_loss(fake_a_score, False, cfg.gan_mode))
         accelerator.backward(loss_d_a)
         mark("discriminators")
         grad_norm_d = opts.guard.step(opts.d, cfg.grad_clip)
@@ -129,5 +152,10 @@ def train_step(
         mark("optimizers")
 
     terms = (adv_ab, adv_ba, cycle_a, cycle_b, idt_a, idt_b, loss_d_a, loss_d_b)
-    return StepResult(StepLosses(*(t.detach() for t in terms)), grad_norm_g, grad_norm_d)
+    cut = 0.5 if cfg.gan_mode == "lsgan" else 0.0  # the score between "real" (1 or +) and "fake" (0 or -)
+    with torch.no_grad():
+        health = StepHealth((real_a_score > cut).float().mean(), (fake_a_score < cut).float().mean(),
+                            (real_b_score > cut).float().mean(), (fake_b_score < cut).float().mean(),
+                            (fake_b - real_a).abs().float().mean(), (fake_a - real_b).abs().float().mean())
+    return StepResult(StepLosses(*(t.detach() for t in terms)), health, grad_norm_g, grad_norm_d)
 

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from cyclegan.build import batch_to_device, build_training, make_accelerator, make_evaluator, make_plan
 from cyclegan.checkpoint import (
     NET_NAMES,
+    Trained,
     TrainState,
     clean_partial,
     complete_checkpoints,
@@ -34,46 +35,13 @@ from cyclegan.data.sources import DataSources, find_sources
 from cyclegan.data.stream import UnpairedStream, train_loader
 from cyclegan.errors import UserError
 from cyclegan.evaluation import LOWER_IS_BETTER, headline, load_test_split
-from cyclegan.schedule import make_scheduler
-from cyclegan.step import Networks, StepLosses, train_step
+from cyclegan.ema import GeneratorEMA
+from cyclegan.metrics import HealthMonitor, MetricWindow
+from cyclegan.schedule import continue_schedule, make_scheduler
+from cyclegan.step import train_step
 from cyclegan.stopping import StopRequest
 from cyclegan.tracking import RunLog, describe_run, image_grid, new_run_id, tracker_name, writing
-
-
-class MetricWindow:
-    """Loss and gradient-norm sums kept on the device between two logging steps."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.reset()
-
-    def reset(self) -> None:
-        self.losses = torch.zeros(len(StepLosses.names()), device=self.device)
-        self.grad_norms = torch.zeros(2, device=self.device)
-        self.micro = self.steps = self.skipped = 0
-        self.data_wait = 0.0
-        self.started = time.perf_counter()
-
-    def add(self, result, skipped: int, data_wait: float) -> None:
-        self.losses += result.losses.stacked().float()
-        self.micro += 1
-        self.skipped += skipped
-        self.data_wait += data_wait
-        if result.grad_norm_g is not None:
-            self.grad_norms += torch.stack([result.grad_norm_g, result.grad_norm_d]).float()
-            self.steps += 1
-
-    def read(self, accelerator: Accelerator, global_batch: int) -> dict[str, float]:
-        """Means over the window and over ranks: the one device-to-host sync of a logging step."""
-        means = accelerator.reduce(torch.cat([self.losses / self.micro, self.grad_norms / self.steps]), "mean")
-        skipped = accelerator.reduce(torch.tensor([float(self.skipped)], device=self.device), "sum")
-        seconds = time.perf_counter() - self.started
-        values = dict(zip([f"loss/{n}" for n in StepLosses.names()] + ["grad_norm/g", "grad_norm/d"], means.tolist()))
-        values["data/skipped_samples"] = skipped.item()
-        values["perf/images_per_s"] = global_batch * self.steps / seconds
-        values["perf/seconds_per_step"] = seconds / self.steps
-        values["perf/data_wait_fraction"] = self.data_wait / seconds
-        return values
+from cyclegan.warmstart import warm_start
 
 
 def fixed_test_images(sources: DataSources, cfg: RunConfig) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -86,9 +54,9 @@ def fixed_test_images(sources: DataSources, cfg: RunConfig) -> tuple[torch.Tenso
 
 
 @torch.no_grad()
-def sample_grids(accelerator: Accelerator, nets: Networks, images: tuple[torch.Tensor, torch.Tensor]) -> dict:
+def sample_grids(accelerator: Accelerator, g_ab: torch.nn.Module, g_ba: torch.nn.Module,
+                 images: tuple[torch.Tensor, torch.Tensor]) -> dict:
     """real | translated | reconstructed | identity, for fixed test images of each domain."""
-    g_ab, g_ba = accelerator.unwrap_model(nets.g_ab), accelerator.unwrap_model(nets.g_ba)
     real_a, real_b = (x.to(accelerator.device) for x in images)
     g_ab.eval(), g_ba.eval()  # dropout off, batch norm on its running statistics
     try:
@@ -129,18 +97,49 @@ class Trainer:
             "g": make_scheduler(self.opts.g.optimizer, p.steps_per_epoch, cfg.train.epochs, cfg.train.decay_epochs),
             "d": make_scheduler(self.opts.d.optimizer, p.steps_per_epoch, cfg.train.epochs, cfg.train.decay_epochs),
         }
+        ema = GeneratorEMA(self.trained_generators(), cfg.train.ema_decay, acc.device) if cfg.train.ema_decay else None
+        self.trained = Trained(self.nets, self.opts, self.schedulers, self.pools, ema)
+        self.health = HealthMonitor()
         self.state = TrainState(0, 0, acc.num_processes, cfg.data.num_workers, asdict(cfg.model))
         self.stop = StopRequest(acc)
         self.evaluator = make_evaluator(acc, cfg, self.sources) if cfg.eval.every else None
 
+    def trained_generators(self) -> dict[str, torch.nn.Module]:
+        return {name: self.acc.unwrap_model(getattr(self.nets, name)) for name in ("g_ab", "g_ba")}
+
+    def generators(self) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """The generators grids and evaluation show: the averaged ones when train.ema_decay is on."""
+        models = self.trained.ema.models if self.trained.ema is not None else self.trained_generators()
+        return models["g_ab"], models["g_ba"]
+
     def resume(self) -> None:
-        if self.acc.is_main_process:
+        """From the newest checkpoint (resume), or else from weights only (init_from)."""
+        cfg, acc = self.cfg, self.acc
+        if acc.is_main_process:
             clean_partial(self.ckpt_root)
-        self.acc.wait_for_everyone()
-        point = find_resume_point(self.cfg.resume, self.ckpt_root)
+        acc.wait_for_everyone()
+        point = find_resume_point(cfg.resume, self.ckpt_root)
         if point is not None:
-            self.state = load_checkpoint(self.acc, point, self.state, self.nets, self.opts, self.schedulers, self.pools)
-            self.acc.print(f"resumed from {point} at step {self.state.step}")
+            self.state, notes = load_checkpoint(acc, point, self.state, self.trained, cfg.resume_elastic)
+            self.state.world_size, self.state.num_workers = acc.num_processes, cfg.data.num_workers
+            for note in notes:
+                acc.print(f"note: {note}")
+            acc.print(f"resumed from {point} at step {self.state.step}")
+            self.continue_schedules()
+        elif cfg.init_from:
+            acc.print(warm_start(acc, Path(cfg.init_from), self.nets, cfg.model.norm))
+            if self.trained.ema is not None:
+                self.trained.ema.load_state_dict({k: v.state_dict() for k, v in self.trained_generators().items()})
+
+    def continue_schedules(self) -> None:
+        """A resumed run with a longer schedule (or other steps per epoch) goes on without a jump."""
+        t, step = self.cfg.train, self.state.step
+        changed = [continue_schedule(s, self.plan.steps_per_epoch, t.epochs, t.decay_epochs, step)
+                   for s in self.schedulers.values()]
+        if any(changed):
+            rate = self.schedulers["g"].lr_lambdas[0](step) * t.lr
+            self.acc.print(f"note: the schedule changed: the learning rate goes on from {rate:.3g} at step {step} "
+                           f"along the new one, reaching zero at step {self.plan.total_steps}")
 
     def announce(self) -> None:
         p, t = self.plan, self.cfg.train
@@ -214,7 +213,9 @@ class Trainer:
                     getattr(batches, "_shutdown_workers", lambda: None)()
 
     def after_step(self, window: MetricWindow, bar: tqdm) -> None:
-        """Scheduler, logging, sample grids and checkpoints after each optimizer step."""
+        """The average, scheduler, logging, sample grids and checkpoints after each optimizer step."""
+        if self.trained.ema is not None:
+            self.trained.ema.update(self.trained_generators())
         used_lr = {name: scheduler.get_last_lr()[0] for name, scheduler in self.schedulers.items()}
         for scheduler in self.schedulers.values():
             scheduler.step()
@@ -232,13 +233,15 @@ class Trainer:
             self.log.scalars(step, values)
             if stop_after:
                 raise UserError(self.nonfinite_message(stop_after))
+            for warning in self.health.check(values):
+                self.acc.print(warning)
             self.last_values = values
             bar.set_postfix(g=f"{values['loss/adv_ab'] + values['loss/adv_ba']:.3f}",
                             d=f"{values['loss/d_a'] + values['loss/d_b']:.3f}",
                             img_s=f"{values['perf/images_per_s']:.1f}")
             window.reset()
         if self.grid_images is not None and (step % track.image_every == 0 or step == self.plan.max_steps):
-            self.log.images(step, sample_grids(self.acc, self.nets, self.grid_images))
+            self.log.images(step, sample_grids(self.acc, *self.generators(), self.grid_images))
         if self.evaluator is not None and (step % self.cfg.eval.every == 0 or step == self.plan.max_steps):
             self.evaluate()
         if step % self.cfg.train.checkpoint_every == 0 and self.saved_at != step:
@@ -257,7 +260,7 @@ class Trainer:
     def evaluate(self) -> None:
         """Score the test split; a new best is checkpointed and copied to best/."""
         acc, step, metric = self.acc, self.state.step, self.cfg.eval.metric
-        results = self.evaluator(acc.unwrap_model(self.nets.g_ab), acc.unwrap_model(self.nets.g_ba))
+        results = self.evaluator(*self.generators())
         self.log.scalars(step, {f"eval/{k}": v for k, v in results.items()})
         score = headline(results, metric)
         previous = self.state.best[metric] if self.state.best else None
@@ -286,5 +289,5 @@ class Trainer:
 
     def checkpoint(self) -> None:
         self.saved_at = self.state.step
-        save_checkpoint(self.acc, self.ckpt_root, self.state, self.nets, self.opts, self.schedulers, self.pools,
-                        self.cfg.train.keep_checkpoints)
+        save_checkpoint(self.acc, self.ckpt_root, self.state, self.trained, self.cfg.train.keep_checkpoints,
+                        self.cfg.train.export_ema)

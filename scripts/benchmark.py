@@ -5,6 +5,7 @@
     python scripts/benchmark.py step --size 256 --batch 1 --precision bf16 --channels-last --compile \\
         --peak-tflops 989 --json h100-256-b1.json
     python scripts/benchmark.py translate --workdir /tmp/bench-translate --precision fp32
+    python scripts/benchmark.py quality --workdir /tmp/quality --seeds 0 1 2
 """
 
 import argparse
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from cyclegan.benchmark import loader_benchmark, step_benchmark
 from cyclegan.config import load_config
+from cyclegan.quality import quality_experiment
 from cyclegan.translate.benchmark import translate_benchmark
 
 
@@ -51,8 +53,14 @@ def main() -> None:
     translate.add_argument("--frames", type=int, default=24, help="frames of the 256 px test video")
     translate.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     translate.add_argument("--tile", type=int, default=512)
+    quality = sub.add_parser("quality", help="paper vs EMA vs DiffAugment on synthetic tasks (docs/quality.md)")
+    quality.add_argument("--workdir", type=Path, required=True)
+    quality.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    quality.add_argument("--steps", type=int, default=400, help="optimizer steps per run (configs/demo.yaml's)")
     args = parser.parse_args()
-    if args.mode == "translate":
+    if args.mode == "quality":
+        result = quality_experiment(args.workdir, args.seeds, args.steps)
+    elif args.mode == "translate":
         result = translate_benchmark(args.workdir, args.sizes, args.images, args.large, args.frames, args.precision,
                                      args.tile)
     elif args.mode == "loader":

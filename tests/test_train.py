@@ -4,8 +4,9 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from cyclegan.checkpoint import NET_NAMES, complete_checkpoints
+from cyclegan.checkpoint import complete_checkpoints
 from tests.conftest import ROOT, final_weights, launch, max_difference, script, tiny
 
 TRAIN = str(ROOT / "scripts/train.py")
@@ -56,16 +57,22 @@ def test_accumulation_equals_a_larger_batch(noise_shards, tmp_path, nproc):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("nproc", [1, 2])
-def test_resume_is_exact(demo_shards, tmp_path, nproc):
+@pytest.mark.parametrize("nproc, extra", [(1, []), (2, []),
+                                          (1, ["train.ema_decay=0.9", "train.diffaug=color,translation,cutout"])],
+                         ids=["1", "2", "1-ema-diffaug"])
+def test_resume_is_exact(demo_shards, tmp_path, nproc, extra):
     n = 3
-    common = ["data.num_workers=1", "train.checkpoint_every=2"]
+    common = ["data.num_workers=1", "train.checkpoint_every=2", *extra]
     train(nproc, *tiny(demo_shards, tmp_path / "whole", *common, f"train.max_steps={2 * n}"))
     train(nproc, *tiny(demo_shards, tmp_path / "split", *common, f"train.max_steps={n}"))
     result = train(nproc, *tiny(demo_shards, tmp_path / "split", *common, f"train.max_steps={2 * n}", "resume=auto"))
     assert f"at step {n}" in result.stdout
     whole, split = final_weights(tmp_path / "whole"), final_weights(tmp_path / "split")
-    for name in NET_NAMES:
+    if extra:  # the averaged generators resume exactly too
+        for name in ("g_ab_ema", "g_ba_ema"):
+            whole[name], split[name] = (load_file(str(complete_checkpoints(tmp_path / run / "checkpoints")[-1] /
+                                                      f"{name}.safetensors")) for run in ("whole", "split"))
+    for name in whole:
         for key in whole[name]:
             assert torch.equal(whole[name][key], split[name][key]), f"{name}.{key} differs after resume"
     assert loss_rows(tmp_path / "whole") == loss_rows(tmp_path / "split")
@@ -118,8 +125,11 @@ def test_a_tiny_run_learns_the_demo_translation(demo_shards, tmp_path):
     from cyclegan.models import GeneratorSpec, ResnetGenerator, load_generator
 
     out = tmp_path / "learn"
-    script("train.py", "--config", "configs/demo.yaml", f"data.root={demo_shards}", f"output_dir={out}",
-           "train.max_steps=80", "tracking.log_every=20")
+    result = script("train.py", "--config", "configs/demo.yaml", f"data.root={demo_shards}", f"output_dir={out}",
+                    "train.max_steps=80", "tracking.log_every=20")
+    health = [row for row in metric_rows(out) if "health/g_ab_change" in row]
+    assert len(health) == 4 and all(0 <= r["health/d_a_real"] <= 1 and r["health/g_ab_change"] > 0 for r in health)
+    assert "warning:" not in result.stdout + result.stderr, "the health checks stay quiet on a healthy run"
     sources = find_sources(DataConfig(root=str(demo_shards)))
     real_a = torch.stack([t for _, t in iter_test_images(sources.test_a, 64)])
     truth_b = torch.stack([t for _, t in iter_test_images(sources.test_b, 64)])

@@ -67,3 +67,35 @@ def write_demo_folders(root: Path, train: int = 160, test: int = 24, size: int =
         scene = random_scene(rng, size)
         for style in "AB":
             draw(scene, style, size).save(root / f"test{style}" / f"scene_{i:04d}.png")
+
+
+def texture(rng: random.Random, size: int) -> Image.Image:
+    """Smooth random colour fields with grain: content unlike the demo's flat shapes."""
+    coarse = Image.new("RGB", (4, 4))
+    coarse.putdata([tuple(rng.randrange(256) for _ in range(3)) for _ in range(16)])
+    smooth = coarse.resize((size, size), Image.BICUBIC)
+    grain = [tuple(min(255, max(0, c + rng.randint(-12, 12))) for c in pixel) for pixel in smooth.getdata()]
+    image = Image.new("RGB", (size, size))
+    image.putdata(grain)
+    return image
+
+
+def recolour(image: Image.Image) -> Image.Image:
+    """The second task's exact mapping: invert, and rotate the channels (R <- G <- B <- R)."""
+    r, g, b = image.split()
+    return Image.merge("RGB", (g, b, r)).point(lambda v: 255 - v)
+
+
+def write_recolour_folders(root: Path, train: int = 160, test: int = 24, size: int = 64, seed: int = 0) -> None:
+    """A second synthetic task with exact ground truth: textures (A) and recoloured textures (B),
+    unpaired for training; `testB/x` is the recolouring of `testA/x`."""
+    rng = random.Random(seed)
+    for folder in ("trainA", "trainB", "testA", "testB"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for i in range(train):
+        texture(rng, size).save(root / "trainA" / f"texture_{i:04d}.png")
+        recolour(texture(rng, size)).save(root / "trainB" / f"texture_{i:04d}.png")
+    for i in range(test):
+        image = texture(rng, size)
+        image.save(root / "testA" / f"texture_{i:04d}.png")
+        recolour(image).save(root / "testB" / f"texture_{i:04d}.png")

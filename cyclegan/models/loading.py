@@ -177,10 +177,15 @@ def load_generator(path: str | Path, expected: GeneratorSpec | None = None,
     state = read_state_dict(path)
     spec = expected or _export_spec(path) or infer_generator_spec(state, path)
     if spec.norm == "instance":
-        state = {k: v for k, v in state.items() if not k.endswith(LEGACY_NORM_STATS)}
+        state = without_legacy_norm_stats(state)
     net = ResnetGenerator(spec)
     load_into(net, state, path, describe(spec))
     return net.eval()
+
+
+def without_legacy_norm_stats(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Old official files carry instance-norm running statistics, which the networks never use."""
+    return {k: v for k, v in state.items() if not k.endswith(LEGACY_NORM_STATS)}
 
 
 def _export_spec(path: Path) -> GeneratorSpec | None:

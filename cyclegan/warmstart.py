@@ -1,0 +1,53 @@
+"""Starting a run from weights only (`init_from`): the optimizers, schedule, pools and step start
+fresh. The answer to "I trained 200 epochs, how do I train 200 more with the rate from the start"
+(to go on with the schedule instead, raise train.epochs or train.decay_epochs and resume).
+
+Takes an official checkpoint folder (`latest_net_G_A.pth`, `latest_net_G_B.pth`,
+`latest_net_D_A.pth`, `latest_net_D_B.pth`; the official D_A judges domain B images, so it
+becomes our `d_b`), one of our export folders (generators only: the discriminators start fresh),
+one of our checkpoint folders, or a run folder (its newest checkpoint).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from accelerate import Accelerator
+
+from cyclegan.checkpoint import NET_NAMES, complete_checkpoints
+from cyclegan.errors import CheckpointError
+from cyclegan.models.loading import load_into, read_state_dict, without_legacy_norm_stats
+from cyclegan.step import Networks
+
+OFFICIAL_FILES = {"g_ab": "latest_net_G_A.pth", "g_ba": "latest_net_G_B.pth",
+                  "d_b": "latest_net_D_A.pth", "d_a": "latest_net_D_B.pth"}
+OUR_FILES = {name: f"{name}.safetensors" for name in NET_NAMES}
+
+
+def weights_folder(source: Path) -> Path:
+    """The folder holding the weights: a run folder's newest checkpoint, or the folder itself."""
+    if not source.is_dir():
+        raise CheckpointError(f"init_from={source} is not a folder: give a run, checkpoint, export or official "
+                              "checkpoint folder")
+    if (source / "checkpoints").is_dir() and complete_checkpoints(source / "checkpoints"):
+        return complete_checkpoints(source / "checkpoints")[-1]
+    return source / "export" if (source / "export").is_dir() else source
+
+
+def warm_start(accelerator: Accelerator, source: Path, nets: Networks, norm: str) -> str:
+    """Load what `source` holds into `nets` (every rank reads the same files); returns a line for the log."""
+    folder = weights_folder(source)
+    files = OFFICIAL_FILES if (folder / OFFICIAL_FILES["g_ab"]).is_file() else OUR_FILES
+    if not all((folder / files[name]).is_file() for name in ("g_ab", "g_ba")):
+        raise CheckpointError(f"init_from={source}: {folder} holds no {files['g_ab']} and {files['g_ba']}")
+    loaded = []
+    for name, file in files.items():
+        path = folder / file
+        if path.is_file():
+            state = read_state_dict(path)
+            state = without_legacy_norm_stats(state) if norm == "instance" else state
+            load_into(accelerator.unwrap_model(getattr(nets, name)), state, path, f"network {name} of this config")
+            loaded.append(name)
+    fresh = [name for name in NET_NAMES if name not in loaded]
+    return (f"initialised {', '.join(loaded)} from {folder}" + (f"; {' and '.join(fresh)} start fresh" if fresh else "")
+            + "; optimizers, schedule, pools and step start fresh")

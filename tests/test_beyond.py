@@ -1,0 +1,169 @@
+"""Beyond the paper: averaged generators, warm starts, longer schedules, elastic resume,
+differentiable augmentation and health signals."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cyclegan.build import build_training
+from cyclegan.checkpoint import complete_checkpoints
+from cyclegan.config import load_config
+from cyclegan.diffaug import DiffAugment
+from cyclegan.ema import GeneratorEMA
+from cyclegan.metrics import HEALTH_LOGS, HealthMonitor
+from cyclegan.models import NLayerDiscriminator, ResnetGenerator
+from cyclegan.models.generator import GeneratorSpec
+from cyclegan.step import train_step
+from tests.conftest import ROOT, final_weights, launch, script, tiny
+from tests.test_schedule import closed_form
+from tests.test_step import fresh_accelerator
+
+TRAIN = str(ROOT / "scripts/train.py")
+
+
+def rows(output):
+    return [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_the_average_follows_its_closed_form():
+    cfg = load_config(None, ["model.ngf=4", "model.n_blocks=1", "model.ndf=4", "model.n_layers_d=1"])
+    torch.manual_seed(0)
+    accelerator = fresh_accelerator()
+    nets, opts, pools = build_training(accelerator, cfg)
+    generators = {"g_ab": nets.g_ab, "g_ba": nets.g_ba}
+    ema, decay = GeneratorEMA(generators, 0.9, accelerator.device), 0.9
+    history = [torch.cat([p.detach().double().flatten() for p in nets.g_ab.parameters()])]
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        batch = {k: torch.rand(2, 3, 16, 16, generator=generator) * 2 - 1 for k in "AB"}
+        train_step(accelerator, nets, opts, pools, batch, cfg.train)
+        ema.update(generators)
+        history.append(torch.cat([p.detach().double().flatten() for p in nets.g_ab.parameters()]))
+    k = len(history) - 1  # ema_k = d^k w_0 + sum_i (1 - d) d^(k - i) w_i
+    expected = decay**k * history[0] + sum((1 - decay) * decay ** (k - i) * history[i] for i in range(1, k + 1))
+    averaged = torch.cat([p.double().flatten() for p in ema.models["g_ab"].parameters()])
+    torch.testing.assert_close(averaged, expected, rtol=0, atol=1e-7)
+    assert max(abs(averaged - history[-1])) > 1e-4, "the average is not the trained weights"
+    assert all(p.dtype == torch.float32 for p in ema.models["g_ab"].parameters())
+
+
+def test_the_average_is_exported_and_shown_unless_asked_otherwise(demo_shards, tmp_path):
+    for name, extra in (("ema", []), ("raw", ["train.export_ema=false"])):
+        script("train.py", "--config", "configs/demo.yaml",
+               *tiny(demo_shards, tmp_path / name, "train.max_steps=3", "train.ema_decay=0.5", *extra))
+    last = complete_checkpoints(tmp_path / "ema" / "checkpoints")[-1]
+    for name, source in (("ema", "g_ab_ema"), ("raw", "g_ab")):
+        exported = load_file(str(tmp_path / name / "export" / "g_ab.safetensors"))
+        kept = load_file(str(complete_checkpoints(tmp_path / name / "checkpoints")[-1] / f"{source}.safetensors"))
+        assert all(torch.equal(exported[k], kept[k]) for k in kept), name
+    trained, averaged = (load_file(str(last / f"{n}.safetensors")) for n in ("g_ab", "g_ab_ema"))
+    assert any(not torch.equal(trained[k], averaged[k]) for k in trained)
+
+
+def test_diffaug_is_differentiable_seeded_resumable_and_nothing_at_p0():
+    images = torch.rand(4, 3, 16, 16) * 2 - 1
+    assert DiffAugment("color,translation,cutout", 0.0, seed=1)(images) is images
+    first = DiffAugment("color,translation,cutout", 1.0, seed=1)
+    state = first.state_dict()
+    out = first(images)
+    assert out.shape == images.shape and not torch.equal(out, images)
+    second = DiffAugment("color,translation,cutout", 1.0, seed=99)
+    second.load_state_dict(state)
+    assert torch.equal(second(images), out), "the same dice after a resume"
+    for op in ("color", "translation", "cutout"):
+        x = images.clone().requires_grad_(True)
+        DiffAugment(op, 1.0, seed=2)(x).sum().backward()
+        assert x.grad is not None and x.grad.abs().sum() > 0, op
+    half = DiffAugment("cutout", 0.5, seed=3)(images.repeat(16, 1, 1, 1))
+    changed = (half != images.repeat(16, 1, 1, 1)).flatten(1).any(1).float().mean()
+    assert 0.2 < changed < 0.8, "each image transformed with probability p"
+
+
+def test_health_warnings_fire_on_constructed_cases_once():
+    healthy = {"health/g_ab_change": 0.4, "health/g_ba_change": 0.3, "health/d_a_real": 0.7,
+               "health/d_a_fake": 0.6, "health/d_b_real": 0.8, "health/d_b_fake": 0.5}
+    monitor = HealthMonitor()
+    assert all(monitor.check(healthy) == [] for _ in range(10))
+    collapsed = {**healthy, "health/g_ba_change": 0.004, "health/d_b_real": 0.999, "health/d_b_fake": 0.995}
+    said = [monitor.check(collapsed) for _ in range(HEALTH_LOGS + 3)]
+    assert [len(s) for s in said] == [0] * (HEALTH_LOGS - 1) + [2, 0, 0, 0], "once, after the streak"
+    assert "g_ba (B->A) has returned its input almost unchanged" in said[HEALTH_LOGS - 1][0]
+    assert "d_b has told real from fake almost always" in said[HEALTH_LOGS - 1][1]
+
+
+def official_files(folder, spec, ndf):
+    """Random official-layout files (our networks share the layout); returns their state_dicts."""
+    folder.mkdir()
+    states = {}
+    for file, net in (("latest_net_G_A.pth", ResnetGenerator(spec)), ("latest_net_G_B.pth", ResnetGenerator(spec)),
+                      ("latest_net_D_A.pth", NLayerDiscriminator(3, ndf, 1)),
+                      ("latest_net_D_B.pth", NLayerDiscriminator(3, ndf, 1))):
+        states[file] = {k: torch.randn_like(v) * 0.02 for k, v in net.state_dict().items()}
+        torch.save(states[file], folder / file)
+    return states
+
+
+def test_warm_starts_from_official_exports_and_checkpoints(demo_shards, tmp_path):
+    torch.manual_seed(0)
+    official = official_files(tmp_path / "official", GeneratorSpec(ngf=8, n_blocks=1), 8)
+    nearly_frozen = ["train.max_steps=1", "train.lr=1e-12", "tracking.mode=disabled"]
+    result = script("train.py", "--config", "configs/demo.yaml",
+                    *tiny(demo_shards, tmp_path / "from-official", *nearly_frozen, f"init_from={tmp_path / 'official'}"))
+    assert "initialised g_ab, g_ba, d_b, d_a from" in result.stdout
+    weights = final_weights(tmp_path / "from-official")
+    for ours, theirs in (("g_ab", "latest_net_G_A.pth"), ("g_ba", "latest_net_G_B.pth"),
+                         ("d_b", "latest_net_D_A.pth"), ("d_a", "latest_net_D_B.pth")):  # D_A judges B
+        assert max((weights[ours][k] - official[theirs][k]).abs().max() for k in official[theirs]) < 1e-9, ours
+    from_export = script("train.py", "--config", "configs/demo.yaml",
+                         *tiny(demo_shards, tmp_path / "from-export", *nearly_frozen,
+                               f"init_from={tmp_path / 'from-official' / 'export'}"))
+    assert "initialised g_ab, g_ba from" in from_export.stdout and "d_a and d_b start fresh" in from_export.stdout
+    resumed = script("train.py", "--config", "configs/demo.yaml",
+                     *tiny(demo_shards, tmp_path / "from-official", "train.max_steps=2", "tracking.mode=disabled",
+                           "resume=auto", f"init_from={tmp_path / 'from-export'}"))
+    assert "resumed from" in resumed.stdout and "initialised" not in resumed.stdout, "a resume wins"
+    wrong = script("train.py", "--config", "configs/demo.yaml",
+                   *tiny(demo_shards, tmp_path / "wrong", "model.ngf=16", f"init_from={tmp_path / 'official'}"),
+                   check=False)
+    assert wrong.returncode == 2 and "does not fit the expected network g_ab" in wrong.stderr
+
+
+def test_a_longer_schedule_goes_on_without_a_jump(noise_shards, tmp_path):
+    # 16 images at batch 2: 8 steps per epoch. First 1 + 1 epochs (C = 8, D = 8), stopped at step 12
+    # halfway down; then resumed with 3 decay epochs: from 0.5 at step 12 to zero at step 32.
+    out, lr = tmp_path / "run", 5e-4
+    common = ["train.epochs=1", "tracking.mode=disabled", "train.checkpoint_every=4"]
+    script("train.py", "--config", "configs/demo.yaml",
+           *tiny(noise_shards, out, *common, "train.decay_epochs=1", "train.max_steps=12"))
+    result = script("train.py", "--config", "configs/demo.yaml",
+                    *tiny(noise_shards, out, *common, "train.decay_epochs=3", "train.max_steps=20", "resume=auto"))
+    assert "goes on from 0.00025 at step 12" in result.stdout
+    logged = {r["step"]: r["lr/g"] for r in rows(out)}
+    assert [logged[s] for s in range(1, 13)] == pytest.approx([closed_form(lr, 8, 8, s) for s in range(1, 13)])
+    assert [logged[s] for s in range(13, 21)] == pytest.approx([lr * 0.5 * (32 - (s - 1)) / 20 for s in range(13, 21)])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
+def test_elastic_resume_on_another_world_size(demo_shards, tmp_path, before, after):
+    out = tmp_path / "run"
+    common = ["tracking.mode=disabled", "train.checkpoint_every=2", "data.num_workers=1"]
+    launch(before, TRAIN, "--config", str(ROOT / "configs/demo.yaml"), *tiny(demo_shards, out, *common,
+                                                                           "train.max_steps=2"))
+    refused = launch(after, TRAIN, "--config", str(ROOT / "configs/demo.yaml"),
+                     *tiny(demo_shards, out, *common, "train.max_steps=4", "resume=auto"), check=False)
+    assert refused.returncode != 0 and "resume_elastic=true" in refused.stdout + refused.stderr
+    result = launch(after, TRAIN, "--config", str(ROOT / "configs/demo.yaml"),
+                    *tiny(demo_shards, out, *common, "train.max_steps=4", "resume=auto", "resume_elastic=true"))
+    assert "no longer bitwise reproducible" in result.stdout and "resumed from" in result.stdout
+    assert [r["step"] for r in rows(out)] == [1, 2, 3, 4]
+    last = complete_checkpoints(out / "checkpoints")[-1]
+    assert json.loads((last / "state.json").read_text())["world_size"] == after
+    pools = [torch.load(last / f"rank_{r}.pt", weights_only=True)["pools"]["fake_b"]["images"] for r in range(after)]
+    if after == 2:  # rank 1 is new: its pool holds only what it saw since (2 steps x 2 images)
+        assert len(pools[1]) == 4 and len(pools[0]) == 8
+    if after == 2:
+        sums = json.loads((out / "checksums.json").read_text())["ranks"]
+        assert sums[0] == sums[1]
