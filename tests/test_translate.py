@@ -247,8 +247,8 @@ def test_shard_files_patterns_and_damaged_shards(shard_input):
     assert manifest["splits"]["translated"]["A"]["shards"] == ["A-000000.tar"]
     assert not (shard_input / "piped" / "cut.tar").exists() and not list((shard_input / "piped").glob(".*partial"))
     result = script("translate.py", "--checkpoint", checkpoint, "--input", spec, "--output", shard_input / "piped",
-                    "--precision", "fp32", "--direction", "BtoA", check=False)
-    assert result.returncode == 2 and "holds a translation made otherwise (direction: AtoB there, BtoA here" \
+                    "--precision", "bf16", check=False)
+    assert result.returncode == 2 and "holds a translation made otherwise (precision: fp32 there, bf16 here" \
         in result.stderr
 
 
