@@ -108,7 +108,8 @@ def build_training(accelerator: Accelerator, cfg: RunConfig) -> tuple[Networks, 
     pools = Pools(
         fake_a=ImagePool(cfg.train.pool_size, mix_seed(cfg.seed, rank, "pool_a")),
         fake_b=ImagePool(cfg.train.pool_size, mix_seed(cfg.seed, rank, "pool_b")),
-        augment=DiffAugment(cfg.train.diffaug, cfg.train.diffaug_p, mix_seed(cfg.seed, rank, "diffaug")),
+        augment=DiffAugment(cfg.train.diffaug, cfg.train.diffaug_p, mix_seed(cfg.seed, rank, "diffaug"),
+                            accelerator.device),
     )
     return Networks(*prepared[:4]), Optimizers(*prepared[4:], guard=opts.guard), pools
 

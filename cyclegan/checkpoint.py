@@ -48,6 +48,7 @@ class TrainState:
     model: dict
     tracker_run_id: str | None = None
     best: dict | None = None  # {"step", metric: value} of the best evaluation so far
+    global_batch: int | None = None  # images per optimizer step: the unit of `step` (None: older checkpoints)
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -237,6 +238,13 @@ def load_checkpoint(accelerator: Accelerator, path: Path, expected: TrainState, 
     """Restore everything `save_checkpoint` wrote; refuse another architecture, and another world
     size or worker count unless `elastic`. Returns the saved state and notes for the user."""
     saved, notes = read_train_state(path), []
+    if saved.global_batch is not None and saved.global_batch != expected.global_batch:
+        raise CheckpointError(
+            f"checkpoint {path} was trained with a global batch of {saved.global_batch} images per step; this run "
+            f"has {expected.global_batch} (train.batch_size x train.grad_accum x processes). Steps, the schedule and "
+            "the data position all count in it: keep it, e.g. by setting train.grad_accum for another number of "
+            "processes"
+        )
     if saved.world_size != expected.world_size or saved.num_workers != expected.num_workers:
         if not elastic:
             raise CheckpointError(
@@ -267,9 +275,11 @@ def load_checkpoint(accelerator: Accelerator, path: Path, expected: TrainState, 
         accelerator.scaler.load_state_dict(extra["scaler"])
     if trained.ema is not None:
         notes += _load_ema(accelerator, path, trained)
-    mine = path / f"rank_{accelerator.process_index}.pt"
-    if mine.is_file() or not elastic:
-        _load_rank_file(accelerator, _torch_load(mine), trained.pools)
+    elif (path / "g_ab_ema.safetensors").is_file():
+        notes.append(f"checkpoint {path} holds averaged generators, but train.ema_decay is 0: they are left behind, "
+                     "and exports are the trained weights from here")
+    if accelerator.process_index < saved.world_size:  # a rank new to an elastic resume starts afresh
+        _load_rank_file(accelerator, _torch_load(path / f"rank_{accelerator.process_index}.pt"), trained.pools)
     return saved, notes
 
 

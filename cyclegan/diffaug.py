@@ -22,10 +22,16 @@ import torch
 
 
 class DiffAugment:
-    def __init__(self, policy: str, p: float, seed: int) -> None:
+    """`policy` ("color,translation,cutout", any subset, in that order) applied to every batch
+    passed in; the identity when the policy is empty or `p` is 0. Random draws happen on the
+    images' device, so nothing waits on the host."""
+
+    def __init__(self, policy: str, p: float, seed: int, device: torch.device = torch.device("cpu")) -> None:
         self.ops = [op for op in (s.strip() for s in policy.split(",")) if op]
+        if len(set(self.ops)) < len(self.ops):
+            raise ValueError(f"train.diffaug names a transform twice: {policy}")
         self.p = p
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def __bool__(self) -> bool:
         return bool(self.ops) and self.p > 0
@@ -37,42 +43,43 @@ class DiffAugment:
             images = getattr(self, op)(images)
         return images
 
-    def _uniform(self, n: int, *shape: int, device: torch.device) -> torch.Tensor:
-        return torch.rand((n, *shape), generator=self.generator).to(device)
+    def _uniform(self, n: int, *shape: int, like: torch.Tensor) -> torch.Tensor:
+        return torch.rand((n, *shape), generator=self.generator, device=like.device, dtype=like.dtype)
 
     def _chosen(self, images: torch.Tensor) -> torch.Tensor:
         """1 for the images this transform applies to (probability p), as N x 1 x 1 x 1."""
-        return (self._uniform(len(images), 1, 1, 1, device=images.device) < self.p).to(images.dtype)
+        return (self._uniform(len(images), 1, 1, 1, like=images) < self.p).to(images.dtype)
 
     def color(self, x: torch.Tensor) -> torch.Tensor:
-        n, device = len(x), x.device
-        out = x + (self._uniform(n, 1, 1, 1, device=device) - 0.5)
+        n = len(x)
+        out = x + (self._uniform(n, 1, 1, 1, like=x) - 0.5)
         grey = out.mean(dim=1, keepdim=True)
-        out = (out - grey) * (self._uniform(n, 1, 1, 1, device=device) * 2) + grey
+        out = (out - grey) * (self._uniform(n, 1, 1, 1, like=x) * 2) + grey
         mean = out.mean(dim=(1, 2, 3), keepdim=True)
-        out = (out - mean) * (self._uniform(n, 1, 1, 1, device=device) + 0.5) + mean
+        out = (out - mean) * (self._uniform(n, 1, 1, 1, like=x) + 0.5) + mean
         chosen = self._chosen(x)
         return chosen * out + (1 - chosen) * x
 
     def translation(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
-        shift = ((self._uniform(n, 2, device=x.device) * 2 - 1) * torch.tensor([h, w], device=x.device) / 8).round()
-        shift = shift * self._chosen(x).view(n, 1)
-        rows = (torch.arange(h, device=x.device).view(1, h, 1) - shift[:, 0].view(n, 1, 1)).long()
-        cols = (torch.arange(w, device=x.device).view(1, 1, w) - shift[:, 1].view(n, 1, 1)).long()
+        draws, chosen = self._uniform(n, 2, like=x), self._chosen(x).view(n)
+        # whole pixels, up to an eighth of the size either way (Python numbers: no copy to the device)
+        shift_y = ((draws[:, 0] * (2 * (h // 8) + 1)).floor() - h // 8) * chosen
+        shift_x = ((draws[:, 1] * (2 * (w // 8) + 1)).floor() - w // 8) * chosen
+        rows = torch.arange(h, device=x.device).view(1, h, 1) - shift_y.view(n, 1, 1).long()
+        cols = torch.arange(w, device=x.device).view(1, 1, w) - shift_x.view(n, 1, 1).long()
         inside = ((rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)).unsqueeze(1).to(x.dtype)
         index = (rows.clamp(0, h - 1) * w + cols.clamp(0, w - 1)).view(n, 1, h * w).expand(-1, x.shape[1], -1)
         return x.flatten(2).gather(2, index).view_as(x) * inside
 
     def cutout(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
-        size_h, size_w = h // 2, w // 2
-        centre = self._uniform(n, 2, device=x.device) * torch.tensor([h, w], device=x.device)
+        draws = self._uniform(n, 2, like=x)
+        centre_y, centre_x = draws[:, 0] * h, draws[:, 1] * w
         rows, cols = torch.arange(h, device=x.device).view(1, h, 1), torch.arange(w, device=x.device).view(1, 1, w)
-        top, left = (centre[:, 0] - size_h / 2).view(n, 1, 1), (centre[:, 1] - size_w / 2).view(n, 1, 1)
-        hole = (rows >= top) & (rows < top + size_h) & (cols >= left) & (cols < left + size_w)
-        hole = hole.unsqueeze(1).to(x.dtype) * self._chosen(x)
-        return x * (1 - hole)
+        top, left = (centre_y - h // 4).view(n, 1, 1), (centre_x - w // 4).view(n, 1, 1)
+        hole = (rows >= top) & (rows < top + h // 2) & (cols >= left) & (cols < left + w // 2)
+        return x * (1 - hole.unsqueeze(1).to(x.dtype) * self._chosen(x))
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

@@ -58,6 +58,7 @@ def sample_grids(accelerator: Accelerator, g_ab: torch.nn.Module, g_ba: torch.nn
                  images: tuple[torch.Tensor, torch.Tensor]) -> dict:
     """real | translated | reconstructed | identity, for fixed test images of each domain."""
     real_a, real_b = (x.to(accelerator.device) for x in images)
+    modes = g_ab.training, g_ba.training
     g_ab.eval(), g_ba.eval()  # dropout off, batch norm on its running statistics
     try:
         with accelerator.autocast():
@@ -67,7 +68,7 @@ def sample_grids(accelerator: Accelerator, g_ab: torch.nn.Module, g_ba: torch.nn
                 "BtoA": image_grid([real_b, fake_a, g_ab(fake_a), g_ab(real_b)]),
             }
     finally:
-        g_ab.train(), g_ba.train()
+        g_ab.train(modes[0]), g_ba.train(modes[1])
 
 
 def weight_checksum(net: torch.nn.Module) -> str:
@@ -100,7 +101,8 @@ class Trainer:
         ema = GeneratorEMA(self.trained_generators(), cfg.train.ema_decay, acc.device) if cfg.train.ema_decay else None
         self.trained = Trained(self.nets, self.opts, self.schedulers, self.pools, ema)
         self.health = HealthMonitor()
-        self.state = TrainState(0, 0, acc.num_processes, cfg.data.num_workers, asdict(cfg.model))
+        self.state = TrainState(0, 0, acc.num_processes, cfg.data.num_workers, asdict(cfg.model),
+                                global_batch=self.plan.global_batch)
         self.stop = StopRequest(acc)
         self.evaluator = make_evaluator(acc, cfg, self.sources) if cfg.eval.every else None
 
@@ -122,14 +124,18 @@ class Trainer:
         if point is not None:
             self.state, notes = load_checkpoint(acc, point, self.state, self.trained, cfg.resume_elastic)
             self.state.world_size, self.state.num_workers = acc.num_processes, cfg.data.num_workers
+            self.state.global_batch = self.plan.global_batch
+            if cfg.init_from:
+                notes.append(f"init_from={cfg.init_from} is not used: the run resumes")
             for note in notes:
                 acc.print(f"note: {note}")
             acc.print(f"resumed from {point} at step {self.state.step}")
             self.continue_schedules()
         elif cfg.init_from:
-            acc.print(warm_start(acc, Path(cfg.init_from), self.nets, cfg.model.norm))
-            if self.trained.ema is not None:
-                self.trained.ema.load_state_dict({k: v.state_dict() for k, v in self.trained_generators().items()})
+            if complete_checkpoints(self.ckpt_root):
+                raise UserError(f"init_from={cfg.init_from}: {self.output} already holds checkpoints of another run; "
+                                "choose a new output_dir, or resume=auto to go on with them")
+            acc.print(warm_start(acc, Path(cfg.init_from), self.nets, cfg.model.norm, self.trained.ema))
 
     def continue_schedules(self) -> None:
         """A resumed run with a longer schedule (or other steps per epoch) goes on without a jump."""
@@ -137,9 +143,11 @@ class Trainer:
         changed = [continue_schedule(s, self.plan.steps_per_epoch, t.epochs, t.decay_epochs, step)
                    for s in self.schedulers.values()]
         if any(changed):
-            rate = self.schedulers["g"].lr_lambdas[0](step) * t.lr
+            scheduler = self.schedulers["g"]
+            rate, end = scheduler.lr_lambdas[0](step) * scheduler.base_lrs[0], self.plan.total_steps
             self.acc.print(f"note: the schedule changed: the learning rate goes on from {rate:.3g} at step {step} "
-                           f"along the new one, reaching zero at step {self.plan.total_steps}")
+                           + (f"along the new one, reaching zero at step {end}" if end > step else
+                              f"but the new schedule ended at step {end}: nothing is left to train"))
 
     def announce(self) -> None:
         p, t = self.plan, self.cfg.train
@@ -214,12 +222,12 @@ class Trainer:
 
     def after_step(self, window: MetricWindow, bar: tqdm) -> None:
         """The average, scheduler, logging, sample grids and checkpoints after each optimizer step."""
-        if self.trained.ema is not None:
-            self.trained.ema.update(self.trained_generators())
         used_lr = {name: scheduler.get_last_lr()[0] for name, scheduler in self.schedulers.items()}
         for scheduler in self.schedulers.values():
             scheduler.step()
         self.state.step += 1
+        if self.trained.ema is not None:
+            self.trained.ema.update(self.trained_generators(), self.state.step)
         step, track = self.state.step, self.cfg.tracking
         bar.update(1)
         if step % track.log_every == 0 or step == self.plan.max_steps:
@@ -278,11 +286,13 @@ class Trainer:
         DDP keeps replicas bitwise equal; any difference is a silent bug, caught here loudly.
         """
         mine = {name: weight_checksum(self.acc.unwrap_model(getattr(self.nets, name))) for name in NET_NAMES}
+        if self.trained.ema is not None:
+            mine |= {f"{name}_ema": weight_checksum(model) for name, model in self.trained.ema.models.items()}
         every = gather_object([mine])
         if self.acc.is_main_process:
             (self.output / "checksums.json").write_text(
                 json.dumps({"step": self.state.step, "ranks": every}, indent=2) + "\n")
-        differing = [name for name in NET_NAMES if len({sums[name] for sums in every}) > 1]
+        differing = [name for name in mine if len({sums[name] for sums in every}) > 1]
         if differing:
             raise RuntimeError(f"ranks hold different weights for {', '.join(differing)} at step {self.state.step}: "
                                f"the DDP replicas diverged (checksums in {self.output / 'checksums.json'})")

@@ -15,6 +15,7 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from cyclegan.checkpoint import NET_NAMES, complete_checkpoints
+from cyclegan.ema import GeneratorEMA
 from cyclegan.errors import CheckpointError
 from cyclegan.models.loading import load_into, read_state_dict, without_legacy_norm_stats
 from cyclegan.step import Networks
@@ -34,8 +35,9 @@ def weights_folder(source: Path) -> Path:
     return source / "export" if (source / "export").is_dir() else source
 
 
-def warm_start(accelerator: Accelerator, source: Path, nets: Networks, norm: str) -> str:
-    """Load what `source` holds into `nets` (every rank reads the same files); returns a line for the log."""
+def warm_start(accelerator: Accelerator, source: Path, nets: Networks, norm: str, ema: GeneratorEMA | None) -> str:
+    """Load what `source` holds into `nets` and the average (its averaged generators where it has
+    them, else the generators); every rank reads the same files. Returns a line for the log."""
     folder = weights_folder(source)
     files = OFFICIAL_FILES if (folder / OFFICIAL_FILES["g_ab"]).is_file() else OUR_FILES
     if not all((folder / files[name]).is_file() for name in ("g_ab", "g_ba")):
@@ -48,6 +50,11 @@ def warm_start(accelerator: Accelerator, source: Path, nets: Networks, norm: str
             state = without_legacy_norm_stats(state) if norm == "instance" else state
             load_into(accelerator.unwrap_model(getattr(nets, name)), state, path, f"network {name} of this config")
             loaded.append(name)
+    if ema is not None:
+        for name, averaged in ema.models.items():
+            file = folder / f"{name}_ema.safetensors"
+            state = read_state_dict(file) if file.is_file() else accelerator.unwrap_model(getattr(nets, name)).state_dict()
+            load_into(averaged, state, file, f"averaged {name}")
     fresh = [name for name in NET_NAMES if name not in loaded]
     return (f"initialised {', '.join(loaded)} from {folder}" + (f"; {' and '.join(fresh)} start fresh" if fresh else "")
             + "; optimizers, schedule, pools and step start fresh")

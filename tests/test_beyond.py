@@ -2,6 +2,7 @@
 differentiable augmentation and health signals."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from cyclegan.metrics import HEALTH_LOGS, HealthMonitor
 from cyclegan.models import NLayerDiscriminator, ResnetGenerator
 from cyclegan.models.generator import GeneratorSpec
 from cyclegan.step import train_step
-from tests.conftest import ROOT, final_weights, launch, script, tiny
+from tests.conftest import ROOT, final_weights, launch, max_difference, script, tiny
 from tests.test_schedule import closed_form
 from tests.test_step import fresh_accelerator
 
@@ -33,26 +34,46 @@ def test_the_average_follows_its_closed_form():
     accelerator = fresh_accelerator()
     nets, opts, pools = build_training(accelerator, cfg)
     generators = {"g_ab": nets.g_ab, "g_ba": nets.g_ba}
-    ema, decay = GeneratorEMA(generators, 0.9, accelerator.device), 0.9
+    ema = GeneratorEMA(generators, 0.9, accelerator.device)
     history = [torch.cat([p.detach().double().flatten() for p in nets.g_ab.parameters()])]
     generator = torch.Generator().manual_seed(0)
-    for _ in range(5):
+    for step in range(1, 6):
         batch = {k: torch.rand(2, 3, 16, 16, generator=generator) * 2 - 1 for k in "AB"}
         train_step(accelerator, nets, opts, pools, batch, cfg.train)
-        ema.update(generators)
+        ema.update(generators, step)
         history.append(torch.cat([p.detach().double().flatten() for p in nets.g_ab.parameters()]))
-    k = len(history) - 1  # ema_k = d^k w_0 + sum_i (1 - d) d^(k - i) w_i
-    expected = decay**k * history[0] + sum((1 - decay) * decay ** (k - i) * history[i] for i in range(1, k + 1))
+    # ema_k = sum_i c_i w_i with c_i = (1 - d_i) prod_{j > i} d_j, c_0 = prod_j d_j, d_j = min(0.9, (1 + j) / (10 + j))
+    decays = [min(0.9, (1 + j) / (10 + j)) for j in range(1, 6)]
+    weights = [math.prod(decays)] + [(1 - decays[i - 1]) * math.prod(decays[i:]) for i in range(1, 6)]
+    expected = sum(c * w for c, w in zip(weights, history))
     averaged = torch.cat([p.double().flatten() for p in ema.models["g_ab"].parameters()])
     torch.testing.assert_close(averaged, expected, rtol=0, atol=1e-7)
-    assert max(abs(averaged - history[-1])) > 1e-4, "the average is not the trained weights"
+    assert abs(sum(weights) - 1) < 1e-12 and (averaged - history[-1]).abs().max() > 1e-4
     assert all(p.dtype == torch.float32 for p in ema.models["g_ab"].parameters())
 
 
+def test_the_trainer_averages_once_per_optimizer_step(demo_shards, tmp_path):
+    # grad_accum=2: two micro-batches per step, one update of the average
+    out = tmp_path / "run"
+    script("train.py", "--config", "configs/demo.yaml",
+           *tiny(demo_shards, out, "train.max_steps=3", "train.ema_decay=0.5", "train.grad_accum=2",
+                 "train.batch_size=1", "train.checkpoint_every=1", "train.keep_checkpoints=5", "tracking.mode=disabled"))
+    saved = {c.name: c for c in complete_checkpoints(out / "checkpoints")}
+    for step in (2, 3):
+        decay = min(0.5, (1 + step) / (10 + step))
+        before = load_file(str(saved[f"step_{step - 1:07d}"] / "g_ab_ema.safetensors"))
+        trained, averaged = (load_file(str(saved[f"step_{step:07d}"] / f"{n}.safetensors")) for n in ("g_ab", "g_ab_ema"))
+        for key in averaged:
+            torch.testing.assert_close(averaged[key], decay * before[key] + (1 - decay) * trained[key],
+                                       rtol=0, atol=1e-6, msg=key)
+
+
 def test_the_average_is_exported_and_shown_unless_asked_otherwise(demo_shards, tmp_path):
-    for name, extra in (("ema", []), ("raw", ["train.export_ema=false"])):
+    for name, extra in (("ema", []), ("raw", ["train.export_ema=false"]), ("paper", ["train.ema_decay=0"])):
         script("train.py", "--config", "configs/demo.yaml",
                *tiny(demo_shards, tmp_path / name, "train.max_steps=3", "train.ema_decay=0.5", *extra))
+    # averaging only watches: the trained weights are the paper's, bit for bit (docs/quality.md relies on it)
+    assert max_difference(final_weights(tmp_path / "ema"), final_weights(tmp_path / "paper")) == 0
     last = complete_checkpoints(tmp_path / "ema" / "checkpoints")[-1]
     for name, source in (("ema", "g_ab_ema"), ("raw", "g_ab")):
         exported = load_file(str(tmp_path / name / "export" / "g_ab.safetensors"))
@@ -79,6 +100,41 @@ def test_diffaug_is_differentiable_seeded_resumable_and_nothing_at_p0():
     half = DiffAugment("cutout", 0.5, seed=3)(images.repeat(16, 1, 1, 1))
     changed = (half != images.repeat(16, 1, 1, 1)).flatten(1).any(1).float().mean()
     assert 0.2 < changed < 0.8, "each image transformed with probability p"
+
+
+def test_diffaug_sees_everything_the_discriminators_see():
+    cfg = load_config(None, ["model.ngf=4", "model.n_blocks=1", "model.ndf=4", "model.n_layers_d=1",
+                             "train.diffaug=color,translation,cutout"])
+    accelerator = fresh_accelerator()
+    nets, opts, pools = build_training(accelerator, cfg)
+    calls = []
+
+    class Counting(DiffAugment):
+        def __call__(self, images):
+            calls.append(images.requires_grad)
+            return super().__call__(images)
+
+    pools.augment.__class__ = Counting
+    batch = {k: torch.rand(2, 3, 16, 16) * 2 - 1 for k in "AB"}
+    train_step(accelerator, nets, opts, pools, batch, cfg.train)
+    # the generators' two adversarial terms (fakes carrying gradients), then real and pooled fake for each D
+    assert calls == [True, True, False, False, False, False]
+
+
+@pytest.mark.parametrize("gan_mode, score, real, fake", [("lsgan", 1.0, 1.0, 0.0), ("lsgan", 0.2, 0.0, 1.0),
+                                                           ("vanilla", 0.3, 1.0, 0.0), ("vanilla", -0.3, 0.0, 1.0)])
+def test_discriminator_accuracy_reads_scores_by_the_gan_mode(gan_mode, score, real, fake):
+    cfg = load_config(None, ["model.ngf=4", "model.n_blocks=1", "model.ndf=4", "model.n_layers_d=1",
+                             f"train.gan_mode={gan_mode}"])
+    accelerator = fresh_accelerator()
+    nets, opts, pools = build_training(accelerator, cfg)
+    for d in (nets.d_a, nets.d_b):  # a discriminator that says `score` to everything
+        last = d.model[-1]
+        torch.nn.init.zeros_(last.weight), torch.nn.init.constant_(last.bias, score)
+    health = train_step(accelerator, nets, opts, pools, {k: torch.rand(1, 3, 16, 16) * 2 - 1 for k in "AB"},
+                        cfg.train).health
+    assert (health.d_a_real.item(), health.d_a_fake.item()) == (real, fake)
+    assert health.g_ab_change.item() > 0
 
 
 def test_health_warnings_fire_on_constructed_cases_once():
@@ -124,10 +180,19 @@ def test_warm_starts_from_official_exports_and_checkpoints(demo_shards, tmp_path
                      *tiny(demo_shards, tmp_path / "from-official", "train.max_steps=2", "tracking.mode=disabled",
                            "resume=auto", f"init_from={tmp_path / 'from-export'}"))
     assert "resumed from" in resumed.stdout and "initialised" not in resumed.stdout, "a resume wins"
+    assert "note: init_from=" in resumed.stdout and "is not used: the run resumes" in resumed.stdout
+    from_run = script("train.py", "--config", "configs/demo.yaml",
+                      *tiny(demo_shards, tmp_path / "from-run", *nearly_frozen,
+                            f"init_from={tmp_path / 'from-official'}"))
+    assert "initialised g_ab, g_ba, d_a, d_b from" in from_run.stdout and "step_0000002" in from_run.stdout
     wrong = script("train.py", "--config", "configs/demo.yaml",
                    *tiny(demo_shards, tmp_path / "wrong", "model.ngf=16", f"init_from={tmp_path / 'official'}"),
                    check=False)
     assert wrong.returncode == 2 and "does not fit the expected network g_ab" in wrong.stderr
+    taken = script("train.py", "--config", "configs/demo.yaml",
+                   *tiny(demo_shards, tmp_path / "from-run", *nearly_frozen, "resume=null",
+                         f"init_from={tmp_path / 'official'}"), check=False)
+    assert taken.returncode == 2 and "already holds checkpoints of another run" in taken.stderr
 
 
 def test_a_longer_schedule_goes_on_without_a_jump(noise_shards, tmp_path):
@@ -148,22 +213,30 @@ def test_a_longer_schedule_goes_on_without_a_jump(noise_shards, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
 def test_elastic_resume_on_another_world_size(demo_shards, tmp_path, before, after):
+    # the global batch (batch x accumulation x processes) stays 2: the unit steps count in
     out = tmp_path / "run"
     common = ["tracking.mode=disabled", "train.checkpoint_every=2", "data.num_workers=1"]
-    launch(before, TRAIN, "--config", str(ROOT / "configs/demo.yaml"), *tiny(demo_shards, out, *common,
-                                                                           "train.max_steps=2"))
-    refused = launch(after, TRAIN, "--config", str(ROOT / "configs/demo.yaml"),
-                     *tiny(demo_shards, out, *common, "train.max_steps=4", "resume=auto"), check=False)
+    keep = {1: ["train.batch_size=2"], 2: ["train.batch_size=1"]}
+    config = str(ROOT / "configs/demo.yaml")
+    launch(before, TRAIN, "--config", config, *tiny(demo_shards, out, *common, *keep[before], "train.max_steps=2"))
+    refused = launch(after, TRAIN, "--config", config,
+                     *tiny(demo_shards, out, *common, *keep[after], "train.max_steps=4", "resume=auto"), check=False)
     assert refused.returncode != 0 and "resume_elastic=true" in refused.stdout + refused.stderr
-    result = launch(after, TRAIN, "--config", str(ROOT / "configs/demo.yaml"),
-                    *tiny(demo_shards, out, *common, "train.max_steps=4", "resume=auto", "resume_elastic=true"))
+    other_batch = launch(after, TRAIN, "--config", config,
+                         *tiny(demo_shards, out, *common, "train.batch_size=4", "train.max_steps=4", "resume=auto",
+                               "resume_elastic=true"), check=False)
+    assert other_batch.returncode != 0 and "global batch of 2 images per step" in other_batch.stdout + other_batch.stderr
+    result = launch(after, TRAIN, "--config", config,
+                    *tiny(demo_shards, out, *common, *keep[after], "train.max_steps=4", "resume=auto",
+                          "resume_elastic=true"))
     assert "no longer bitwise reproducible" in result.stdout and "resumed from" in result.stdout
     assert [r["step"] for r in rows(out)] == [1, 2, 3, 4]
     last = complete_checkpoints(out / "checkpoints")[-1]
     assert json.loads((last / "state.json").read_text())["world_size"] == after
     pools = [torch.load(last / f"rank_{r}.pt", weights_only=True)["pools"]["fake_b"]["images"] for r in range(after)]
-    if after == 2:  # rank 1 is new: its pool holds only what it saw since (2 steps x 2 images)
-        assert len(pools[1]) == 4 and len(pools[0]) == 8
-    if after == 2:
+    if after == 2:  # rank 0 kept its 4 (2 steps x 2 images) and added 2; rank 1 is new: only its own 2 steps x 1
+        assert (len(pools[0]), len(pools[1])) == (6, 2)
         sums = json.loads((out / "checksums.json").read_text())["ranks"]
         assert sums[0] == sums[1]
+    else:  # rank 0 kept its pool (2 steps x 1 image) and added 2 steps x 2 images; rank 1's is gone
+        assert len(pools[0]) == 6

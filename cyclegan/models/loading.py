@@ -124,7 +124,7 @@ def generator_direction(path: Path) -> str | None:
         config = path / HF_CONFIG
         return json.loads(config.read_text()).get("direction") if config.is_file() and _is_json(config) else None
     for direction in GENERATOR_FILE_NAMES:
-        if path.stem in (GENERATOR_FILE_NAMES[direction], Path(OFFICIAL_FILE_NAMES[direction]).stem):
+        if path.stem.removesuffix("_ema") in (GENERATOR_FILE_NAMES[direction], Path(OFFICIAL_FILE_NAMES[direction]).stem):
             return direction
     return None
 
@@ -139,7 +139,8 @@ def _is_json(path: Path) -> bool:
 
 def resolve_generator_path(path: str | Path, direction: str | None = None) -> Path:
     """The generator file a path stands for: a run folder for its `export/`; an export or checkpoint
-    folder for its `g_ab` (AtoB, the default) or `g_ba` (BtoA); a folder of official files for
+    folder for its `g_ab` (AtoB, the default) or `g_ba` (BtoA), the averaged one (`g_ab_ema`) where
+    a checkpoint has it, as grids, evaluation and exports use it; a folder of official files for
     `latest_net_G_A.pth`, `latest_net_G_B.pth` or the pretrained downloads' `latest_net_G.pth`; a
     Hugging Face folder for its `model.safetensors`. A file or folder whose name or config says
     another direction than the one asked for is refused."""
@@ -151,8 +152,9 @@ def resolve_generator_path(path: str | Path, direction: str | None = None) -> Pa
     if path.is_dir() and (path / HF_WEIGHTS).is_file():
         resolved = path / HF_WEIGHTS
     elif path.is_dir():
+        name = GENERATOR_FILE_NAMES[direction or "AtoB"]
         candidates = [path / OFFICIAL_FILE_NAMES[direction or "AtoB"], path / "latest_net_G.pth",
-                      path / f"{GENERATOR_FILE_NAMES[direction or 'AtoB']}.safetensors"]
+                      path / f"{name}_ema.safetensors", path / f"{name}.safetensors"]
         resolved = next((c for c in candidates if c.is_file()), None)
         if resolved is None:
             raise CheckpointError(f"{path} is a folder without {' or '.join(c.name for c in candidates)}: pass a "

@@ -81,7 +81,7 @@ def translate_files(translator: Translator, source: Path, output: Path, load_siz
             continue
         groups[(load_size, load_size) if load_size else size].append((path, target))
     with tqdm(total=sum(map(len, groups.values())), desc="translate", unit="img", disable=rank != 0) as bar:
-        for size, jobs in sorted(groups.items()):  # one size per forward pass
+        for _, jobs in sorted(groups.items()):  # one size per forward pass
             for start in range(0, len(jobs), batch_size):
                 part = jobs[start:start + batch_size]
                 chunk = [(pixels, path, target) for path, target in part
