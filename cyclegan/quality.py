@@ -1,68 +1,128 @@
-"""The experiment behind docs/quality.md: the paper's settings against averaged generators (EMA)
-and DiffAugment, at equal steps and several seeds, on synthetic tasks whose test splits have
-exact ground truth, so that paired L1 and PSNR measure quality (FID needs real Inception
-weights and more test images than such a table can afford). Every run is `scripts/train.py`
-with configs/demo.yaml, in a process of its own; scores are the exported generators' (the
-averaged ones for EMA), both directions averaged."""
+"""The experiment behind docs/quality.md: the baseline update against averaged generators (EMA)
+and DiffAugment, at equal optimizer steps and several seeds, on synthetic tasks whose test splits
+have exact ground truth, so that paired L1 and PSNR measure quality (FID needs real Inception
+weights and more test images than such a table can afford).
+
+Every run is `scripts/train.py` with configs/demo.yaml (the demo's small networks and learning
+rate, not the paper's), in a process of its own, with the schedule stretched so that every task
+trains for the same number of steps whatever its size. Averaging only watches training (the
+trained weights are bitwise those of a run without it), so each run is scored twice: its trained
+generators and its averaged ones. Scores average both directions over the whole test split.
+"""
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from accelerate import Accelerator
 
-from cyclegan.config import DataConfig
+from cyclegan.checkpoint import complete_checkpoints
+from cyclegan.config import DataConfig, load_config
 from cyclegan.data.demo import write_demo_folders, write_recolour_folders
 from cyclegan.data.shards import find_domains, write_shards
 from cyclegan.data.sources import find_sources
-from cyclegan.evaluation import Evaluator, load_generator_pair, load_test_split
+from cyclegan.data.stream import epoch_steps
+from cyclegan.evaluation import Evaluator, load_test_split
+from cyclegan.models import load_generator
 
 ROOT = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = ROOT / "configs/demo.yaml"
+EMA_DECAY = 0.99  # a 400-step run: 0.999 would still be mostly the first weights
 TASKS = {
     "demo scenes, 160 images": lambda root: write_demo_folders(root),
     "demo scenes, 40 images": lambda root: write_demo_folders(root, train=40),
     "recoloured textures, 160 images": lambda root: write_recolour_folders(root),
 }
-VARIANTS = {
-    "paper": [],
-    "EMA 0.99": ["train.ema_decay=0.99"],
-    "DiffAugment": ["train.diffaug=color,translation,cutout"],
-}
+RUNS = {"baseline": [], "DiffAugment": ["train.diffaug=color,translation,cutout"]}
 
 
-def paired_scores(run: Path, shards: Path) -> dict[str, float]:
-    """Mean paired L1 (levels of 255) and PSNR of both directions, on the whole test split."""
-    g_ab, g_ba = load_generator_pair(run)
-    split = load_test_split(find_sources(DataConfig(root=str(shards))), 64)
+@dataclass(frozen=True)
+class Run:
+    task: str
+    variant: str
+    seed: int
+    folder: Path
+    shards: Path
+
+
+def schedule_for(shards: Path, steps: int) -> list[str]:
+    """Epoch overrides that make the whole schedule `steps` long, in the demo's 6:4 proportion of
+    constant and decaying learning rate, so a smaller data set is not simply trained for less."""
+    cfg = load_config(str(DEMO_CONFIG), [])
+    per_epoch = epoch_steps(find_sources(DataConfig(root=str(shards))), cfg.train.batch_size)
+    epochs = steps // per_epoch
+    if epochs * per_epoch != steps or epochs < 2:
+        raise ValueError(f"{steps} steps is not a whole number (at least 2) of {shards}'s {per_epoch}-step epochs")
+    constant = round(epochs * cfg.train.epochs / (cfg.train.epochs + cfg.train.decay_epochs))
+    return [f"train.epochs={constant}", f"train.decay_epochs={epochs - constant}"]
+
+
+def train(run: Run, steps: int, threads: int) -> None:
+    """One training run in its own process; its error output is shown if it fails."""
+    if (run.folder / "export").is_dir():
+        return
+    command = [sys.executable, str(ROOT / "scripts/train.py"), "--config", str(DEMO_CONFIG),
+               f"data.root={run.shards}", f"output_dir={run.folder}", f"seed={run.seed}", "tracking.mode=disabled",
+               "tracking.num_images=0", f"train.ema_decay={EMA_DECAY}", *schedule_for(run.shards, steps),
+               *RUNS[run.variant]]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    done = subprocess.run(command, check=False, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"training run {run.folder} failed ({done.returncode}):\n{done.stderr[-4000:]}")
+
+
+def paired_scores(run: Path, split, suffix: str) -> dict[str, float]:
+    """Mean paired L1 (levels of 255) and PSNR of both directions, from the run's last checkpoint:
+    `suffix` "" scores the trained generators, "_ema" the averaged ones."""
+    last = complete_checkpoints(run / "checkpoints")[-1]
+    g_ab, g_ba = (load_generator(last / f"{name}{suffix}.safetensors") for name in ("g_ab", "g_ba"))
     results = Evaluator(Accelerator(cpu=True), split, None)(g_ab, g_ba)
     return {"l1": 255 * (results["AtoB/l1"] + results["BtoA/l1"]) / 2,
             "psnr": (results["AtoB/psnr"] + results["BtoA/psnr"]) / 2}
 
 
-def quality_experiment(workdir: Path, seeds: list[int], steps: int) -> dict:
-    table = []
+def summary(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None from a single seed, which has no spread)."""
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def mean_and_spread(mean: float, stdev: float | None) -> str:
+    return f"{mean:.2f} ± {stdev:.2f}" if stdev is not None else f"{mean:.2f}"
+
+
+def quality_experiment(workdir: Path, seeds: list[int], steps: int, jobs: int = 1) -> dict:
+    """Train every task x run x seed (`jobs` at a time), then score trained and averaged weights."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    planned = []
     for task, write in TASKS.items():
-        folders, shards = workdir / task.replace(" ", "-") / "folders", workdir / task.replace(" ", "-") / "shards"
+        folder = workdir / task.replace(" ", "-").replace(",", "")
+        shards = folder / "shards"
         if not (shards / "manifest.json").is_file():
-            write(folders)
-            write_shards(find_domains(folders, None, None), shards, shard_size=40, workers=1, overwrite=True)
-        for variant, overrides in VARIANTS.items():
-            scores = []
-            for seed in seeds:
-                run = shards.parent / f"{variant.replace(' ', '-')}-{seed}"
-                if not (run / "export").is_dir():
-                    subprocess.run([sys.executable, str(ROOT / "scripts/train.py"), "--config",
-                                    str(ROOT / "configs/demo.yaml"), f"data.root={shards}", f"output_dir={run}",
-                                    f"seed={seed}", f"train.max_steps={steps}", "tracking.mode=disabled",
-                                    "tracking.num_images=0", *overrides], check=True, capture_output=True)
-                scores.append(paired_scores(run, shards))
-            table.append({"task": task, "variant": variant, "runs": scores,
-                          **{f"{k}_{stat.__name__}": stat([s[k] for s in scores])
-                             for k in ("l1", "psnr") for stat in (statistics.mean, statistics.stdev)}})
-    return {"steps": steps, "seeds": seeds, "table": table, "torch_threads": torch.get_num_threads(),
-            "markdown": [f"| {r['task']} | {r['variant']} | {r['l1_mean']:.2f} ± {r['l1_stdev']:.2f} | "
-                         f"{r['psnr_mean']:.2f} ± {r['psnr_stdev']:.2f} |" for r in table]}
+            write(folder / "folders")
+            write_shards(find_domains(folder / "folders", None, None), shards, shard_size=40, workers=1,
+                         overwrite=True)
+        planned += [Run(task, variant, seed, folder / f"{variant}-{steps}steps-seed{seed}", shards)
+                    for variant in RUNS for seed in seeds]
+    with ThreadPoolExecutor(jobs) as pool:
+        list(pool.map(lambda run: train(run, steps, threads), planned))
+    table = []
+    for task in TASKS:
+        runs = [run for run in planned if run.task == task]
+        split = load_test_split(find_sources(DataConfig(root=str(runs[0].shards))), 64)
+        for variant in RUNS:
+            for suffix, label in (("", variant), ("_ema", f"{variant} + EMA {EMA_DECAY}")):
+                scores = [paired_scores(run.folder, split, suffix) for run in runs if run.variant == variant]
+                row = {"task": task, "variant": label, "runs": scores}
+                for key in ("l1", "psnr"):
+                    row[f"{key}_mean"], row[f"{key}_stdev"] = summary([s[key] for s in scores])
+                table.append(row)
+    return {"steps": steps, "seeds": seeds, "ema_decay": EMA_DECAY, "table": table,
+            "torch_threads_per_run": threads, "parallel_runs": jobs,
+            "markdown": [f"| {r['task']} | {r['variant']} | {mean_and_spread(r['l1_mean'], r['l1_stdev'])} | "
+                         f"{mean_and_spread(r['psnr_mean'], r['psnr_stdev'])} |" for r in table]}

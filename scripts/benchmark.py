@@ -5,7 +5,7 @@
     python scripts/benchmark.py step --size 256 --batch 1 --precision bf16 --channels-last --compile \\
         --peak-tflops 989 --json h100-256-b1.json
     python scripts/benchmark.py translate --workdir /tmp/bench-translate --precision fp32
-    python scripts/benchmark.py quality --workdir /tmp/quality --seeds 0 1 2
+    python scripts/benchmark.py quality --workdir /tmp/quality --seeds 0 1 2 --jobs 2
 """
 
 import argparse
@@ -56,10 +56,11 @@ def main() -> None:
     quality = sub.add_parser("quality", help="paper vs EMA vs DiffAugment on synthetic tasks (docs/quality.md)")
     quality.add_argument("--workdir", type=Path, required=True)
     quality.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    quality.add_argument("--steps", type=int, default=400, help="optimizer steps per run (configs/demo.yaml's)")
+    quality.add_argument("--steps", type=int, default=400, help="optimizer steps per run, on every task")
+    quality.add_argument("--jobs", type=int, default=1, help="training runs at a time (the cores are shared out)")
     args = parser.parse_args()
     if args.mode == "quality":
-        result = quality_experiment(args.workdir, args.seeds, args.steps)
+        result = quality_experiment(args.workdir, args.seeds, args.steps, args.jobs)
     elif args.mode == "translate":
         result = translate_benchmark(args.workdir, args.sizes, args.images, args.large, args.frames, args.precision,
                                      args.tile)
