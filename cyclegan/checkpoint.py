@@ -205,7 +205,7 @@ def _swap_in(staging: Path, target: Path) -> None:
 
 def publish_export(checkpoint: Path, export: Path, averaged: bool = False) -> None:
     """Refresh `OUTPUT/export/` with the checkpoint's generators (the averaged ones if asked), and
-    its state.json (which step)."""
+    its state.json (which step, and whether the generators are the averaged ones)."""
     staging = export.with_name(f".{export.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
@@ -213,7 +213,8 @@ def publish_export(checkpoint: Path, export: Path, averaged: bool = False) -> No
         source = f"{name}_ema" if averaged else name
         for suffix in (".safetensors", ".json"):
             shutil.copy2(checkpoint / f"{source}{suffix}", staging / f"{name}{suffix}")
-    shutil.copy2(checkpoint / "state.json", staging / "state.json")
+    state = json.loads((checkpoint / "state.json").read_text())
+    (staging / "state.json").write_text(json.dumps({**state, "averaged": averaged}, indent=2) + "\n")
     _swap_in(staging, export)
 
 

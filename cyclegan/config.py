@@ -95,8 +95,9 @@ class TrainConfig:
     # (0: only at the end of the run); DDP keeps replicas bitwise equal, so any difference is a bug
     check_ranks_every: int = 0
     keep_checkpoints: int = 3  # newest checkpoints kept on disk
-    # exponential moving average of the generators' weights, e.g. 0.999 (0: off); grids, evaluation
-    # and exports then use the averaged generators (docs/quality.md measures it)
+    # exponential moving average of the generators' weights, e.g. 0.999 (0: off), with a warm-up:
+    # step t uses min(ema_decay, (1 + t) / (10 + t)); grids, evaluation and exports then use the
+    # averaged generators (docs/quality.md measures it)
     ema_decay: float = 0.0
     export_ema: bool = True  # with ema_decay on: export the averaged generators (false: the trained ones)
     # differentiable augmentation of everything the discriminators see, for small data sets:
@@ -209,6 +210,7 @@ def _describe(err: OmegaConfBaseException, path: Optional[Path]) -> str:
 def validate(config: RunConfig) -> None:
     """Reject values that are well typed but impossible, naming the key."""
     m, d, t, k = config.model, config.data, config.train, config.tracking
+    diffaug_ops = [op.strip() for op in t.diffaug.split(",") if op.strip()]
     checks = [
         ("model.ngf", m.ngf >= 1, "must be at least 1"),
         ("model.n_blocks", m.n_blocks >= 0, "must not be negative"),
@@ -249,8 +251,8 @@ def validate(config: RunConfig) -> None:
         ("train.keep_checkpoints", t.keep_checkpoints >= 1, "must be at least 1"),
         ("train.check_ranks_every", t.check_ranks_every >= 0, "must not be negative"),
         ("train.ema_decay", 0 <= t.ema_decay < 1, "must lie in [0, 1)"),
-        ("train.diffaug", all(op.strip() in DIFFAUG_POLICIES for op in t.diffaug.split(",") if op.strip()),
-         f"takes a comma-separated list of {', '.join(DIFFAUG_POLICIES)}"),
+        ("train.diffaug", all(op in DIFFAUG_POLICIES for op in diffaug_ops) and len(set(diffaug_ops)) == len(diffaug_ops),
+         f"takes a comma-separated list of {', '.join(DIFFAUG_POLICIES)}, each at most once"),
         ("train.diffaug_p", 0 <= t.diffaug_p <= 1, "must lie in [0, 1]"),
         ("perf.adam", config.perf.adam in ADAM_IMPLEMENTATIONS, f"must be one of {', '.join(ADAM_IMPLEMENTATIONS)}"),
         ("tracking.backend", k.backend in BACKENDS, f"must be one of {', '.join(BACKENDS)}"),

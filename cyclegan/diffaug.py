@@ -44,7 +44,10 @@ class DiffAugment:
         return images
 
     def _uniform(self, n: int, *shape: int, like: torch.Tensor) -> torch.Tensor:
-        return torch.rand((n, *shape), generator=self.generator, device=like.device, dtype=like.dtype)
+        """Draws in at least fp32: under autocast the fakes arrive in bf16/fp16, and their dice must
+        be those of the real images, not ones rounded to a few hundred values."""
+        dtype = torch.promote_types(like.dtype, torch.float32)
+        return torch.rand((n, *shape), generator=self.generator, device=like.device, dtype=dtype)
 
     def _chosen(self, images: torch.Tensor) -> torch.Tensor:
         """1 for the images this transform applies to (probability p), as N x 1 x 1 x 1."""
@@ -58,7 +61,7 @@ class DiffAugment:
         mean = out.mean(dim=(1, 2, 3), keepdim=True)
         out = (out - mean) * (self._uniform(n, 1, 1, 1, like=x) + 0.5) + mean
         chosen = self._chosen(x)
-        return chosen * out + (1 - chosen) * x
+        return (chosen * out + (1 - chosen) * x).to(x.dtype)
 
     def translation(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape

@@ -150,15 +150,21 @@ def run_facts(run: Path, weights: Path, direction: str) -> list[str]:
     step = state.get("step")
     rows = [row for row in _json_lines(run / "metrics.jsonl") if "loss/adv_ab" in row
             and (step is None or row["step"] <= step)]
+    averaged = state.get("averaged", weights.stem.endswith("_ema"))
+    kind = "averaged (EMA)" if averaged else "trained"
     if step is not None:
-        facts.append(f"these weights: optimizer step {step}")
+        facts.append(f"these weights: optimizer step {step}, the {kind} generator")
     if rows:
         facts.append(f"losses logged at step {rows[-1]['step']}: "
                      + ", ".join(f"{k[5:]} {v:.4f}" for k, v in rows[-1].items() if k.startswith("loss/")))
     best = _json(run / "best" / "best.json")
     if best:
         scores = {k.split("/", 1)[1]: v for k, v in best.get("results", {}).items() if k.startswith(f"{direction}/")}
-        whose = "these weights" if best["step"] == step else f"the checkpoint of step {best['step']} in best/"
+        evaluated_averaged = bool(record and record["train"].get("ema_decay"))  # evaluation uses the average
+        if best["step"] == step and evaluated_averaged == averaged:
+            whose = "these weights"
+        else:
+            whose = f"the {'averaged' if evaluated_averaged else 'trained'} generators of step {best['step']}, in best/"
         facts.append(f"best evaluation ({whose}): " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(scores.items())))
     return facts
 

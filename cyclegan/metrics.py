@@ -81,7 +81,7 @@ class HealthMonitor:
             conditions[d] = (min(real, fake) > WINNING_ACCURACY,
                              f"{d} has told real from fake almost always for {self.logs} logs (accuracy {real:.3f} "
                              f"real, {fake:.3f} fake): the generators get little to learn from. Try "
-                             "train.diffaug=color,translation,cutout, or a lower train.lr for the discriminators")
+                             "train.diffaug=color,translation,cutout, or weaker discriminators (model.ndf, model.n_layers_d)")
         warnings = []
         for name, (holds, message) in conditions.items():
             self.streaks[name] = self.streaks.get(name, 0) + 1 if holds else 0

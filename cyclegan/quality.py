@@ -7,11 +7,13 @@ Every run is `scripts/train.py` with configs/demo.yaml (the demo's small network
 rate, not the paper's), in a process of its own, with the schedule stretched so that every task
 trains for the same number of steps whatever its size. Averaging only watches training (the
 trained weights are bitwise those of a run without it), so each run is scored twice: its trained
-generators and its averaged ones. Scores average both directions over the whole test split.
+generators and its averaged ones. Scores average both directions over the whole test split; a
+row of the identity (each test image scored as its own translation) gives each task's scale.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import subprocess
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from accelerate import Accelerator
+from torch import nn
 
 from cyclegan.checkpoint import complete_checkpoints
 from cyclegan.config import DataConfig, load_config
@@ -33,7 +36,9 @@ from cyclegan.models import load_generator
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = ROOT / "configs/demo.yaml"
-EMA_DECAY = 0.99  # a 400-step run: 0.999 would still be mostly the first weights
+# With the warm-up, step t averages with decay min(EMA_DECAY, (1 + t) / (10 + t)): over 400 steps
+# that is at most 0.978, so any EMA_DECAY from 0.98 up gives the same averages.
+EMA_DECAY = 0.99
 TASKS = {
     "demo scenes, 160 images": lambda root: write_demo_folders(root),
     "demo scenes, 40 images": lambda root: write_demo_folders(root, train=40),
@@ -63,9 +68,16 @@ def schedule_for(shards: Path, steps: int) -> list[str]:
     return [f"train.epochs={constant}", f"train.decay_epochs={epochs - constant}"]
 
 
+def finished(run: Run, steps: int) -> bool:
+    """Whether the run's newest checkpoint is its last step (an interrupted run has exports too)."""
+    saved = complete_checkpoints(run.folder / "checkpoints") if (run.folder / "checkpoints").is_dir() else []
+    return bool(saved) and json.loads((saved[-1] / "state.json").read_text())["step"] == steps
+
+
 def train(run: Run, steps: int, threads: int) -> None:
-    """One training run in its own process; its error output is shown if it fails."""
-    if (run.folder / "export").is_dir():
+    """One training run in its own process, resumed if it was interrupted; its error output is
+    shown if it fails."""
+    if finished(run, steps):
         return
     command = [sys.executable, str(ROOT / "scripts/train.py"), "--config", str(DEMO_CONFIG),
                f"data.root={run.shards}", f"output_dir={run.folder}", f"seed={run.seed}", "tracking.mode=disabled",
@@ -77,19 +89,31 @@ def train(run: Run, steps: int, threads: int) -> None:
         raise RuntimeError(f"training run {run.folder} failed ({done.returncode}):\n{done.stderr[-4000:]}")
 
 
-def paired_scores(run: Path, split, suffix: str) -> dict[str, float]:
-    """Mean paired L1 (levels of 255) and PSNR of both directions, from the run's last checkpoint:
-    `suffix` "" scores the trained generators, "_ema" the averaged ones."""
-    last = complete_checkpoints(run / "checkpoints")[-1]
-    g_ab, g_ba = (load_generator(last / f"{name}{suffix}.safetensors") for name in ("g_ab", "g_ba"))
+def paired_scores(split, g_ab: nn.Module, g_ba: nn.Module) -> dict[str, float]:
+    """Mean paired L1 (levels of 255) and PSNR of both directions."""
     results = Evaluator(Accelerator(cpu=True), split, None)(g_ab, g_ba)
     return {"l1": 255 * (results["AtoB/l1"] + results["BtoA/l1"]) / 2,
             "psnr": (results["AtoB/psnr"] + results["BtoA/psnr"]) / 2}
 
 
-def summary(values: list[float]) -> tuple[float, float | None]:
-    """Mean and sample standard deviation (None from a single seed, which has no spread)."""
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
+def run_scores(run: Run, steps: int, split, suffix: str) -> dict[str, float]:
+    """Scores of a finished run's last checkpoint: `suffix` "" for the trained generators, "_ema"
+    for the averaged ones."""
+    if not finished(run, steps):
+        raise RuntimeError(f"{run.folder} did not reach step {steps}")
+    last = complete_checkpoints(run.folder / "checkpoints")[-1]
+    return paired_scores(split, *(load_generator(last / f"{name}{suffix}.safetensors") for name in ("g_ab", "g_ba")))
+
+
+def row(task: str, variant: str, scores: list[dict[str, float]]) -> dict:
+    """A table row: every run's scores, their means and sample standard deviations (None from a
+    single run, which has no spread)."""
+    result = {"task": task, "variant": variant, "runs": scores}
+    for key in ("l1", "psnr"):
+        values = [s[key] for s in scores]
+        result[f"{key}_mean"] = statistics.mean(values)
+        result[f"{key}_stdev"] = statistics.stdev(values) if len(values) > 1 else None
+    return result
 
 
 def mean_and_spread(mean: float, stdev: float | None) -> str:
@@ -115,13 +139,11 @@ def quality_experiment(workdir: Path, seeds: list[int], steps: int, jobs: int = 
     for task in TASKS:
         runs = [run for run in planned if run.task == task]
         split = load_test_split(find_sources(DataConfig(root=str(runs[0].shards))), 64)
+        table.append(row(task, "identity (no translation)", [paired_scores(split, nn.Identity(), nn.Identity())]))
         for variant in RUNS:
-            for suffix, label in (("", variant), ("_ema", f"{variant} + EMA {EMA_DECAY}")):
-                scores = [paired_scores(run.folder, split, suffix) for run in runs if run.variant == variant]
-                row = {"task": task, "variant": label, "runs": scores}
-                for key in ("l1", "psnr"):
-                    row[f"{key}_mean"], row[f"{key}_stdev"] = summary([s[key] for s in scores])
-                table.append(row)
+            for suffix, label in (("", variant), ("_ema", f"{variant} + EMA")):
+                table.append(row(task, label, [run_scores(run, steps, split, suffix)
+                                               for run in runs if run.variant == variant]))
     return {"steps": steps, "seeds": seeds, "ema_decay": EMA_DECAY, "table": table,
             "torch_threads_per_run": threads, "parallel_runs": jobs,
             "markdown": [f"| {r['task']} | {r['variant']} | {mean_and_spread(r['l1_mean'], r['l1_stdev'])} | "

@@ -1,15 +1,17 @@
 """The paper's learning-rate schedule, counted in optimizer steps: constant, then linear to zero.
 
-A run resumed with a longer schedule (more `train.epochs` or `train.decay_epochs`) or another
-world size (`resume_elastic`, so other steps per epoch) goes on from the rate it had reached,
-with no jump: while still constant it simply follows the new schedule; once decaying, it falls
-linearly from where it was to zero at the new end.
+A run resumed with a longer schedule (more `train.epochs` or `train.decay_epochs`) goes on from
+the rate it had reached, with no jump: while still constant it simply follows the new schedule;
+once decaying, it falls linearly from where it was to zero at the new end. A schedule that already reached zero cannot
+go on from there: that is refused, and `init_from` starts the weights on a fresh schedule.
 """
 
 from __future__ import annotations
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
+
+from cyclegan.errors import UserError
 
 
 class ConstantThenLinear:
@@ -46,6 +48,10 @@ def continue_schedule(scheduler: LambdaLR, steps_per_epoch: int, epochs: int, de
     if (schedule.constant, schedule.decay) == (constant, decay):
         return False
     value = schedule(step)
+    if value == 0.0 and constant + decay > step:
+        raise UserError(f"this run's learning rate already reached zero at step {step}: a longer schedule "
+                        "cannot go on from zero. To train these weights further, start a new run from them "
+                        "with a fresh schedule: a new output_dir and init_from=<this run's output_dir>")
     schedule.constant, schedule.decay = constant, decay
     schedule.start, schedule.value = step, value
     return True

@@ -138,7 +138,7 @@ class Trainer:
             acc.print(warm_start(acc, Path(cfg.init_from), self.nets, cfg.model.norm, self.trained.ema))
 
     def continue_schedules(self) -> None:
-        """A resumed run with a longer schedule (or other steps per epoch) goes on without a jump."""
+        """A resumed run with a longer schedule goes on without a jump."""
         t, step = self.cfg.train, self.state.step
         changed = [continue_schedule(s, self.plan.steps_per_epoch, t.epochs, t.decay_epochs, step)
                    for s in self.schedulers.values()]

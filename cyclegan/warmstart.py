@@ -1,6 +1,7 @@
 """Starting a run from weights only (`init_from`): the optimizers, schedule, pools and step start
 fresh. The answer to "I trained 200 epochs, how do I train 200 more with the rate from the start"
-(to go on with the schedule instead, raise train.epochs or train.decay_epochs and resume).
+(a run stopped before its schedule ended can instead go on along a longer one: raise
+train.epochs or train.decay_epochs and resume).
 
 Takes an official checkpoint folder (`latest_net_G_A.pth`, `latest_net_G_B.pth`,
 `latest_net_D_A.pth`, `latest_net_D_B.pth`; the official D_A judges domain B images, so it

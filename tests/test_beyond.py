@@ -79,6 +79,7 @@ def test_the_average_is_exported_and_shown_unless_asked_otherwise(demo_shards, t
         exported = load_file(str(tmp_path / name / "export" / "g_ab.safetensors"))
         kept = load_file(str(complete_checkpoints(tmp_path / name / "checkpoints")[-1] / f"{source}.safetensors"))
         assert all(torch.equal(exported[k], kept[k]) for k in kept), name
+        assert json.loads((tmp_path / name / "export" / "state.json").read_text())["averaged"] == (name == "ema")
     trained, averaged = (load_file(str(last / f"{n}.safetensors")) for n in ("g_ab", "g_ab_ema"))
     assert any(not torch.equal(trained[k], averaged[k]) for k in trained)
 
@@ -137,16 +138,19 @@ def test_discriminator_accuracy_reads_scores_by_the_gan_mode(gan_mode, score, re
     assert health.g_ab_change.item() > 0
 
 
-def test_health_warnings_fire_on_constructed_cases_once():
+@pytest.mark.parametrize("g, d, direction", [("g_ab", "d_a", "A->B"), ("g_ba", "d_b", "B->A")])
+def test_health_warnings_fire_on_constructed_cases_once(g, d, direction):
     healthy = {"health/g_ab_change": 0.4, "health/g_ba_change": 0.3, "health/d_a_real": 0.7,
                "health/d_a_fake": 0.6, "health/d_b_real": 0.8, "health/d_b_fake": 0.5}
     monitor = HealthMonitor()
     assert all(monitor.check(healthy) == [] for _ in range(10))
-    collapsed = {**healthy, "health/g_ba_change": 0.004, "health/d_b_real": 0.999, "health/d_b_fake": 0.995}
+    collapsed = {**healthy, f"health/{g}_change": 0.004, f"health/{d}_real": 0.999, f"health/{d}_fake": 0.995}
     said = [monitor.check(collapsed) for _ in range(HEALTH_LOGS + 3)]
     assert [len(s) for s in said] == [0] * (HEALTH_LOGS - 1) + [2, 0, 0, 0], "once, after the streak"
-    assert "g_ba (B->A) has returned its input almost unchanged" in said[HEALTH_LOGS - 1][0]
-    assert "d_b has told real from fake almost always" in said[HEALTH_LOGS - 1][1]
+    assert f"{g} ({direction}) has returned its input almost unchanged" in said[HEALTH_LOGS - 1][0]
+    assert f"{d} has told real from fake almost always" in said[HEALTH_LOGS - 1][1]
+    one_good_log = {**collapsed, f"health/{d}_fake": 0.9}
+    assert monitor.check(one_good_log) == [] and monitor.check(collapsed) == [], "a broken streak starts again"
 
 
 def official_files(folder, spec, ndf):
@@ -213,12 +217,16 @@ def test_a_longer_schedule_goes_on_without_a_jump(noise_shards, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
 def test_elastic_resume_on_another_world_size(demo_shards, tmp_path, before, after):
-    # the global batch (batch x accumulation x processes) stays 2: the unit steps count in
+    # the global batch (batch x accumulation x processes) stays 2: the unit steps count in. Going down
+    # to one process, the loader workers change too (1 -> 2); the averaged generators ride along.
     out = tmp_path / "run"
-    common = ["tracking.mode=disabled", "train.checkpoint_every=2", "data.num_workers=1"]
-    keep = {1: ["train.batch_size=2"], 2: ["train.batch_size=1"]}
+    common = ["tracking.mode=disabled", "train.checkpoint_every=2", "train.ema_decay=0.9"]
+    keep = {1: ["train.batch_size=2", f"data.num_workers={2 if before == 2 else 1}"],
+            2: ["train.batch_size=1", "data.num_workers=1"]}
     config = str(ROOT / "configs/demo.yaml")
     launch(before, TRAIN, "--config", config, *tiny(demo_shards, out, *common, *keep[before], "train.max_steps=2"))
+    sums = json.loads((out / "checksums.json").read_text())["ranks"]
+    assert "g_ab_ema" in sums[0] and all(s == sums[0] for s in sums), "the average is the same on every rank"
     refused = launch(after, TRAIN, "--config", config,
                      *tiny(demo_shards, out, *common, *keep[after], "train.max_steps=4", "resume=auto"), check=False)
     assert refused.returncode != 0 and "resume_elastic=true" in refused.stdout + refused.stderr
@@ -237,6 +245,6 @@ def test_elastic_resume_on_another_world_size(demo_shards, tmp_path, before, aft
     if after == 2:  # rank 0 kept its 4 (2 steps x 2 images) and added 2; rank 1 is new: only its own 2 steps x 1
         assert (len(pools[0]), len(pools[1])) == (6, 2)
         sums = json.loads((out / "checksums.json").read_text())["ranks"]
-        assert sums[0] == sums[1]
+        assert "g_ab_ema" in sums[0] and sums[0] == sums[1]
     else:  # rank 0 kept its pool (2 steps x 1 image) and added 2 steps x 2 images; rank 1's is gone
         assert len(pools[0]) == 6

@@ -35,6 +35,9 @@ def test_overrides_are_typed():
         (["model.norm=group"], "'model.norm' must be one of instance, batch, none"),
         (["train.mixed_precision=fp8"], "'train.mixed_precision' must be one of no, bf16, fp16"),
         (["train.lr"], "not of the form key=value"),
+        (["train.diffaug=color,colour"], "'train.diffaug' takes a comma-separated list of color, translation, cutout"),
+        (["train.diffaug=color,cutout,color"], "each at most once"),
+        (["train.ema_decay=1"], "'train.ema_decay' must lie in [0, 1)"),
     ],
 )
 def test_bad_values_name_the_key(overrides, message):

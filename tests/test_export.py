@@ -90,7 +90,7 @@ def test_hugging_face_folder_with_a_model_card_from_the_run(trained_run, tmp_pat
     assert card.data.library_name == "cyclegan" and "image-to-image" in card.data.tags
     text = card.text
     for fact in ("translating domain B to domain A", "ngf=8, n_blocks=1", "images: test a 24, test b 24, train a 160, "
-                 "train b 160", "these weights: optimizer step 3", "losses logged at step 3: adv_ab",
+                 "train b 160", "these weights: optimizer step 3, the trained generator", "losses logged at step 3: adv_ab",
                  "global batch 2 (2 per device x 1 accumulation x 1 process(es))", "precision fp32",
                  "![sample grid](sample.png)"):
         assert fact in text, fact
@@ -114,7 +114,7 @@ def test_the_card_tells_which_evaluation_belongs_to_the_weights(trained_run, tmp
         "AtoB/fid": 10.0, "AtoB/kid": 0.5, "BtoA/fid": 20.0}}))
     program("cyclegan-export", "--checkpoint", run, "--format", "hf", "--output", tmp_path / "hf")
     text = ModelCard.load(tmp_path / "hf" / "README.md").text
-    assert "best evaluation (the checkpoint of step 2 in best/): fid 10.0000, kid 0.5000" in text
+    assert "best evaluation (the trained generators of step 2, in best/): fid 10.0000, kid 0.5000" in text
     assert "20.0000" not in text, "only the exported direction's scores"
     again = program("cyclegan-export", "--checkpoint", run, "--format", "hf", "--output", tmp_path / "hf", check=False)
     assert again.returncode == 2 and "exists: pass --overwrite" in again.stderr

@@ -11,7 +11,8 @@ import json
 import pytest
 import torch
 
-from cyclegan.schedule import make_scheduler
+from cyclegan.errors import UserError
+from cyclegan.schedule import continue_schedule, make_scheduler
 from tests.conftest import script, tiny
 
 
@@ -30,6 +31,17 @@ def test_scheduler_follows_the_closed_form_across_the_boundary():
     assert used == pytest.approx([closed_form(2e-4, 6, 12, s) for s in range(1, 19)], rel=1e-12)
     assert used[5] == used[6] == 2e-4 and used[7] == pytest.approx(2e-4 * 11 / 12) and used[-1] == pytest.approx(2e-4 / 12)
     assert scheduler.get_last_lr()[0] == 0.0
+
+
+def test_a_finished_schedule_is_not_stretched_from_zero():
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=2e-4)
+    scheduler = make_scheduler(optimizer, steps_per_epoch=3, epochs=2, decay_epochs=4)
+    for _ in range(18):
+        optimizer.step()
+        scheduler.step()
+    assert not continue_schedule(scheduler, 3, 2, 4, 18)  # the same schedule: nothing to continue
+    with pytest.raises(UserError, match="already reached zero at step 18.*init_from"):
+        continue_schedule(scheduler, 3, 2, 8, 18)
 
 
 def test_a_run_logs_the_rate_each_step_was_taken_with(noise_shards, tmp_path):

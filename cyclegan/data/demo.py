@@ -70,10 +70,15 @@ def write_demo_folders(root: Path, train: int = 160, test: int = 24, size: int =
 
 
 def texture(rng: random.Random, size: int) -> Image.Image:
-    """Smooth random colour fields with grain: content unlike the demo's flat shapes."""
-    coarse = Image.new("RGB", (4, 4))
-    coarse.putdata([tuple(rng.randrange(256) for _ in range(3)) for _ in range(16)])
-    smooth = coarse.resize((size, size), Image.BICUBIC)
+    """Smooth random fields with grain, one per channel at its own scale (coarse red, finer green,
+    finest blue) and dark-skewed (values squared): each channel is known by its structure and its
+    brightness, so no mapping but the true one turns these into the recoloured domain's images."""
+    channels = []
+    for cells in (2, 4, 8):
+        coarse = Image.new("L", (cells, cells))
+        coarse.putdata([round(255 * rng.random() ** 2) for _ in range(cells * cells)])
+        channels.append(coarse.resize((size, size), Image.BICUBIC))
+    smooth = Image.merge("RGB", channels)
     grain = [tuple(min(255, max(0, c + rng.randint(-12, 12))) for c in pixel) for pixel in smooth.getdata()]
     image = Image.new("RGB", (size, size))
     image.putdata(grain)

@@ -140,7 +140,8 @@ def _is_json(path: Path) -> bool:
 def resolve_generator_path(path: str | Path, direction: str | None = None) -> Path:
     """The generator file a path stands for: a run folder for its `export/`; an export or checkpoint
     folder for its `g_ab` (AtoB, the default) or `g_ba` (BtoA), the averaged one (`g_ab_ema`) where
-    a checkpoint has it, as grids, evaluation and exports use it; a folder of official files for
+    a checkpoint has it, as grids and evaluation use it (pass the `g_ab.safetensors` file itself for
+    the trained one; an export holds what `train.export_ema` chose); a folder of official files for
     `latest_net_G_A.pth`, `latest_net_G_B.pth` or the pretrained downloads' `latest_net_G.pth`; a
     Hugging Face folder for its `model.safetensors`. A file or folder whose name or config says
     another direction than the one asked for is refused."""
