@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 # background top, background bottom, then one colour per shape kind
@@ -70,19 +71,20 @@ def write_demo_folders(root: Path, train: int = 160, test: int = 24, size: int =
 
 
 def texture(rng: random.Random, size: int) -> Image.Image:
-    """Smooth random fields with grain, one per channel at its own scale (coarse red, finer green,
-    finest blue) and dark-skewed (values squared): each channel is known by its structure and its
-    brightness, so no mapping but the true one turns these into the recoloured domain's images."""
+    """Per channel, a few bright blobs of its own size on a dark ground (large in red, middling in
+    green, small in blue), with grain. Each channel is known by its blob size and each blob's
+    polarity, so the recolouring below (dark blobs on a bright ground) is the only mapping between
+    the two domains: no other channel order, and no brightening that keeps the blobs bright."""
+    noise = np.random.default_rng(rng.randrange(2**32))
+    rows, cols = np.mgrid[0:size, 0:size]
     channels = []
-    for cells in (2, 4, 8):
-        coarse = Image.new("L", (cells, cells))
-        coarse.putdata([round(255 * rng.random() ** 2) for _ in range(cells * cells)])
-        channels.append(coarse.resize((size, size), Image.BICUBIC))
-    smooth = Image.merge("RGB", channels)
-    grain = [tuple(min(255, max(0, c + rng.randint(-12, 12))) for c in pixel) for pixel in smooth.getdata()]
-    image = Image.new("RGB", (size, size))
-    image.putdata(grain)
-    return image
+    for radius in (size / 5, size / 8, size / 14):
+        field = np.zeros((size, size))
+        for _ in range(rng.randint(2, 5)):
+            y, x = rng.uniform(0, size), rng.uniform(0, size)
+            field = np.maximum(field, np.exp(-((rows - y) ** 2 + (cols - x) ** 2) / (2 * radius**2)))
+        channels.append(20 + 210 * field + noise.uniform(-12, 12, (size, size)))
+    return Image.fromarray(np.clip(np.stack(channels, axis=-1) + 0.5, 0, 255).astype(np.uint8), mode="RGB")
 
 
 def recolour(image: Image.Image) -> Image.Image:
