@@ -214,7 +214,12 @@ def load_generator_pair(path: Path) -> tuple[nn.Module, nn.Module]:
         raise UserError(f"{path} holds one generator; evaluation needs both directions: give a run folder, an export "
                         "or checkpoint folder, or a folder with the official latest_net_G_A.pth and latest_net_G_B.pth")
     try:
-        return load_generator(path, direction="AtoB"), load_generator(path, direction="BtoA")
+        g_ab, g_ba = load_generator(path, direction="AtoB"), load_generator(path, direction="BtoA")
     except CheckpointError as err:
         raise UserError(f"{path} holds no pair of generators: give a run folder, an export or checkpoint folder, "
                         f"or a folder with the official latest_net_G_A.pth and latest_net_G_B.pth ({err})") from None
+    a, b = g_ab.spec, g_ba.spec
+    if (a.in_channels, a.out_channels) != (b.out_channels, b.in_channels):
+        raise UserError(f"{path}: its generators do not make a pair: AtoB maps {a.in_channels} -> {a.out_channels} "
+                        f"channels, BtoA {b.in_channels} -> {b.out_channels}")
+    return g_ab, g_ba

@@ -16,6 +16,7 @@ from PIL import Image, ImageChops, UnidentifiedImageError
 
 from cyclegan.errors import DataError
 
+GREY_TOLERANCE = 2  # levels by which the channels of "grey saved as RGB" may differ (JPEG chroma rounding)
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"}
 HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
@@ -83,23 +84,31 @@ def to_rgb(image: Image.Image) -> tuple[Image.Image, str | None]:
     return image.convert("RGB"), mode
 
 
+def is_greyscale(rgb: Image.Image) -> bool:
+    """Whether an 8-bit RGB image is grey: its channels within `GREY_TOLERANCE` of each other."""
+    red, green, blue = rgb.split()
+    return all(ImageChops.difference(a, b).getextrema()[1] <= GREY_TOLERANCE for a, b in ((red, green), (green, blue)))
+
+
 def to_channels(image: Image.Image, channels: int, name: str = "image") -> Image.Image:
     """Any mode as the domain's bands: 8-bit RGB for 3 channels, 8-bit greyscale ("L") for 1.
 
     A greyscale domain takes greyscale files of any depth, and colour files whose three channels
-    are equal (greyscale saved as RGB); a truly coloured image there is refused, not averaged.
+    are equal (greyscale saved as RGB, within `GREY_TOLERANCE`; their luma is taken); a truly
+    coloured image there is refused, not averaged.
     """
     rgb, _ = to_rgb(image)
     if channels == 3:
         return rgb
     if channels != 1:
         raise DataError(f"{name}: image files give 1 (greyscale) or 3 (RGB) channels, not {channels}")
-    red, green, blue = rgb.split()
-    if ImageChops.difference(red, green).getbbox() or ImageChops.difference(green, blue).getbbox():
+    if image.mode == "L":
+        return image
+    if not is_greyscale(rgb):
         raise ChannelMismatch(f"{name}: a colour image in a 1-channel (greyscale) domain; convert the domain's "
                               "images to greyscale, or give the domain 3 channels (model.input_nc for A, "
                               "model.output_nc for B)")
-    return red
+    return rgb.convert("L")
 
 
 def to_pixels(image: Image.Image, channels: int, name: str = "image") -> np.ndarray:

@@ -31,7 +31,7 @@ from cyclegan.checkpoint import (
     step_dir,
 )
 from cyclegan.config import RunConfig, save_config
-from cyclegan.data.sources import DataSources, find_sources
+from cyclegan.data.sources import DataSources, check_channels, find_sources
 from cyclegan.data.stream import UnpairedStream, train_loader
 from cyclegan.errors import UserError
 from cyclegan.evaluation import LOWER_IS_BETTER, headline, load_test_split
@@ -91,6 +91,7 @@ class Trainer:
         self.cfg = cfg
         self.acc = acc = make_accelerator(cfg, log_with=tracker_name(cfg.tracking))
         self.sources = find_sources(cfg.data)
+        check_channels(self.sources, (cfg.model.input_nc, cfg.model.output_nc))
         self.plan = make_plan(cfg, self.sources, acc.num_processes)
         self.output = Path(cfg.output_dir)
         self.ckpt_root = self.output / "checkpoints"

@@ -10,9 +10,9 @@ from safetensors.torch import load_file
 
 from cyclegan.checkpoint import complete_checkpoints
 from cyclegan.config import load_config
-from cyclegan.errors import ConfigError
+from cyclegan.errors import ConfigError, UserError
 from cyclegan.images import ChannelMismatch, to_channels, to_pixels
-from cyclegan.models import ResnetGenerator, load_generator
+from cyclegan.models import NLayerDiscriminator, ResnetGenerator, load_generator
 from cyclegan.models.generator import GeneratorSpec
 from cyclegan.models.loading import export_generator
 from cyclegan.translate import Translator
@@ -28,6 +28,8 @@ def test_images_become_the_domains_channels():
     deep = Image.fromarray(grey.astype(np.uint16) * 257)
     assert deep.mode.startswith("I;16")
     assert np.array_equal(to_pixels(deep, 1)[:, :, 0], grey), "16-bit greyscale scaled to 8 bits, as for RGB"
+    nearly_grey = np.stack([grey, np.clip(grey.astype(int) + 2, 0, 255).astype(np.uint8), grey], axis=-1)
+    assert to_pixels(Image.fromarray(nearly_grey), 1).shape == (12, 10, 1), "JPEG's chroma rounding is still grey"
     colour = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
     with pytest.raises(ChannelMismatch, match="x.png: a colour image in a 1-channel"):
         to_channels(Image.fromarray(colour), 1, "x.png")
@@ -64,9 +66,11 @@ def test_greyscale_to_colour_trains_exports_and_translates(grey_to_colour, tmp_p
            *tiny(grey_to_colour / "shards", out, "model.input_nc=1", "train.max_steps=2", "tracking.mode=offline",
                  "tracking.image_every=2", "tracking.num_images=2"))
     last = complete_checkpoints(out / "checkpoints")[-1]
-    shapes = {name: load_file(str(last / f"{name}.safetensors"))["model.1.weight" if name[0] == "g" else "model.0.weight"]
-              .shape[1] for name in ("g_ab", "g_ba", "d_a", "d_b")}
-    assert shapes == {"g_ab": 1, "g_ba": 3, "d_a": 1, "d_b": 3}, "G_AB takes A's one channel; D_A judges A"
+    weights = {name: load_file(str(last / f"{name}.safetensors")) for name in ("g_ab", "g_ba", "d_a", "d_b")}
+    assert {n: w["model.1.weight" if n[0] == "g" else "model.0.weight"].shape[1] for n, w in weights.items()} == \
+        {"g_ab": 1, "g_ba": 3, "d_a": 1, "d_b": 3}, "G_AB takes A's one channel; D_A judges A"
+    assert (load_generator(last / "g_ab.safetensors").spec.out_channels,
+            load_generator(last / "g_ba.safetensors").spec.out_channels) == (3, 1)
     grid = np.asarray(Image.open(out / "samples" / "step_0000002_AtoB.png"))
     assert grid.shape == (2 * 32, 3 * 32, 3), "real | translated | reconstructed: no identity across channel counts"
     first = grid[:32, :32]
@@ -88,20 +92,55 @@ def test_greyscale_to_colour_trains_exports_and_translates(grey_to_colour, tmp_p
     scores = script("evaluate.py", "--checkpoint", out, "--data", grey_to_colour / "shards", "--paired-only",
                     "--size", "32")
     assert {"AtoB/l1", "BtoA/psnr"} <= set(json.loads(scores.stdout.strip().splitlines()[-1]))
+    script("export.py", "--checkpoint", out, "--format", "onnx", "--output", tmp_path / "g.onnx")
+    script("export.py", "--checkpoint", out, "--format", "hf", "--output", tmp_path / "hf")
+    for exported in (tmp_path / "g.onnx", tmp_path / "hf"):
+        assert Translator.from_pretrained(exported)(source).mode == "RGB", exported
 
 
 def test_a_colour_image_in_a_greyscale_domain_stops_training_with_a_message(demo_shards, tmp_path):
-    failed = script("train.py", "--config", "configs/demo.yaml",
-                    *tiny(demo_shards, tmp_path / "run", "model.input_nc=1", "train.max_steps=1",
-                          "tracking.mode=disabled"), check=False)
-    assert failed.returncode == 2 and "a colour image in a 1-channel (greyscale) domain" in failed.stderr
-    assert "Traceback" not in failed.stderr
+    before_any_work = script("train.py", "--config", "configs/demo.yaml",
+                             *tiny(demo_shards, tmp_path / "run", "model.input_nc=1", "train.max_steps=1",
+                                   "tracking.mode=disabled"), check=False)
+    assert before_any_work.returncode == 2 and "train domain A holds 160 colour image(s) (e.g. scene_0000.png), " \
+        "but model.input_nc=1 makes it greyscale" in before_any_work.stderr
+    # shards given without their manifest: the loader (here in a worker process) finds the first one
+    in_the_loader = script("train.py", "--config", "configs/demo.yaml",
+                           *tiny(demo_shards, tmp_path / "run", "model.input_nc=1", "train.max_steps=1",
+                                 "tracking.mode=disabled", "tracking.num_images=0", "data.num_workers=1",
+                                 f"data.train_a={demo_shards}/train/A-{{000000..000003}}.tar",
+                                 f"data.test_a={demo_shards}/test/A-000000.tar"), check=False)
+    assert in_the_loader.returncode == 2 and "a colour image in a 1-channel (greyscale) domain" in in_the_loader.stderr
+    assert "Traceback" not in before_any_work.stderr + in_the_loader.stderr
+
+
+def test_official_checkpoints_of_other_channels_load_and_warm_start(demo_shards, grey_to_colour, tmp_path):
+    torch.manual_seed(0)
+    official = tmp_path / "official"
+    official.mkdir()
+    spec = GeneratorSpec(1, 3, ngf=8, n_blocks=1)
+    nets = {"latest_net_G_A.pth": ResnetGenerator(spec), "latest_net_G_B.pth": ResnetGenerator(GeneratorSpec(3, 1, 8, 1)),
+            "latest_net_D_A.pth": NLayerDiscriminator(3, 8, 1), "latest_net_D_B.pth": NLayerDiscriminator(1, 8, 1)}
+    for file, net in nets.items():  # the official D_A judges domain B (3 channels here), D_B domain A
+        torch.save(net.state_dict(), official / file)
+    assert load_generator(official / "latest_net_G_A.pth").spec == spec, "channels read off the weights"
+    started = script("train.py", "--config", "configs/demo.yaml",
+                     *tiny(grey_to_colour / "shards", tmp_path / "run", "model.input_nc=1", "train.max_steps=1",
+                           "train.lr=1e-12", "tracking.mode=disabled", f"init_from={official}"))
+    assert "initialised g_ab, g_ba, d_b, d_a from" in started.stdout
+    refused = script("train.py", "--config", "configs/demo.yaml",
+                     *tiny(demo_shards, tmp_path / "rgb", "train.max_steps=1", "tracking.mode=disabled",
+                           f"init_from={official}"), check=False)
+    assert refused.returncode == 2 and "translates 1 -> 3 channels, this config 3 -> 3: set model.input_nc=1 " \
+        "model.output_nc=3" in refused.stderr
 
 
 def test_a_greyscale_generator_takes_tensors_of_its_channels(tmp_path):
     export_generator(ResnetGenerator(GeneratorSpec(1, 1, ngf=4, n_blocks=1)), tmp_path / "g_ab.safetensors")
     translator = Translator.from_pretrained(tmp_path / "g_ab.safetensors")
     assert translator(torch.zeros(1, 1, 16, 16)).shape == (1, 1, 16, 16)
+    with pytest.raises(UserError, match="this generator takes 1-channel images, not 3"):
+        translator(torch.zeros(1, 3, 16, 16))
     assert translator(Image.new("RGB", (20, 16), (90, 90, 90))).mode == "L", "grey saved as RGB is taken as grey"
 
 

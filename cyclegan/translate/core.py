@@ -105,7 +105,8 @@ class TranslateReport:
             modes = ", ".join(f"{mode} ({n})" for mode, n in sorted(self.converted.items()))
             lines.append(f"converted to the generator's channels from: {modes}")
         if self.skipped:
-            lines.append(f"skipped {len(self.skipped)} unreadable item(s):")
+            lines.append(f"skipped {len(self.skipped)} item(s) (unreadable, too small, or colour for a greyscale "
+                         "generator):")
             lines += [f"  {reason}" for reason in self.skipped]
         if self.failed:
             lines.append(f"could not read {len(self.failed)} input(s); run the command again to retry them:")
@@ -158,6 +159,8 @@ class Translator:
         if isinstance(images, torch.Tensor):
             if not images.is_floating_point() or images.dim() not in (3, 4):
                 raise UserError("a Translator takes float tensors in [-1, 1], CHW or NCHW")
+            if images.shape[-3] != self.in_channels:
+                raise UserError(f"this generator takes {self.in_channels}-channel images, not {images.shape[-3]}")
             if min(images.shape[-2:]) < MIN_SIDE:
                 raise ImageTooSmall(f"{images.shape[-1]} x {images.shape[-2]} px is too small to translate")
             single = images.dim() == 3

@@ -42,14 +42,15 @@ def load_pixels(path: Path, load_size: int | None, channels: int, report: Transl
     unreadable or of colour where the generator takes greyscale."""
     try:
         image = open_image(path)
+        mode = image.mode
         if load_size:
             image = to_channels(image, channels, str(path)).resize((load_size, load_size), Image.BICUBIC)
         pixels = to_pixels(image, channels, str(path))
     except (ImageDecodeError, ChannelMismatch) as err:
         report.skipped.append(str(err))
         return None
-    if image.mode not in ("RGB", "L") or (image.mode == "RGB") != (channels == 3):
-        report.converted[image.mode] += 1
+    if mode != ("RGB" if channels == 3 else "L"):
+        report.converted[mode] += 1
     return pixels
 
 
