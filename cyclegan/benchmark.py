@@ -148,8 +148,10 @@ def step_flops(accelerator: Accelerator, cfg: RunConfig) -> int:
 
 
 def synthetic_batch(cfg: RunConfig, generator: torch.Generator) -> dict:
-    shape = (cfg.train.batch_size, 3, cfg.data.crop_size, cfg.data.crop_size)
-    return {k: torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator) for k in ("A", "B")}
+    """Random uint8 batches of each domain's channels."""
+    size, channels = cfg.data.crop_size, {"A": cfg.model.input_nc, "B": cfg.model.output_nc}
+    return {k: torch.randint(0, 256, (cfg.train.batch_size, c, size, size), dtype=torch.uint8, generator=generator)
+            for k, c in channels.items()}
 
 
 def step_benchmark(cfg: RunConfig, steps: int, warmup: int, repeats: int, peak_tflops: float | None,
@@ -160,7 +162,8 @@ def step_benchmark(cfg: RunConfig, steps: int, warmup: int, repeats: int, peak_t
     device = accelerator.device
     if use_shards:
         sources = find_sources(cfg.data)
-        stream = UnpairedStream(sources, cfg.data, cfg.train.batch_size, 10**9, cfg.seed)
+        stream = UnpairedStream(sources, cfg.data, cfg.train.batch_size, 10**9, cfg.seed,
+                                channels=(cfg.model.input_nc, cfg.model.output_nc))
         batches = iter(train_loader(stream, pin_memory=device.type == "cuda"))
     else:
         generator = torch.Generator().manual_seed(0)

@@ -70,12 +70,12 @@ def make_plan(cfg: RunConfig, sources: DataSources, world_size: int) -> Plan:
 
 def build_networks(cfg: RunConfig) -> Networks:
     m = cfg.model
-    spec = GeneratorSpec(ngf=m.ngf, n_blocks=m.n_blocks, norm=m.norm, dropout=m.dropout)
+    shape = {"ngf": m.ngf, "n_blocks": m.n_blocks, "norm": m.norm, "dropout": m.dropout}
     return Networks(
-        g_ab=ResnetGenerator(spec, m.init_gain),
-        g_ba=ResnetGenerator(spec, m.init_gain),
-        d_a=NLayerDiscriminator(3, m.ndf, m.n_layers_d, m.norm, m.init_gain),
-        d_b=NLayerDiscriminator(3, m.ndf, m.n_layers_d, m.norm, m.init_gain),
+        g_ab=ResnetGenerator(GeneratorSpec(m.input_nc, m.output_nc, **shape), m.init_gain),
+        g_ba=ResnetGenerator(GeneratorSpec(m.output_nc, m.input_nc, **shape), m.init_gain),
+        d_a=NLayerDiscriminator(m.input_nc, m.ndf, m.n_layers_d, m.norm, m.init_gain),
+        d_b=NLayerDiscriminator(m.output_nc, m.ndf, m.n_layers_d, m.norm, m.init_gain),
     )
 
 
@@ -127,7 +127,7 @@ def make_evaluator(accelerator: Accelerator, cfg: RunConfig, sources: DataSource
     have_weights = bool(e.inception_weights or os.environ.get(INCEPTION_ENV))
     features = load_inception(e.inception_weights) if wanted or have_weights else None
     split = load_test_split(sources, cfg.data.crop_size, accelerator.process_index, accelerator.num_processes,
-                            e.max_images)
+                            e.max_images, (cfg.model.input_nc, cfg.model.output_nc))
     evaluator = Evaluator(accelerator, split, features, e.batch_size, e.kid_subsets, e.kid_subset_size)
     if e.metric in ("l1", "psnr", "ssim") and not evaluator.paired:
         raise UserError(f"eval.metric={e.metric} needs a paired test split (the same names in test A and B)")

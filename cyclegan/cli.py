@@ -145,7 +145,7 @@ def evaluate() -> None:
     from accelerate import Accelerator
 
     from cyclegan.config import DataConfig
-    from cyclegan.data.sources import find_sources
+    from cyclegan.data.sources import check_channels, find_sources
     from cyclegan.errors import DataError
     from cyclegan.evaluation import Evaluator, format_table, load_generator_pair, load_inception, load_test_split
 
@@ -155,7 +155,11 @@ def evaluate() -> None:
     source = find_sources(DataConfig(root=str(args.data))) if (args.data / "manifest.json").is_file() else args.data
     features = None if args.paired_only else load_inception(args.inception_weights)
     g_ab, g_ba = (net.to(accelerator.device) for net in load_generator_pair(args.checkpoint))
-    split = load_test_split(source, args.size, accelerator.process_index, accelerator.num_processes, args.max_images)
+    channels = (g_ab.spec.in_channels, g_ba.spec.in_channels)  # the test images take the generators' channels
+    if not isinstance(source, Path):
+        check_channels(source, channels)
+    split = load_test_split(source, args.size, accelerator.process_index, accelerator.num_processes, args.max_images,
+                            channels)
     evaluator = Evaluator(accelerator, split, features, args.batch_size, args.kid_subsets, args.kid_subset_size)
     results = evaluator(g_ab, g_ba)
     if accelerator.is_main_process:

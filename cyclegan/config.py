@@ -41,6 +41,10 @@ class ModelConfig:
     # Dropout(0.5) in each residual block shifts the keys after it: breaks official checkpoints
     dropout: bool = False
     init_gain: float = 0.02  # std of the N(0, gain) conv weight init, as the official code
+    # channels of domain A's and domain B's images: 3 (RGB) or 1 (greyscale); G_AB maps A's to B's,
+    # D_A judges A's. Unequal counts need train.lambda_identity=0 (the identity loss feeds B to G_AB)
+    input_nc: int = 3
+    output_nc: int = 3
 
 
 @dataclass
@@ -217,6 +221,11 @@ def validate(config: RunConfig) -> None:
         ("model.ndf", m.ndf >= 1, "must be at least 1"),
         ("model.n_layers_d", m.n_layers_d >= 1, "must be at least 1"),
         ("model.norm", m.norm in NORMS, f"must be one of {', '.join(NORMS)}"),
+        ("model.input_nc", m.input_nc in (1, 3), "must be 1 (greyscale) or 3 (RGB)"),
+        ("model.output_nc", m.output_nc in (1, 3), "must be 1 (greyscale) or 3 (RGB)"),
+        ("train.lambda_identity", m.input_nc == m.output_nc or t.lambda_identity == 0,
+         f"must be 0 when model.input_nc ({m.input_nc}) and model.output_nc ({m.output_nc}) differ: the identity "
+         "loss feeds domain B images to G_AB, which takes domain A's channels"),
         ("model.init_gain", m.init_gain > 0, "must be positive"),
         ("data.crop_size", d.crop_size >= 16, "must be at least 16"),
         ("data.crop_size", d.crop_size % 4 == 0, "must be a multiple of 4 (two stride-2 layers)"),

@@ -23,8 +23,9 @@ import torch
 
 class DiffAugment:
     """`policy` ("color,translation,cutout", any subset, in that order) applied to every batch
-    passed in; the identity when the policy is empty or `p` is 0. Random draws happen on the
-    images' device, so nothing waits on the host."""
+    passed in; the identity when the policy is empty or `p` is 0. On greyscale images "color"
+    changes brightness and contrast only (a grey pixel has no saturation). Random draws happen
+    on the images' device, so nothing waits on the host."""
 
     def __init__(self, policy: str, p: float, seed: int, device: torch.device = torch.device("cpu")) -> None:
         self.ops = [op for op in (s.strip() for s in policy.split(",")) if op]

@@ -27,7 +27,7 @@ from cyclegan.data.sources import DataSources
 from cyclegan.data.stream import iter_test_images
 from cyclegan.data.transforms import test_transform
 from cyclegan.errors import CheckpointError, UserError
-from cyclegan.images import ImageDecodeError, list_images, open_image, to_rgb, to_tensor, to_uint8
+from cyclegan.images import ImageDecodeError, list_images, open_image, to_channels, to_tensor, to_uint8
 from cyclegan.models.loading import read_state_dict
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -73,29 +73,31 @@ class EvalSplit:
     images_b: list[torch.Tensor]
 
 
-def _folder_images(folder: Path, size: int, rank: int, world_size: int, limit: int | None):
+def _folder_images(folder: Path, size: int, rank: int, world_size: int, limit: int | None, channels: int):
     """Like `iter_test_images`, from a folder; keys as make_shards would give them."""
     seen: set[str] = set()
     for position, path in enumerate(list_images(folder)[:limit]):
         key = sample_key(path.relative_to(folder), seen)
         if position % world_size == rank:
             try:
-                image = to_rgb(open_image(path))[0]
+                image = to_channels(open_image(path), channels, str(path))
             except ImageDecodeError:
                 continue
             yield key, to_tensor(test_transform(image, size))
 
 
 def load_test_split(source: DataSources | Path, size: int, rank: int = 0, world_size: int = 1,
-                    limit: int | None = None) -> EvalSplit:
+                    limit: int | None = None, channels: tuple[int, int] = (3, 3)) -> EvalSplit:
     """From shards (the manifest's test split) or a folder with testA/ and testB/; the first
-    `limit` images of each domain, or all."""
+    `limit` images of each domain, or all, with `channels` (A's, B's) bands."""
     if isinstance(source, Path):
-        pairs = [list(_folder_images(source / f"test{d}", size, rank, world_size, limit)) for d in "AB"]
+        pairs = [list(_folder_images(source / f"test{d}", size, rank, world_size, limit, c))
+                 for d, c in zip("AB", channels)]
     else:
         if not (source.test_a and source.test_b):
             raise UserError("the data has no test split (test/A and test/B): nothing to evaluate on")
-        pairs = [list(iter_test_images(s, size, rank, world_size, limit)) for s in (source.test_a, source.test_b)]
+        pairs = [list(iter_test_images(s, size, rank, world_size, limit, c))
+                 for s, c in zip((source.test_a, source.test_b), channels)]
     (keys_a, images_a), (keys_b, images_b) = ([list(x) for x in zip(*p)] if p else ([], []) for p in pairs)
     return EvalSplit(keys_a, images_a, keys_b, images_b)
 
@@ -125,6 +127,8 @@ class Evaluator:
 
     @torch.no_grad()
     def _features(self, images: torch.Tensor) -> torch.Tensor:
+        """Inception features of uint8 images; greyscale ones are seen as RGB with equal channels."""
+        images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
         chunks = [self.features(images[i:i + self.batch_size]) for i in range(0, len(images), self.batch_size)]
         return torch.cat(chunks).double() if chunks else torch.zeros(0, 1, dtype=torch.float64, device=self.acc.device)
 
@@ -210,7 +214,12 @@ def load_generator_pair(path: Path) -> tuple[nn.Module, nn.Module]:
         raise UserError(f"{path} holds one generator; evaluation needs both directions: give a run folder, an export "
                         "or checkpoint folder, or a folder with the official latest_net_G_A.pth and latest_net_G_B.pth")
     try:
-        return load_generator(path, direction="AtoB"), load_generator(path, direction="BtoA")
+        g_ab, g_ba = load_generator(path, direction="AtoB"), load_generator(path, direction="BtoA")
     except CheckpointError as err:
         raise UserError(f"{path} holds no pair of generators: give a run folder, an export or checkpoint folder, "
                         f"or a folder with the official latest_net_G_A.pth and latest_net_G_B.pth ({err})") from None
+    a, b = g_ab.spec, g_ba.spec
+    if (a.in_channels, a.out_channels) != (b.out_channels, b.in_channels):
+        raise UserError(f"{path}: its generators do not make a pair: AtoB maps {a.in_channels} -> {a.out_channels} "
+                        f"channels, BtoA {b.in_channels} -> {b.out_channels}")
+    return g_ab, g_ba

@@ -128,8 +128,9 @@ def card_body(spec: GeneratorSpec, direction: str, weights: Path, run: Path | No
         return "\n".join(lines + ["Exported from a weights file without its training run."])
     lines += ["## Training", ""] + [f"- {fact}" for fact in run_facts(run, weights, direction)]
     if sample is not None:
-        lines += ["", "## Samples", "", "Test images of the run, each row real | translated | reconstructed | identity "
-                  "(from the run's newest sample grid).", "", "![sample grid](sample.png)"]
+        columns = "real | translated | reconstructed" + (" | identity" if spec.in_channels == spec.out_channels else "")
+        lines += ["", "## Samples", "", f"Test images of the run, each row {columns} (from the run's newest sample "
+                  "grid).", "", "![sample grid](sample.png)"]
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
-"""Turning image files of any common mode into RGB, and RGB into the networks' [-1, 1] tensors.
+"""Turning image files of any common mode into a domain's 8-bit bands (RGB, or greyscale for a
+1-channel domain), and those into the networks' [-1, 1] tensors.
 
 Shared by the shard writer, the loader and translation, so every path treats a 16-bit TIFF
 or a palette PNG the same way.
@@ -11,16 +12,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageChops, UnidentifiedImageError
 
 from cyclegan.errors import DataError
 
+GREY_TOLERANCE = 2  # levels by which the channels of "grey saved as RGB" may differ (JPEG chroma rounding)
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"}
 HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
 class ImageDecodeError(DataError):
     """A file that is empty, truncated or not an image."""
+
+
+class ChannelMismatch(DataError):
+    """A colour image in a 1-channel (greyscale) domain: not skipped as damaged, but refused,
+    since the data and `model.input_nc`/`model.output_nc` disagree."""
 
 
 def list_images(root: Path) -> list[Path]:
@@ -77,9 +84,49 @@ def to_rgb(image: Image.Image) -> tuple[Image.Image, str | None]:
     return image.convert("RGB"), mode
 
 
+def is_greyscale(rgb: Image.Image) -> bool:
+    """Whether an 8-bit RGB image is grey: its channels within `GREY_TOLERANCE` of each other."""
+    red, green, blue = rgb.split()
+    return all(ImageChops.difference(a, b).getextrema()[1] <= GREY_TOLERANCE for a, b in ((red, green), (green, blue)))
+
+
+def to_channels(image: Image.Image, channels: int, name: str = "image") -> Image.Image:
+    """Any mode as the domain's bands: 8-bit RGB for 3 channels, 8-bit greyscale ("L") for 1.
+
+    A greyscale domain takes greyscale files of any depth, and colour files whose three channels
+    are equal (greyscale saved as RGB, within `GREY_TOLERANCE`; their luma is taken); a truly
+    coloured image there is refused, not averaged.
+    """
+    rgb, _ = to_rgb(image)
+    if channels == 3:
+        return rgb
+    if channels != 1:
+        raise DataError(f"{name}: image files give 1 (greyscale) or 3 (RGB) channels, not {channels}")
+    if image.mode == "L":
+        return image
+    if not is_greyscale(rgb):
+        raise ChannelMismatch(f"{name}: a colour image in a 1-channel (greyscale) domain; convert the domain's "
+                              "images to greyscale, or give the domain 3 channels (model.input_nc for A, "
+                              "model.output_nc for B)")
+    return rgb.convert("L")
+
+
+def to_pixels(image: Image.Image, channels: int, name: str = "image") -> np.ndarray:
+    """Any mode as an H x W x `channels` uint8 array (see `to_channels`)."""
+    array = np.asarray(to_channels(image, channels, name))
+    return array[:, :, None] if array.ndim == 2 else array
+
+
+def to_image(pixels: np.ndarray) -> Image.Image:
+    """An H x W x C uint8 array as a PIL image: greyscale for one channel, RGB for three."""
+    return Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
+
+
 def to_uint8_tensor(image: Image.Image) -> torch.Tensor:
-    """8-bit RGB image -> CHW uint8 tensor: a quarter of the bytes of floats between processes."""
-    return torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)
+    """8-bit RGB or greyscale image -> CHW uint8 tensor: a quarter of the bytes of floats between
+    processes."""
+    array = np.array(image, dtype=np.uint8, copy=True)
+    return torch.from_numpy(array[:, :, None] if array.ndim == 2 else array).permute(2, 0, 1)
 
 
 def normalize(pixels: torch.Tensor) -> torch.Tensor:
@@ -92,7 +139,7 @@ def normalize(pixels: torch.Tensor) -> torch.Tensor:
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
-    """8-bit RGB image -> CHW float tensor in [-1, 1]."""
+    """8-bit RGB or greyscale image -> CHW float tensor in [-1, 1]."""
     return normalize(to_uint8_tensor(image))
 
 

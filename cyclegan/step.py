@@ -78,7 +78,8 @@ class StepLosses(Stacked):
 @dataclass
 class StepHealth(Stacked):
     """How the game goes: each discriminator's accuracy on real and on (pooled) fake images, and how
-    far each generator moves its input (mean |G(x) - x|; near 0: it collapsed to the identity)."""
+    far each generator moves its input (mean |G(x) - x|, a greyscale input set against each colour
+    channel; near 0: it collapsed to the identity)."""
 
     d_a_real: torch.Tensor
     d_a_fake: torch.Tensor

@@ -55,11 +55,12 @@ def new_run_id() -> str:
 
 
 def image_grid(columns: list[torch.Tensor]) -> np.ndarray:
-    """Columns of [-1, 1] NCHW images (e.g. real | fake | rec) -> one uint8 HWC grid, a row per image.
+    """Columns of [-1, 1] NCHW images (e.g. real | fake | rec) -> one uint8 HWC RGB grid, a row per
+    image; greyscale columns are shown as grey RGB beside colour ones.
 
     Converted to uint8 here: W&B casts floats to uint8 without rescaling (black images).
     """
-    stacked = to_uint8(torch.stack([c.detach().float().cpu() for c in columns]))
+    stacked = to_uint8(torch.stack([c.detach().float().cpu().expand(-1, 3, -1, -1) for c in columns]))
     return rearrange(stacked, "k n c h w -> (n h) (k w) c").numpy()
 
 
@@ -120,7 +121,9 @@ class RunLog:
         if tracker_name(self.cfg):
             self.accelerator.log(values, step=step)
 
-    def images(self, step: int, grids: dict[str, np.ndarray]) -> None:
+    def images(self, step: int, grids: dict[str, np.ndarray], identity: bool = True) -> None:
+        """Sample grids as PNGs and to the tracker; `identity`: whether they end in an identity column
+        (not when the domains' channel counts differ)."""
         if not self.accelerator.is_main_process:
             return
         for name, grid in grids.items():
@@ -131,7 +134,8 @@ class RunLog:
         if backend == "wandb":
             import wandb
 
-            images = {f"samples/{n}": wandb.Image(g, caption=GRID_CAPTIONS.get(n, n)) for n, g in grids.items()}
+            captions = {n: " | ".join(c.split(" | ")[:None if identity else 3]) for n, c in GRID_CAPTIONS.items()}
+            images = {f"samples/{n}": wandb.Image(g, caption=captions.get(n, n)) for n, g in grids.items()}
             self.accelerator.get_tracker("wandb").log(images, step=step)
         elif backend == "tensorboard":
             tracker = self.accelerator.get_tracker("tensorboard")

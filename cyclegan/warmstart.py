@@ -18,7 +18,8 @@ from accelerate import Accelerator
 from cyclegan.checkpoint import NET_NAMES, complete_checkpoints
 from cyclegan.ema import GeneratorEMA
 from cyclegan.errors import CheckpointError
-from cyclegan.models.loading import load_into, read_state_dict, without_legacy_norm_stats
+from cyclegan.models.generator import GeneratorSpec
+from cyclegan.models.loading import infer_generator_spec, load_into, read_state_dict, without_legacy_norm_stats
 from cyclegan.step import Networks
 
 OFFICIAL_FILES = {"g_ab": "latest_net_G_A.pth", "g_ba": "latest_net_G_B.pth",
@@ -36,6 +37,15 @@ def weights_folder(source: Path) -> Path:
     return source / "export" if (source / "export").is_dir() else source
 
 
+def check_channels(state: dict, path: Path, spec: GeneratorSpec) -> None:
+    """A clear word when the weights translate other channel counts than this config's networks."""
+    found = infer_generator_spec(state, path)
+    if (found.in_channels, found.out_channels) != (spec.in_channels, spec.out_channels):
+        raise CheckpointError(f"init_from: {path} translates {found.in_channels} -> {found.out_channels} channels, this "
+                              f"config {spec.in_channels} -> {spec.out_channels}: set model.input_nc="
+                              f"{found.in_channels} model.output_nc={found.out_channels}")
+
+
 def warm_start(accelerator: Accelerator, source: Path, nets: Networks, norm: str, ema: GeneratorEMA | None) -> str:
     """Load what `source` holds into `nets` and the average (its averaged generators where it has
     them, else the generators); every rank reads the same files. Returns a line for the log."""
@@ -49,6 +59,8 @@ def warm_start(accelerator: Accelerator, source: Path, nets: Networks, norm: str
         if path.is_file():
             state = read_state_dict(path)
             state = without_legacy_norm_stats(state) if norm == "instance" else state
+            if name == "g_ab":
+                check_channels(state, path, accelerator.unwrap_model(nets.g_ab).spec)
             load_into(accelerator.unwrap_model(getattr(nets, name)), state, path, f"network {name} of this config")
             loaded.append(name)
     if ema is not None:

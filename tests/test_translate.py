@@ -53,7 +53,7 @@ def test_folder_keeps_sizes_names_and_reports_bad_files(tmp_path):
     assert "skipped 4 unreadable" in result.stdout
     for name in ("empty.png", "truncated.jpg", "not_an_image.png"):
         assert name in result.stdout
-    assert "converted to RGB from:" in result.stdout and "I;16" in result.stdout and "CMYK (1)" in result.stdout
+    assert "converted to the generator's channels from:" in result.stdout and "I;16" in result.stdout and "CMYK (1)" in result.stdout
     again = script("translate.py", "--checkpoint", tmp_path / "g.pth", "--input", tmp_path / "in",
                    "--output", tmp_path / "out", "--device", "cpu", "--precision", "fp32")
     assert "translated 0 image(s)" in again.stdout and "kept 12 image(s) completed by an earlier run" in again.stdout

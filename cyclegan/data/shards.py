@@ -24,7 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from cyclegan.errors import DataError
-from cyclegan.images import ImageDecodeError, list_images, open_image, to_rgb
+from cyclegan.images import ImageDecodeError, is_greyscale, list_images, open_image, to_rgb
 
 MANIFEST = "manifest.json"
 SPLIT_FOLDERS = {("train", "A"): "trainA", ("train", "B"): "trainB", ("test", "A"): "testA", ("test", "B"): "testB"}
@@ -39,6 +39,7 @@ class Prepared:
     ext: str = ""
     data: bytes = b""
     converted_from: str | None = None
+    colour: bool = False  # not greyscale: a 1-channel domain cannot take it
     error: str | None = None
 
 
@@ -68,10 +69,11 @@ def prepare_image(job: tuple[Path, Path, int | None]) -> Prepared:
         return prepared
     fmt = image.format
     too_big = max_side is not None and max(image.size) > max_side
+    rgb, mode = to_rgb(image)
+    prepared.colour = not is_greyscale(rgb)
     if fmt in KEPT_FORMATS and image.mode == "RGB" and not too_big:
         prepared.ext, prepared.data = KEPT_FORMATS[fmt], path.read_bytes()
         return prepared
-    rgb, mode = to_rgb(image)
     prepared.converted_from = mode or (fmt if fmt not in KEPT_FORMATS else None)
     if too_big:
         rgb.thumbnail((max_side, max_side), Image.LANCZOS)
@@ -151,7 +153,8 @@ def _write_domain(results, staging: Path, split: str, domain: str, shard_size: i
     shards: list[str] = []
     counts: list[int] = []
     seen: set[str] = set()
-    count = total_bytes = 0
+    count = total_bytes = colour = 0
+    colour_example = None
     writer = None
     for item in results:
         if item.error:
@@ -159,6 +162,9 @@ def _write_domain(results, staging: Path, split: str, domain: str, shard_size: i
             continue
         if item.converted_from:
             converted[item.converted_from] += 1
+        if item.colour:
+            colour += 1
+            colour_example = colour_example or item.relative.as_posix()
         key = sample_key(item.relative, seen)
         if count % shard_size == 0:
             if writer:
@@ -173,7 +179,8 @@ def _write_domain(results, staging: Path, split: str, domain: str, shard_size: i
         total_bytes += len(item.data)
     if writer:
         writer.close()
-    return {"shards": shards, "shard_samples": counts, "samples": count, "bytes": total_bytes}
+    return {"shards": shards, "shard_samples": counts, "samples": count, "bytes": total_bytes,
+            "colour_samples": colour, "colour_example": colour_example}
 
 
 def report(manifest: dict, output: Path) -> str:

@@ -32,12 +32,14 @@ class ShardSet:
     """The shards of one split and domain, and how many samples they hold.
 
     `counts` holds the samples of each shard: empty for test splits (read in order) and for
-    remote training shards given without a manifest.
+    remote training shards given without a manifest. `colour`: how many samples are in colour
+    and one of them, as the manifest says (unknown without one).
     """
 
     urls: tuple[str, ...]
     samples: int
     counts: tuple[int, ...] = ()
+    colour: tuple[int, str | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,8 @@ def find_sources(cfg: DataConfig) -> DataSources:
         elif entry:
             urls = expand_urls(",".join(entry["shards"]), root)
             check_shards(urls, what)
-            shards = ShardSet(tuple(urls), entry["samples"], manifest_counts(entry, shard_size))
+            colour = (entry["colour_samples"], entry.get("colour_example")) if "colour_samples" in entry else None
+            shards = ShardSet(tuple(urls), entry["samples"], manifest_counts(entry, shard_size), colour)
         elif required:
             raise DataError(f"no shards for {what} in {root / MANIFEST if root else 'the config'}")
         else:
@@ -119,6 +122,19 @@ def find_sources(cfg: DataConfig) -> DataSources:
         test_a=pick("test", "A", cfg.test_a, 0, False),
         test_b=pick("test", "B", cfg.test_b, 0, False),
     )
+
+
+def check_channels(sources: DataSources, channels: tuple[int, int]) -> None:
+    """Before any work, on every rank alike: a greyscale domain whose manifest counts colour images
+    is refused (without a manifest, the loader refuses the first such image it meets)."""
+    for domain, n, key in (("A", channels[0], "model.input_nc"), ("B", channels[1], "model.output_nc")):
+        for split, shards in (("train", getattr(sources, f"train_{domain.lower()}")),
+                              ("test", getattr(sources, f"test_{domain.lower()}"))):
+            if n == 1 and shards is not None and shards.colour and shards.colour[0]:
+                count, example = shards.colour
+                raise DataError(f"{split} domain {domain} holds {count} colour image(s) (e.g. {example}), but "
+                                f"{key}=1 makes it greyscale: convert them to greyscale and make the shards "
+                                f"again, or set {key}=3")
 
 
 def manifest_counts(entry: dict, shard_size: int) -> tuple[int, ...]:

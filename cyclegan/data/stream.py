@@ -35,7 +35,7 @@ from cyclegan.config import DataConfig
 from cyclegan.data.sources import DataSources, ShardSet
 from cyclegan.data.transforms import draft_size, test_transform, train_transform
 from cyclegan.errors import DataError
-from cyclegan.images import ImageDecodeError, open_image, to_rgb, to_tensor, to_uint8_tensor
+from cyclegan.images import ImageDecodeError, open_image, to_channels, to_tensor, to_uint8_tensor
 
 log = logging.getLogger(__name__)
 IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "ppm")
@@ -127,19 +127,20 @@ def share_samples(share: list[Piece], buffer: int, seed: int) -> Iterator[dict |
         yield None
 
 
-def decode(sample: dict, draft: tuple[int, int] | None = None):
-    """The sample's image as RGB, or ImageDecodeError naming the sample and its shard."""
+def decode(sample: dict, draft: tuple[int, int] | None = None, channels: int = 3):
+    """The sample's image as RGB (or greyscale, for 1 channel), or ImageDecodeError naming the
+    sample and its shard."""
     name = f"sample {sample.get('__key__')} in {sample.get('__url__')}"
     field = next((f for f in IMAGE_FIELDS if f in sample), None)
     if field is None:
         raise ImageDecodeError(f"{name} has no image (fields: {', '.join(k for k in sample if not k.startswith('__'))})")
-    return to_rgb(open_image(sample[field], name=name, draft=draft))[0]
+    return to_channels(open_image(sample[field], name=name, draft=draft), channels, name)
 
 
 class UnpairedStream(IterableDataset):
     """Unpaired training samples for one rank: `A` and `B` as CHW uint8 (normalised on the
-    device, which moves a quarter of the bytes), `key_a`, `key_b`, and `skipped`, the corrupt
-    samples passed over just before this one."""
+    device, which moves a quarter of the bytes) of `channels` (A's, B's) bands, `key_a`, `key_b`,
+    and `skipped`, the corrupt samples passed over just before this one."""
 
     def __init__(
         self,
@@ -150,8 +151,9 @@ class UnpairedStream(IterableDataset):
         seed: int,
         rank: int = 0,
         world_size: int = 1,
+        channels: tuple[int, int] = (3, 3),
     ) -> None:
-        self.sources, self.cfg = sources, cfg
+        self.sources, self.cfg, self.channels = sources, cfg, dict(zip("AB", channels))
         self.batch_size, self.batches_per_epoch = batch_size, batches_per_epoch
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.lanes = max(1, cfg.num_workers)
@@ -183,7 +185,7 @@ class UnpairedStream(IterableDataset):
             else:
                 n_slots = self.world_size * self.lanes
                 share = interleaved_share(shards, self.rank * self.lanes + lane, n_slots, shared_seed)
-            streams[domain] = self._good_images(share, seeds[domain])
+            streams[domain] = self._good_images(share, seeds[domain], self.channels[domain])
         for position in range(len(owned) * self.batch_size):
             sample = {"skipped": 0}
             for domain, stream in streams.items():
@@ -209,8 +211,8 @@ class UnpairedStream(IterableDataset):
         total, draws = sum(shards.counts), self.world_size * per_rank
         return total * before // draws, total * (before + self._draws(lane)) // draws
 
-    def _good_images(self, share: list[Piece], seed: int) -> Iterator[tuple[str, object, int]]:
-        """(key, RGB image, corrupt samples skipped just before it), endlessly."""
+    def _good_images(self, share: list[Piece], seed: int, channels: int) -> Iterator[tuple[str, object, int]]:
+        """(key, image of `channels` bands, corrupt samples skipped just before it), endlessly."""
         skipped, good_in_cycle = 0, 0
         for sample in share_samples(share, self.cfg.shuffle_buffer, seed):
             if sample is None:  # the end of a cycle through the share
@@ -219,7 +221,7 @@ class UnpairedStream(IterableDataset):
                 good_in_cycle = 0
                 continue
             try:
-                image = decode(sample, draft_size(self.cfg))
+                image = decode(sample, draft_size(self.cfg), channels)
             except ImageDecodeError as err:
                 log.warning("skipping corrupt sample: %s", err)
                 skipped += 1
@@ -266,16 +268,17 @@ def train_loader(stream: UnpairedStream, pin_memory: bool = False) -> DataLoader
     )
 
 
-def iter_test_images(shards: ShardSet, size: int, rank: int = 0, world_size: int = 1, limit: int | None = None):
-    """(key, [-1, 1] tensor) for this rank's share of the first `limit` samples of a test
-    split, in shard order: rank r takes positions r, r + world_size, ..."""
+def iter_test_images(shards: ShardSet, size: int, rank: int = 0, world_size: int = 1, limit: int | None = None,
+                     channels: int = 3):
+    """(key, [-1, 1] tensor of `channels` bands) for this rank's share of the first `limit`
+    samples of a test split, in shard order: rank r takes positions r, r + world_size, ..."""
     for position, (_, sample) in enumerate(raw_samples(shards.urls)):
         if limit is not None and position >= limit:
             return
         if position % world_size != rank:
             continue
         try:
-            image = decode(sample)
+            image = decode(sample, channels=channels)
         except ImageDecodeError as err:
             log.warning("skipping corrupt test sample: %s", err)
             continue

@@ -22,7 +22,7 @@ from PIL import Image
 from torch import nn
 
 from cyclegan.errors import DataError, UserError
-from cyclegan.images import normalize, to_rgb, to_uint8
+from cyclegan.images import normalize, to_image, to_pixels, to_uint8
 from cyclegan.models import load_generator
 from cyclegan.models.loading import generator_direction, resolve_generator_path
 from cyclegan.translate.onnx import OnnxGenerator
@@ -103,9 +103,10 @@ class TranslateReport:
             lines.append(f"kept {self.done_before} {what} completed by an earlier run")
         if self.converted:
             modes = ", ".join(f"{mode} ({n})" for mode, n in sorted(self.converted.items()))
-            lines.append(f"converted to RGB from: {modes}")
+            lines.append(f"converted to the generator's channels from: {modes}")
         if self.skipped:
-            lines.append(f"skipped {len(self.skipped)} unreadable item(s):")
+            lines.append(f"skipped {len(self.skipped)} item(s) (unreadable, too small, or colour for a greyscale "
+                         "generator):")
             lines += [f"  {reason}" for reason in self.skipped]
         if self.failed:
             lines.append(f"could not read {len(self.failed)} input(s); run the command again to retry them:")
@@ -154,16 +155,23 @@ class Translator:
         """A PIL image -> its translation as a PIL image of the same size (tiled if need be); a
         [-1, 1] CHW or NCHW tensor -> the translated tensor, on the same device."""
         if isinstance(images, Image.Image):
-            return Image.fromarray(self.translate([np.asarray(to_rgb(images)[0])])[0])
+            return to_image(self.translate([to_pixels(images, self.in_channels)])[0])
         if isinstance(images, torch.Tensor):
             if not images.is_floating_point() or images.dim() not in (3, 4):
                 raise UserError("a Translator takes float tensors in [-1, 1], CHW or NCHW")
+            if images.shape[-3] != self.in_channels:
+                raise UserError(f"this generator takes {self.in_channels}-channel images, not {images.shape[-3]}")
             if min(images.shape[-2:]) < MIN_SIDE:
                 raise ImageTooSmall(f"{images.shape[-1]} x {images.shape[-2]} px is too small to translate")
             single = images.dim() == 3
             out = self.forward((images[None] if single else images).to(self.device)).to(images.device)
             return out[0] if single else out
         raise TypeError(f"a Translator takes a PIL image or a tensor, not {type(images).__name__}")
+
+    @property
+    def in_channels(self) -> int:
+        """The generator's input channels: 3 (RGB) or 1 (greyscale); inputs are converted to them."""
+        return self.net.spec.in_channels
 
     def untiled_bytes(self, height: int, width: int) -> int:
         return height * width * self.net.spec.ngf * BYTES_PER_PIXEL_PER_NGF

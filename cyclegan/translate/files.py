@@ -14,7 +14,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from cyclegan.errors import DataError, UserError
-from cyclegan.images import ImageDecodeError, list_images, open_image, to_rgb
+from cyclegan.images import ChannelMismatch, ImageDecodeError, list_images, open_image, to_channels, to_image, to_pixels
 from cyclegan.translate.core import ImageTooSmall, TranslateReport, Translator
 
 
@@ -30,25 +30,28 @@ def save_png(pixels: np.ndarray, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial")
     try:
-        Image.fromarray(pixels).save(partial, format="PNG")
+        to_image(pixels).save(partial, format="PNG")
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
     partial.replace(target)
 
 
-def load_rgb(path: Path, load_size: int | None, report: TranslateReport) -> np.ndarray | None:
-    """The image as 8-bit RGB (resized to `load_size` square if given), or None if unreadable."""
+def load_pixels(path: Path, load_size: int | None, channels: int, report: TranslateReport) -> np.ndarray | None:
+    """The image as 8-bit H x W x `channels` (resized to `load_size` square if given), or None if
+    unreadable or of colour where the generator takes greyscale."""
     try:
-        image, mode = to_rgb(open_image(path))
-    except ImageDecodeError as err:
+        image = open_image(path)
+        mode = image.mode
+        if load_size:
+            image = to_channels(image, channels, str(path)).resize((load_size, load_size), Image.BICUBIC)
+        pixels = to_pixels(image, channels, str(path))
+    except (ImageDecodeError, ChannelMismatch) as err:
         report.skipped.append(str(err))
         return None
-    if mode:
+    if mode != ("RGB" if channels == 3 else "L"):
         report.converted[mode] += 1
-    if load_size:
-        image = image.resize((load_size, load_size), Image.BICUBIC)
-    return np.asarray(image)
+    return pixels
 
 
 def translate_files(translator: Translator, source: Path, output: Path, load_size: int | None = None,
@@ -85,7 +88,7 @@ def translate_files(translator: Translator, source: Path, output: Path, load_siz
             for start in range(0, len(jobs), batch_size):
                 part = jobs[start:start + batch_size]
                 chunk = [(pixels, path, target) for path, target in part
-                         if (pixels := load_rgb(path, load_size, report)) is not None]
+                         if (pixels := load_pixels(path, load_size, translator.in_channels, report)) is not None]
                 try:
                     translated = translator.translate([pixels for pixels, _, _ in chunk]) if chunk else []
                 except ImageTooSmall as err:

@@ -18,14 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import webdataset as wds
-from PIL import Image
 from tqdm import tqdm
 
 from cyclegan.data.shards import MANIFEST
 from cyclegan.data.sources import check_shards, count_samples, expand_urls, is_local
 from cyclegan.data.stream import decode
 from cyclegan.errors import DataError
-from cyclegan.images import ImageDecodeError
+from cyclegan.images import ChannelMismatch, ImageDecodeError, to_image, to_pixels
 from cyclegan.translate.core import ImageTooSmall, TranslateReport, Translator
 
 REPORTS = ".reports"  # per-shard reports, beside the output shards
@@ -94,7 +93,7 @@ def translate_shard(translator: Translator, url: str, target: Path, batch_size: 
         for i, (key, _) in enumerate(pending):
             if i in translated:
                 buffer = io.BytesIO()
-                Image.fromarray(translated[i]).save(buffer, format="PNG")
+                to_image(translated[i]).save(buffer, format="PNG")
                 writer.write({"__key__": key, "png": buffer.getvalue()})
         bar.update(len(pending))
         pending.clear()
@@ -104,8 +103,8 @@ def translate_shard(translator: Translator, url: str, target: Path, batch_size: 
         with wds.TarWriter(str(partial), encoder=False, mtime=0) as writer:
             for sample in strict_samples(url):
                 try:
-                    pending.append((sample["__key__"], np.asarray(decode(sample))))
-                except ImageDecodeError as err:
+                    pending.append((sample["__key__"], to_pixels(decode(sample), translator.in_channels)))
+                except (ImageDecodeError, ChannelMismatch) as err:
                     skipped.append(str(err))
                     bar.update(1)
                 if len(pending) >= 8 * batch_size:

@@ -174,7 +174,10 @@ class _Frames:
             on_grid = abs(periods - round(periods)) <= self.snap
             pts = round((round(periods) if on_grid else periods) * TICKS_PER_FRAME)
         self.last_pts = max(self.last_pts + 1, pts)
-        self.pending.append((frame.to_ndarray(format="rgb24"), self.last_pts))
+        if self.translator.in_channels == 1:  # a greyscale generator takes each frame's luma
+            self.pending.append((frame.to_ndarray(format="gray")[:, :, None], self.last_pts))
+        else:
+            self.pending.append((frame.to_ndarray(format="rgb24"), self.last_pts))
         return self.flush() if len(self.pending) == self.batch_size else 0
 
     def flush(self) -> int:
@@ -185,7 +188,8 @@ class _Frames:
         images = [pixels for pixels, _ in self.pending]
         padding = [images[-1]] * (self.batch_size - len(images))
         for (pixels, pts), out in zip(self.pending, self.translator.translate(images + padding)):
-            frame = av.VideoFrame.from_ndarray(self.smoother(pixels, out), format="rgb24")
+            smoothed = self.smoother(pixels, out)
+            frame = av.VideoFrame.from_ndarray(np.repeat(smoothed, 3 // smoothed.shape[2], axis=2), format="rgb24")
             frame.pts, frame.time_base = pts, self.stream.codec_context.time_base
             self.writer.mux(self.stream.encode(frame))
         done, self.pending = len(self.pending), []
