@@ -50,7 +50,7 @@ def test_folder_keeps_sizes_names_and_reports_bad_files(tmp_path):
     assert len(written) == 12 and "rgb.png" in written and "rgb.jpg.png" in written and "rgb.tiff.png" in written
     with Image.open(tmp_path / "out" / "odd.png") as out:
         assert out.size == (50, 37) and out.mode == "RGB"
-    assert "skipped 4 unreadable" in result.stdout
+    assert "skipped 4 item(s) (unreadable, too small, or colour for a greyscale generator)" in result.stdout
     for name in ("empty.png", "truncated.jpg", "not_an_image.png"):
         assert name in result.stdout
     assert "converted to the generator's channels from:" in result.stdout and "I;16" in result.stdout and "CMYK (1)" in result.stdout
