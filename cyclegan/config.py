@@ -134,6 +134,11 @@ class TrackingConfig:
     log_every: int = 50  # optimizer steps between scalar logs (each one syncs the device)
     image_every: int = 500  # optimizer steps between sample grids
     num_images: int = 4  # fixed test images per domain in each grid
+    # health warnings, after 3 logs in a row: a generator whose mean |G(x) - x| (on [-1, 1]
+    # images) stays below warn_identity_change copies its input; a discriminator right on more
+    # than warn_d_accuracy of real and of fake patches wins outright
+    warn_identity_change: float = 0.01
+    warn_d_accuracy: float = 0.99
 
 
 @dataclass
@@ -265,6 +270,8 @@ def validate(config: RunConfig) -> None:
         ("train.diffaug_p", 0 <= t.diffaug_p <= 1, "must lie in [0, 1]"),
         ("perf.adam", config.perf.adam in ADAM_IMPLEMENTATIONS, f"must be one of {', '.join(ADAM_IMPLEMENTATIONS)}"),
         ("tracking.backend", k.backend in BACKENDS, f"must be one of {', '.join(BACKENDS)}"),
+        ("tracking.warn_identity_change", k.warn_identity_change >= 0, "must not be negative"),
+        ("tracking.warn_d_accuracy", 0 <= k.warn_d_accuracy <= 1, "must lie in [0, 1]"),
         ("tracking.mode", k.mode in TRACKING_MODES, f"must be one of {', '.join(TRACKING_MODES)}"),
         ("tracking.log_every", k.log_every >= 1, "must be at least 1"),
         ("tracking.image_every", k.image_every >= 1, "must be at least 1"),

@@ -18,8 +18,6 @@ from accelerate import Accelerator
 from cyclegan.step import StepHealth, StepLosses, StepResult
 
 HEALTH_LOGS = 3  # logs in a row a condition must hold before it is reported
-IDENTITY_CHANGE = 0.01  # mean |G(x) - x| below this (about 1.3 levels of 255): a copy of the input
-WINNING_ACCURACY = 0.99  # a discriminator right on this share of real and of fake patches
 
 
 class MetricWindow:
@@ -61,10 +59,12 @@ class MetricWindow:
 
 
 class HealthMonitor:
-    """One-line warnings when a generator copies its input or a discriminator wins, for a while."""
+    """One-line warnings when a generator copies its input or a discriminator wins, for a while.
+    The defaults: a mean change below 0.01 (about 1.3 levels of 255) is a copy of the input; a
+    discriminator right on more than 99 % of real and of fake patches wins outright."""
 
-    def __init__(self, logs: int = HEALTH_LOGS) -> None:
-        self.logs = logs
+    def __init__(self, identity_change: float = 0.01, winning_accuracy: float = 0.99, logs: int = HEALTH_LOGS) -> None:
+        self.identity_change, self.winning_accuracy, self.logs = identity_change, winning_accuracy, logs
         self.streaks: dict[str, int] = {}
 
     def check(self, values: dict[str, float]) -> list[str]:
@@ -72,13 +72,13 @@ class HealthMonitor:
         conditions = {}
         for g, direction in (("g_ab", "A->B"), ("g_ba", "B->A")):
             change = values[f"health/{g}_change"]
-            conditions[g] = (change < IDENTITY_CHANGE,
+            conditions[g] = (change < self.identity_change,
                              f"{g} ({direction}) has returned its input almost unchanged for {self.logs} logs "
                              f"(mean |G(x) - x| = {change:.4f}): it collapsed to the identity. Try "
                              "train.lambda_identity=0, train.diffaug=color,translation,cutout, or more data")
         for d in ("d_a", "d_b"):
             real, fake = values[f"health/{d}_real"], values[f"health/{d}_fake"]
-            conditions[d] = (min(real, fake) > WINNING_ACCURACY,
+            conditions[d] = (min(real, fake) > self.winning_accuracy,
                              f"{d} has told real from fake almost always for {self.logs} logs (accuracy {real:.3f} "
                              f"real, {fake:.3f} fake): the generators get little to learn from. Try "
                              "train.diffaug=color,translation,cutout, or weaker discriminators (model.ndf, model.n_layers_d)")

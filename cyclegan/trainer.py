@@ -103,7 +103,7 @@ class Trainer:
         }
         ema = GeneratorEMA(self.trained_generators(), cfg.train.ema_decay, acc.device) if cfg.train.ema_decay else None
         self.trained = Trained(self.nets, self.opts, self.schedulers, self.pools, ema)
-        self.health = HealthMonitor()
+        self.health = HealthMonitor(cfg.tracking.warn_identity_change, cfg.tracking.warn_d_accuracy)
         self.state = TrainState(0, 0, acc.num_processes, cfg.data.num_workers, asdict(cfg.model),
                                 global_batch=self.plan.global_batch)
         self.stop = StopRequest(acc)

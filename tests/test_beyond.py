@@ -153,6 +153,17 @@ def test_health_warnings_fire_on_constructed_cases_once(g, d, direction):
     assert monitor.check(one_good_log) == [] and monitor.check(collapsed) == [], "a broken streak starts again"
 
 
+def test_the_trainer_prints_each_warning_once_when_its_condition_holds(demo_shards, tmp_path):
+    # thresholds that any run crosses (every change is below 100, every accuracy above 0): the
+    # warnings must reach the log from the real metrics, each once after 3 logs
+    result = script("train.py", "--config", "configs/demo.yaml",
+                    *tiny(demo_shards, tmp_path / "run", "train.max_steps=5", "tracking.mode=disabled",
+                          "tracking.warn_identity_change=100", "tracking.warn_d_accuracy=0"))
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
+    assert sorted(w.split()[1] for w in warnings) == ["d_a", "d_b", "g_ab", "g_ba"], warnings
+    assert all("for 3 logs" in w for w in warnings)
+
+
 def official_files(folder, spec, ndf):
     """Random official-layout files (our networks share the layout); returns their state_dicts."""
     folder.mkdir()

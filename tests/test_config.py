@@ -38,6 +38,7 @@ def test_overrides_are_typed():
         (["train.diffaug=color,colour"], "'train.diffaug' takes a comma-separated list of color, translation, cutout"),
         (["train.diffaug=color,cutout,color"], "each at most once"),
         (["train.ema_decay=1"], "'train.ema_decay' must lie in [0, 1)"),
+        (["tracking.warn_d_accuracy=2"], "'tracking.warn_d_accuracy' must lie in [0, 1]"),
     ],
 )
 def test_bad_values_name_the_key(overrides, message):
