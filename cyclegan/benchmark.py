@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import itertools
-import os
-import platform
+import multiprocessing
 import resource
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from cyclegan.config import DataConfig, RunConfig
 from cyclegan.data.shards import find_domains, write_shards
 from cyclegan.data.sources import find_sources
 from cyclegan.data.stream import UnpairedStream, train_loader
+from cyclegan.hardware import machine
 from cyclegan.images import open_image, to_rgb
 from cyclegan.step import train_step
 
@@ -89,19 +90,6 @@ def draft_difference(paths: list[Path], load_size: int = 286) -> dict:
         diffs.append(np.abs(full - draft))
     every = np.stack(diffs)
     return {"mean": float(every.mean()), "max": int(every.max()), "images": len(paths)}
-
-
-def machine() -> str:
-    """The CPU and the flags that decide its kernels (benchmarks name what they ran on)."""
-    flags = set()
-    if Path("/proc/cpuinfo").is_file():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch "
-            f"threads, flags: {' '.join(shown) or 'none of avx2/avx512/amx'}, ATen {torch.backends.cpu.get_cpu_capability()}")
 
 
 class PhaseTimer:
@@ -208,3 +196,64 @@ def step_benchmark(cfg: RunConfig, steps: int, warmup: int, repeats: int, peak_t
         "flops_per_step": flops, "achieved_tflops": achieved,
         "mfu": achieved / peak_tflops if peak_tflops else None,
     }
+
+
+SWEEP_AXES = ("precision", "layout", "compile", "adam")
+
+
+def step_sweep(cfg: RunConfig, steps: int, warmup: int, repeats: int, use_shards: bool,
+               axes: tuple[str, ...] = SWEEP_AXES) -> dict:
+    """The fastest correct setting for this machine: every combination of precision x layout x
+    compile (the `axes` asked for; the others stay at the config's), then the other Adam
+    implementations on the fastest of those. Each setting is timed by `step_benchmark` in a fresh
+    process, so that no compilation, thread pool or allocator state carries over; a setting that
+    fails is reported and the sweep goes on."""
+    precisions = ("no", "bf16", "fp16") if torch.cuda.is_available() else ("no", "bf16")  # fp16 needs a GPU
+    grid = itertools.product(precisions if "precision" in axes else (cfg.train.mixed_precision,),
+                             (False, True) if "layout" in axes else (cfg.perf.channels_last,),
+                             (False, True) if "compile" in axes else (cfg.perf.compile,))
+    rows = [_timed_setting(cfg, steps, warmup, repeats, use_shards, p, layout, comp, cfg.perf.adam)
+            for p, layout, comp in grid]
+    if "adam" in axes:
+        best = min((r for r in rows if "error" not in r), key=lambda r: r["seconds_per_step"], default=rows[0])
+        rows += [_timed_setting(cfg, steps, warmup, repeats, use_shards, best["precision"], best["channels_last"],
+                                best["compile"], adam) for adam in ("fused", "foreach", "for_loop")
+                 if adam != {"auto": "fused"}.get(best["adam"], best["adam"])]
+    timed = [r for r in rows if "error" not in r]
+    base = rows[0].get("seconds_per_step")
+    for row in timed:
+        row["speedup"] = base / row["seconds_per_step"] if base else None
+    fastest = min(timed, key=lambda r: r["seconds_per_step"]) if timed else None
+    return {"machine": machine() if not torch.cuda.is_available() else torch.cuda.get_device_name(),
+            "size": cfg.data.crop_size, "batch": cfg.train.batch_size, "rows": rows,
+            "fastest_overrides": fastest["overrides"] if fastest else None, "markdown": sweep_table(rows, fastest)}
+
+
+def _timed_setting(cfg: RunConfig, steps: int, warmup: int, repeats: int, use_shards: bool, precision: str,
+                   channels_last: bool, compile_: bool, adam: str) -> dict:
+    setting = replace(cfg, train=replace(cfg.train, mixed_precision=precision),
+                      perf=replace(cfg.perf, channels_last=channels_last, compile=compile_, adam=adam))
+    row = {"precision": precision, "channels_last": channels_last, "compile": compile_, "adam": adam,
+           "overrides": f"train.mixed_precision={precision} perf.channels_last={str(channels_last).lower()} "
+                        f"perf.compile={str(compile_).lower()} perf.adam={adam}"}
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as fresh:
+        try:
+            result = fresh.submit(step_benchmark, setting, steps, warmup, repeats, None, use_shards).result()
+        except Exception as err:  # a setting this machine cannot run (a compiler missing, say): reported
+            return {**row, "error": str(err).splitlines()[0] if str(err) else type(err).__name__}
+    return {**row, "seconds_per_step": result["seconds_per_step"], "pairs_per_s": result["pairs_per_s"],
+            "warmup_seconds": result["warmup_seconds"]}
+
+
+def sweep_table(rows: list[dict], fastest: dict | None) -> list[str]:
+    """The sweep as a markdown table, speed-ups against its first row, and the fastest overrides."""
+    lines = ["| precision | channels_last | compile | adam | s/step | speed-up |", "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        if "error" in r:
+            timing = f"failed: {r['error']} | -"
+        else:
+            timing = f"{r['seconds_per_step']:.3f} | " + (f"{r['speedup']:.2f}x" if r["speedup"] else "-")
+        lines.append(f"| {r['precision']} | {r['channels_last']} | {r['compile']} | {r['adam']} | {timing} |")
+    if fastest:
+        lines.append(f"fastest: {fastest['overrides']}")
+    return lines

@@ -36,6 +36,7 @@ from cyclegan.data.stream import UnpairedStream, train_loader
 from cyclegan.errors import UserError
 from cyclegan.evaluation import LOWER_IS_BETTER, headline, load_test_split
 from cyclegan.ema import GeneratorEMA
+from cyclegan.hardware import describe_bf16, native_bf16
 from cyclegan.metrics import HealthMonitor, MetricWindow
 from cyclegan.schedule import continue_schedule, make_scheduler
 from cyclegan.step import train_step
@@ -159,6 +160,10 @@ class Trainer:
             f"{p.world_size} process(es); {p.steps_per_epoch} steps per epoch; "
             f"training to step {p.max_steps} of {p.total_steps}; output in {self.output}"
         )
+        if t.mixed_precision == "no" and native_bf16(self.acc.device):
+            self.acc.print(f"hint: {describe_bf16(self.acc.device)} computes bf16 natively; train.mixed_precision=bf16 "
+                           "is likely much faster here (python scripts/benchmark.py step --sweep measures it). The "
+                           "default stays fp32: bf16 changes results by its rounding")
 
     def run(self) -> Path:
         cfg, acc, plan = self.cfg, self.acc, self.plan

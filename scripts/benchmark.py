@@ -4,6 +4,7 @@
     python scripts/benchmark.py loader --workdir /tmp/bench --workers 0 1 2
     python scripts/benchmark.py step --size 256 --batch 1 --precision bf16 --channels-last --compile \\
         --peak-tflops 989 --json h100-256-b1.json
+    python scripts/benchmark.py step --size 256 --sweep          # the fastest setting for this machine
     python scripts/benchmark.py translate --workdir /tmp/bench-translate --precision fp32
     python scripts/benchmark.py quality --workdir /tmp/quality --seeds 0 1 2 --jobs 2
 """
@@ -12,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from cyclegan.benchmark import loader_benchmark, step_benchmark
+from cyclegan.benchmark import SWEEP_AXES, loader_benchmark, step_benchmark, step_sweep
 from cyclegan.config import load_config
 from cyclegan.quality import quality_experiment
 from cyclegan.translate.benchmark import translate_benchmark
@@ -44,6 +45,10 @@ def main() -> None:
     step.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     step.add_argument("--repeats", type=int, default=3)
     step.add_argument("--peak-tflops", type=float, help="the device's peak for this precision, for MFU")
+    step.add_argument("--sweep", nargs="*", choices=SWEEP_AXES, metavar="AXIS",
+                      help="time every combination of precision x layout x compile, then the Adam variants on the "
+                           "fastest, and print the overrides of the fastest; optionally only some axes: "
+                           + ", ".join(SWEEP_AXES))
     step.add_argument("overrides", nargs="*", help="config overrides, e.g. model.n_blocks=6")
     translate = sub.add_parser("translate", help="translation: folders, shards, large tiled images, video")
     translate.add_argument("--workdir", type=Path, required=True, help="where inputs and outputs are made")
@@ -74,7 +79,12 @@ def main() -> None:
         if args.data:
             overrides.append(f"data.root={args.data}")
         cfg = load_config(args.config, [*overrides, *args.overrides])
-        result = step_benchmark(cfg, args.steps, args.warmup, args.repeats, args.peak_tflops, bool(args.data))
+        if args.sweep is not None:
+            result = step_sweep(cfg, args.steps, args.warmup, args.repeats, bool(args.data),
+                                tuple(args.sweep) or SWEEP_AXES)
+            print("\n".join(result["markdown"]))
+        else:
+            result = step_benchmark(cfg, args.steps, args.warmup, args.repeats, args.peak_tflops, bool(args.data))
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

@@ -7,10 +7,12 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from cyclegan.checkpoint import complete_checkpoints
 from cyclegan.config import load_config
+from cyclegan.hardware import native_bf16
 from tests.conftest import ROOT, final_weights, max_difference, run, script, tiny
 
 
@@ -75,6 +77,33 @@ def test_benchmark_step_reports_what_docs_need(tmp_path):
     assert report["pairs_per_s"] == pytest.approx(2 / report["seconds_per_step"])
     assert report["flops_per_step"] > 0 and report["mfu"] == pytest.approx(report["achieved_tflops"] / 1.0)
     assert len(report["seconds_per_step_runs"]) == 2 and report["peak_memory_gib"] > 0
+
+
+def test_the_sweep_times_each_setting_and_names_the_fastest(tmp_path):
+    result = run([sys.executable, str(ROOT / "scripts/benchmark.py"), "--json", str(tmp_path / "s.json"), "step",
+                  "--size", "32", "--batch", "1", "--steps", "1", "--warmup", "1", "--repeats", "1", "model.ngf=8",
+                  "model.n_blocks=1", "model.ndf=8", "model.n_layers_d=1", "--sweep", "precision", "adam"])
+    report = json.loads((tmp_path / "s.json").read_text())
+    rows = report["rows"]
+    assert all("error" not in r and r["seconds_per_step"] > 0 for r in rows), rows
+    assert [(r["precision"], r["adam"]) for r in rows[:2]] == [("no", "auto"), ("bf16", "auto")]
+    first = min(rows[:2], key=lambda r: r["seconds_per_step"])["precision"]
+    assert [(r["precision"], r["adam"]) for r in rows[2:]] == [(first, "foreach"), (first, "for_loop")]
+    assert rows[0]["speedup"] == 1 and rows[1]["speedup"] == pytest.approx(
+        rows[0]["seconds_per_step"] / rows[1]["seconds_per_step"])
+    best = min(rows, key=lambda r: r["seconds_per_step"])
+    assert report["fastest_overrides"] == best["overrides"] and f"fastest: {best['overrides']}" in result.stdout
+
+
+def test_a_hint_names_native_bf16_when_training_in_fp32(demo_shards, tmp_path):
+    fp32 = script("train.py", "--config", "configs/demo.yaml",
+                  *tiny(demo_shards, tmp_path / "fp32", "train.max_steps=1", "tracking.mode=disabled"))
+    bf16 = script("train.py", "--config", "configs/demo.yaml",
+                  *tiny(demo_shards, tmp_path / "bf16", "train.max_steps=1", "tracking.mode=disabled",
+                        "train.mixed_precision=bf16"))
+    native = native_bf16(torch.device("cpu"))  # this CPU decides which way the test goes
+    assert ("hint: this CPU (" in fp32.stdout and "computes bf16 natively" in fp32.stdout) == native
+    assert "hint:" not in bf16.stdout, "nothing to suggest when bf16 is already on"
 
 
 def test_perf_config_is_validated():

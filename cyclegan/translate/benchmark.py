@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cyclegan.benchmark import machine, write_photo_like_jpegs
+from cyclegan.benchmark import write_photo_like_jpegs
 from cyclegan.data.shards import find_domains, write_shards
+from cyclegan.hardware import machine
 from cyclegan.models import GeneratorSpec, ResnetGenerator, load_generator
 from cyclegan.models.loading import export_generator
 from cyclegan.translate.core import Translator, pick_device, use_bf16

@@ -22,6 +22,7 @@ from PIL import Image
 from torch import nn
 
 from cyclegan.errors import DataError, UserError
+from cyclegan.hardware import native_bf16
 from cyclegan.images import normalize, to_image, to_pixels, to_uint8
 from cyclegan.models import load_generator
 from cyclegan.models.loading import generator_direction, resolve_generator_path
@@ -63,14 +64,6 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for, but no CUDA device is available")
     return torch.device(name)
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether the device computes in bf16 natively (elsewhere bf16 is emulated, and slow)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:

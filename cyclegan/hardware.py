@@ -1,0 +1,43 @@
+"""What the machine computes natively: the CPU flags that decide oneDNN's kernels, and whether a
+device does bf16 in hardware (elsewhere bf16 is emulated, and slow)."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+SHOWN_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (empty where /proc/cpuinfo does not say)."""
+    info = Path("/proc/cpuinfo")
+    for line in (info.read_text().splitlines() if info.is_file() else []):
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device computes in bf16 natively."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return bool(cpu_flags() & set(BF16_FLAGS))
+
+
+def describe_bf16(device: torch.device) -> str:
+    """The device's name for its native bf16, for a hint: the GPU's name, or the CPU's flags."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "this CPU (" + ", ".join(sorted(cpu_flags() & set(BF16_FLAGS))) + ")"
+
+
+def machine() -> str:
+    """The CPU and the flags that decide its kernels (benchmarks name what they ran on)."""
+    shown = [f for f in SHOWN_FLAGS if f in cpu_flags()]
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch "
+            f"threads, flags: {' '.join(shown) or 'none of avx2/avx512/amx'}, ATen {torch.backends.cpu.get_cpu_capability()}")
