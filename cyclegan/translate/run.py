@@ -76,6 +76,8 @@ def run(checkpoint: Path, source: str, output: Path, direction: str | None = Non
         if state.is_main_process:
             report.written = translate_video(translator, Path(source), target, batch_size, smoothing)
         state.print(report.summary(target, "frame(s)"))
+        state.wait_for_everyone()
+        state.destroy_process_group()
         return report
     settings = {"checkpoint": str(Path(checkpoint).resolve()), "direction": direction, "input": source,
                 "precision": "bf16" if bf16 else "fp32", "load_size": load_size}
@@ -93,6 +95,7 @@ def run(checkpoint: Path, source: str, output: Path, direction: str | None = Non
     if kind == "shards" and state.is_main_process:
         write_manifest(output, shards, domain, settings)
     state.wait_for_everyone()
+    state.destroy_process_group()  # a gloo group left to the interpreter's exit can abort it (SIGABRT)
     state.print(report.summary(output, "sample(s)" if kind == "shards" else "image(s)"))
     if report.failed:
         raise UserError(f"{len(report.failed)} input(s) could not be read (listed above); the rest is done")
