@@ -3,6 +3,7 @@ device does bf16 in hardware (elsewhere bf16 is emulated, and slow)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 from pathlib import Path
@@ -13,20 +14,21 @@ SHOWN_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
-def cpu_flags() -> set[str]:
+@functools.cache
+def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags (empty where /proc/cpuinfo does not say)."""
     info = Path("/proc/cpuinfo")
     for line in (info.read_text().splitlines() if info.is_file() else []):
         if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether the device computes in bf16 natively."""
+    """Whether the device computes in bf16 natively (False for devices this does not know)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
-    return bool(cpu_flags() & set(BF16_FLAGS))
+    return device.type == "cpu" and bool(cpu_flags() & set(BF16_FLAGS))
 
 
 def describe_bf16(device: torch.device) -> str:

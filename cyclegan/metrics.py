@@ -59,11 +59,11 @@ class MetricWindow:
 
 
 class HealthMonitor:
-    """One-line warnings when a generator copies its input or a discriminator wins, for a while.
-    The defaults: a mean change below 0.01 (about 1.3 levels of 255) is a copy of the input; a
-    discriminator right on more than 99 % of real and of fake patches wins outright."""
+    """One-line warnings when a generator copies its input (mean change below `identity_change`)
+    or a discriminator wins (right on more than `winning_accuracy` of real and of fake patches),
+    for a while; the thresholds are `tracking.warn_identity_change` and `tracking.warn_d_accuracy`."""
 
-    def __init__(self, identity_change: float = 0.01, winning_accuracy: float = 0.99, logs: int = HEALTH_LOGS) -> None:
+    def __init__(self, identity_change: float, winning_accuracy: float, logs: int = HEALTH_LOGS) -> None:
         self.identity_change, self.winning_accuracy, self.logs = identity_change, winning_accuracy, logs
         self.streaks: dict[str, int] = {}
 

@@ -80,9 +80,11 @@ def test_benchmark_step_reports_what_docs_need(tmp_path):
 
 
 def test_the_sweep_times_each_setting_and_names_the_fastest(tmp_path):
+    # on the CPU (on a GPU host too): fp16, a GPU-only setting, is then not tried
     result = run([sys.executable, str(ROOT / "scripts/benchmark.py"), "--json", str(tmp_path / "s.json"), "step",
-                  "--size", "32", "--batch", "1", "--steps", "1", "--warmup", "1", "--repeats", "1", "model.ngf=8",
-                  "model.n_blocks=1", "model.ndf=8", "model.n_layers_d=1", "--sweep", "precision", "adam"])
+                  "--size", "32", "--batch", "1", "--steps", "1", "--warmup", "1", "--repeats", "1", "--sweep",
+                  "--sweep-axes", "precision,adam", "model.ngf=8", "model.n_blocks=1", "model.ndf=8",
+                  "model.n_layers_d=1"], env={"ACCELERATE_USE_CPU": "true"})
     report = json.loads((tmp_path / "s.json").read_text())
     rows = report["rows"]
     assert all("error" not in r and r["seconds_per_step"] > 0 for r in rows), rows
@@ -92,15 +94,17 @@ def test_the_sweep_times_each_setting_and_names_the_fastest(tmp_path):
     assert rows[0]["speedup"] == 1 and rows[1]["speedup"] == pytest.approx(
         rows[0]["seconds_per_step"] / rows[1]["seconds_per_step"])
     best = min(rows, key=lambda r: r["seconds_per_step"])
-    assert report["fastest_overrides"] == best["overrides"] and f"fastest: {best['overrides']}" in result.stdout
+    assert report["fastest_overrides"] == best["overrides"] and result.stdout.rstrip().endswith(
+        f"fastest: {best['overrides']}")
 
 
 def test_a_hint_names_native_bf16_when_training_in_fp32(demo_shards, tmp_path):
+    on_cpu = {"ACCELERATE_USE_CPU": "true"}  # on a GPU host too
     fp32 = script("train.py", "--config", "configs/demo.yaml",
-                  *tiny(demo_shards, tmp_path / "fp32", "train.max_steps=1", "tracking.mode=disabled"))
+                  *tiny(demo_shards, tmp_path / "fp32", "train.max_steps=1", "tracking.mode=disabled"), env=on_cpu)
     bf16 = script("train.py", "--config", "configs/demo.yaml",
                   *tiny(demo_shards, tmp_path / "bf16", "train.max_steps=1", "tracking.mode=disabled",
-                        "train.mixed_precision=bf16"))
+                        "train.mixed_precision=bf16"), env=on_cpu)
     native = native_bf16(torch.device("cpu"))  # this CPU decides which way the test goes
     assert ("hint: this CPU (" in fp32.stdout and "computes bf16 natively" in fp32.stdout) == native
     assert "hint:" not in bf16.stdout, "nothing to suggest when bf16 is already on"

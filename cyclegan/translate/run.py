@@ -60,8 +60,21 @@ def run(checkpoint: Path, source: str, output: Path, direction: str | None = Non
         raise UserError("--output is the input itself: choose another folder or file")
     # gloo between CPU processes when there is no GPU or the CPU is asked for (as Accelerator does);
     # ranks that finish their share early wait at the end for the others, however long they take
+    started_here = not torch.distributed.is_initialized()
     state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"),
                          timeout=timedelta(days=7))
+    try:
+        return _translate(state, kind, checkpoint, source, output, direction, load_size, batch_size, device,
+                          precision, tile, smoothing)
+    finally:
+        if started_here:  # a gloo group left to the interpreter's exit can abort it (SIGABRT)
+            state.destroy_process_group()
+
+
+def _translate(state: PartialState, kind: str, checkpoint: Path, source: str, output: Path, direction: str | None,
+               load_size: int | None, batch_size: int, device: str, precision: str, tile: int | None,
+               smoothing: float) -> TranslateReport:
+    """`run`'s work, between setting up the ranks and tearing them down."""
     dev = state.device if device == "auto" else pick_device(device)
     translator = Translator.from_pretrained(checkpoint, direction, dev, precision, tile)
     bf16, direction = translator.bf16, translator.direction
@@ -77,7 +90,6 @@ def run(checkpoint: Path, source: str, output: Path, direction: str | None = Non
             report.written = translate_video(translator, Path(source), target, batch_size, smoothing)
         state.print(report.summary(target, "frame(s)"))
         state.wait_for_everyone()
-        state.destroy_process_group()
         return report
     settings = {"checkpoint": str(Path(checkpoint).resolve()), "direction": direction, "input": source,
                 "precision": "bf16" if bf16 else "fp32", "load_size": load_size}
@@ -95,7 +107,6 @@ def run(checkpoint: Path, source: str, output: Path, direction: str | None = Non
     if kind == "shards" and state.is_main_process:
         write_manifest(output, shards, domain, settings)
     state.wait_for_everyone()
-    state.destroy_process_group()  # a gloo group left to the interpreter's exit can abort it (SIGABRT)
     state.print(report.summary(output, "sample(s)" if kind == "shards" else "image(s)"))
     if report.failed:
         raise UserError(f"{len(report.failed)} input(s) could not be read (listed above); the rest is done")
