@@ -97,13 +97,13 @@ def to_channels(image: Image.Image, channels: int, name: str = "image") -> Image
     are equal (greyscale saved as RGB, within `GREY_TOLERANCE`; their luma is taken); a truly
     coloured image there is refused, not averaged.
     """
+    if channels not in (1, 3):
+        raise DataError(f"{name}: image files give 1 (greyscale) or 3 (RGB) channels, not {channels}")
+    if channels == 1 and image.mode == "L":
+        return image
     rgb, _ = to_rgb(image)
     if channels == 3:
         return rgb
-    if channels != 1:
-        raise DataError(f"{name}: image files give 1 (greyscale) or 3 (RGB) channels, not {channels}")
-    if image.mode == "L":
-        return image
     if not is_greyscale(rgb):
         raise ChannelMismatch(f"{name}: a colour image in a 1-channel (greyscale) domain; convert the domain's "
                               "images to greyscale, or give the domain 3 channels (model.input_nc for A, "
@@ -111,10 +111,15 @@ def to_channels(image: Image.Image, channels: int, name: str = "image") -> Image
     return rgb.convert("L")
 
 
+def hwc_array(image: Image.Image) -> np.ndarray:
+    """An 8-bit RGB or greyscale image as a writable H x W x C uint8 array (C = 1 for greyscale)."""
+    array = np.array(image, dtype=np.uint8, copy=True)
+    return array[:, :, None] if array.ndim == 2 else array
+
+
 def to_pixels(image: Image.Image, channels: int, name: str = "image") -> np.ndarray:
     """Any mode as an H x W x `channels` uint8 array (see `to_channels`)."""
-    array = np.asarray(to_channels(image, channels, name))
-    return array[:, :, None] if array.ndim == 2 else array
+    return hwc_array(to_channels(image, channels, name))
 
 
 def to_image(pixels: np.ndarray) -> Image.Image:
@@ -125,8 +130,7 @@ def to_image(pixels: np.ndarray) -> Image.Image:
 def to_uint8_tensor(image: Image.Image) -> torch.Tensor:
     """8-bit RGB or greyscale image -> CHW uint8 tensor: a quarter of the bytes of floats between
     processes."""
-    array = np.array(image, dtype=np.uint8, copy=True)
-    return torch.from_numpy(array[:, :, None] if array.ndim == 2 else array).permute(2, 0, 1)
+    return torch.from_numpy(hwc_array(image)).permute(2, 0, 1)
 
 
 def normalize(pixels: torch.Tensor) -> torch.Tensor:
