@@ -115,9 +115,15 @@ def build_training(accelerator: Accelerator, cfg: RunConfig) -> tuple[Networks, 
 
 
 def batch_to_device(batch: dict, device: torch.device, channels_last: bool) -> dict[str, torch.Tensor]:
-    """uint8 batches from the loader -> [-1, 1] floats on the device, in the networks' layout."""
+    """Batches from the loader (uint8 for 8-bit data, [-1, 1] floats for deeper data) -> [-1, 1]
+    floats on the device, in the networks' layout."""
     layout = torch.channels_last if channels_last else torch.contiguous_format
-    return {k: normalize(batch[k].to(device, non_blocking=True)).contiguous(memory_format=layout) for k in ("A", "B")}
+
+    def unit(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(device, non_blocking=True)
+        return normalize(x) if x.dtype == torch.uint8 else x.to(torch.get_default_dtype())
+
+    return {k: unit(batch[k]).contiguous(memory_format=layout) for k in ("A", "B")}
 
 
 def make_evaluator(accelerator: Accelerator, cfg: RunConfig, sources: DataSources) -> Evaluator:
@@ -127,7 +133,7 @@ def make_evaluator(accelerator: Accelerator, cfg: RunConfig, sources: DataSource
     have_weights = bool(e.inception_weights or os.environ.get(INCEPTION_ENV))
     features = load_inception(e.inception_weights) if wanted or have_weights else None
     split = load_test_split(sources, cfg.data.crop_size, accelerator.process_index, accelerator.num_processes,
-                            e.max_images, (cfg.model.input_nc, cfg.model.output_nc))
+                            e.max_images, (cfg.model.input_nc, cfg.model.output_nc), cfg.data.normalize)
     evaluator = Evaluator(accelerator, split, features, e.batch_size, e.kid_subsets, e.kid_subset_size)
     if e.metric in ("l1", "psnr", "ssim") and not evaluator.paired:
         raise UserError(f"eval.metric={e.metric} needs a paired test split (the same names in test A and B)")

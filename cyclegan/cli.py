@@ -56,6 +56,9 @@ def make_shards_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-side", type=int, default=None, help="downsize images whose longer side exceeds N")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel decoding processes")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--keep-depth", action="store_true",
+                        help="store 16-bit and float images unquantised (16-bit PNG, float TIFF) instead of as 8-bit "
+                             "RGB; .npy arrays are always stored as they are")
     return parser
 
 
@@ -66,7 +69,8 @@ def make_shards() -> None:
     from cyclegan.data.shards import find_domains, report, write_shards
 
     sources = find_domains(args.input, args.domain_a, args.domain_b)
-    manifest = write_shards(sources, args.output, args.shard_size, args.max_side, args.overwrite, args.workers)
+    manifest = write_shards(sources, args.output, args.shard_size, args.max_side, args.overwrite, args.workers,
+                            args.keep_depth)
     print(report(manifest, args.output))
 
 
@@ -103,6 +107,13 @@ def translate_parser() -> argparse.ArgumentParser:
                              "only images that would not fit in memory whole")
     parser.add_argument("--smoothing", type=float, default=0.0,
                         help="video only: temporal smoothing against flicker, 0 (off) to below 1")
+    parser.add_argument("--normalize", default=None,
+                        help="how deep inputs (16-bit, float, .npy) map onto [-1, 1]: dtype, range:LO,HI or "
+                             "percentile:P1,P99 (default: the run's data.normalize when --checkpoint is a run "
+                             "folder, else dtype); outputs get the inverse, at the input's type")
+    parser.add_argument("--output-range", choices=("window", "dtype"), default="window",
+                        help="deep outputs: the inverse of the normalisation (window), or [-1, 1] spread over the "
+                             "type's full range (dtype)")
     return parser
 
 
@@ -113,7 +124,7 @@ def translate() -> None:
     from cyclegan.translate import run
 
     run(args.checkpoint, args.input, args.output, args.direction, args.load_size, args.batch_size, args.device,
-        args.precision, args.tile, args.smoothing)
+        args.precision, args.tile, args.smoothing, args.normalize, args.output_range)
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
@@ -135,6 +146,9 @@ def evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--kid-subsets", type=int, default=100)
     parser.add_argument("--kid-subset-size", type=int, default=100)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--normalize", default="dtype",
+                        help="how samples map onto [-1, 1], as the run's data.normalize: dtype, range:LO,HI or "
+                             "percentile:P1,P99")
     return parser
 
 
@@ -145,7 +159,7 @@ def evaluate() -> None:
     from accelerate import Accelerator
 
     from cyclegan.config import DataConfig
-    from cyclegan.data.sources import check_channels, find_sources
+    from cyclegan.data.sources import check_samples, find_sources
     from cyclegan.errors import DataError
     from cyclegan.evaluation import Evaluator, format_table, load_generator_pair, load_inception, load_test_split
 
@@ -157,9 +171,9 @@ def evaluate() -> None:
     g_ab, g_ba = (net.to(accelerator.device) for net in load_generator_pair(args.checkpoint))
     channels = (g_ab.spec.in_channels, g_ba.spec.in_channels)  # the test images take the generators' channels
     if not isinstance(source, Path):
-        check_channels(source, channels)
+        check_samples(source, channels, args.normalize)
     split = load_test_split(source, args.size, accelerator.process_index, accelerator.num_processes, args.max_images,
-                            channels)
+                            channels, args.normalize)
     evaluator = Evaluator(accelerator, split, features, args.batch_size, args.kid_subsets, args.kid_subset_size)
     results = evaluator(g_ab, g_ba)
     if accelerator.is_main_process:

@@ -15,7 +15,8 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cyclegan.errors import ConfigError
+from cyclegan.arrays import NORMALIZE_FORMS, Normalize
+from cyclegan.errors import ConfigError, DataError
 
 NORMS = ("instance", "batch", "none")
 GAN_MODES = ("lsgan", "vanilla")
@@ -41,8 +42,9 @@ class ModelConfig:
     # Dropout(0.5) in each residual block shifts the keys after it: breaks official checkpoints
     dropout: bool = False
     init_gain: float = 0.02  # std of the N(0, gain) conv weight init, as the official code
-    # channels of domain A's and domain B's images: 3 (RGB) or 1 (greyscale); G_AB maps A's to B's,
-    # D_A judges A's. Unequal counts need train.lambda_identity=0 (the identity loss feeds B to G_AB)
+    # channels of domain A's and domain B's images: 3 (RGB), 1 (greyscale) or any N (bands of .npy
+    # samples); G_AB maps A's to B's, D_A judges A's. Unequal counts need train.lambda_identity=0
+    # (the identity loss feeds B to G_AB)
     input_nc: int = 3
     output_nc: int = 3
 
@@ -67,6 +69,11 @@ class DataConfig:
     # the resize target: faster on big photos, but pixels then differ slightly from the official
     # pipeline's full decode (docs/benchmarks.md measures both). Resize modes only.
     jpeg_draft: bool = False
+    # how sample values map onto [-1, 1]: "dtype" (the full range of the integer type: 8-bit data
+    # then follows the official arithmetic exactly), "range:LO,HI" (a fixed window, clipped; e.g.
+    # range:-1000,1000 for CT in Hounsfield units) or "percentile:P1,P99" (each image's own);
+    # translation inverts it. Float samples need range or percentile
+    normalize: str = "dtype"
     num_workers: int = 4  # loader processes per rank
     shuffle_buffer: int = 256  # samples mixed in memory on top of the shard shuffle
 
@@ -134,6 +141,9 @@ class TrackingConfig:
     log_every: int = 50  # optimizer steps between scalar logs (each one syncs the device)
     image_every: int = 500  # optimizer steps between sample grids
     num_images: int = 4  # fixed test images per domain in each grid
+    # bands shown in grids of data with other than 1 or 3 channels, e.g. [3, 2, 1] (empty: the first
+    # three, or the first alone for 2 bands), each stretched to its own range for display only
+    display_bands: list[int] = field(default_factory=list)
     # health warnings, after 3 logs in a row: a generator whose mean |G(x) - x| (on [-1, 1]
     # images) stays below warn_identity_change (0.01: about 1.3 levels of 255) copies its input;
     # a discriminator right on more than warn_d_accuracy of real and of fake patches wins outright
@@ -216,18 +226,27 @@ def _describe(err: OmegaConfBaseException, path: Optional[Path]) -> str:
     return f"bad value for config key '{key}'{source}: {first_line}"
 
 
+def _parses(parse, value: str) -> bool:
+    try:
+        parse(value)
+    except DataError:
+        return False
+    return True
+
+
 def validate(config: RunConfig) -> None:
     """Reject values that are well typed but impossible, naming the key."""
     m, d, t, k = config.model, config.data, config.train, config.tracking
     diffaug_ops = [op.strip() for op in t.diffaug.split(",") if op.strip()]
+    banded = [n for n in (m.input_nc, m.output_nc) if n not in (1, 3)]
     checks = [
         ("model.ngf", m.ngf >= 1, "must be at least 1"),
         ("model.n_blocks", m.n_blocks >= 0, "must not be negative"),
         ("model.ndf", m.ndf >= 1, "must be at least 1"),
         ("model.n_layers_d", m.n_layers_d >= 1, "must be at least 1"),
         ("model.norm", m.norm in NORMS, f"must be one of {', '.join(NORMS)}"),
-        ("model.input_nc", m.input_nc in (1, 3), "must be 1 (greyscale) or 3 (RGB)"),
-        ("model.output_nc", m.output_nc in (1, 3), "must be 1 (greyscale) or 3 (RGB)"),
+        ("model.input_nc", m.input_nc >= 1, "must be at least 1"),
+        ("model.output_nc", m.output_nc >= 1, "must be at least 1"),
         ("train.lambda_identity", m.input_nc == m.output_nc or t.lambda_identity == 0,
          f"must be 0 when model.input_nc ({m.input_nc}) and model.output_nc ({m.output_nc}) differ: the identity "
          "loss feeds domain B images to G_AB, which takes domain A's channels"),
@@ -240,6 +259,7 @@ def validate(config: RunConfig) -> None:
         ("data.preprocess", d.preprocess in PREPROCESS, f"must be one of {', '.join(PREPROCESS)}"),
         ("data.jpeg_draft", not (d.jpeg_draft and d.preprocess == "crop"),
          "applies to the resize modes only: data.preprocess=crop takes its window at the image's own resolution"),
+        ("data.normalize", _parses(Normalize.parse, d.normalize), f"must be one of {NORMALIZE_FORMS}, with LO < HI"),
         ("data.num_workers", d.num_workers >= 0, "must not be negative"),
         ("data.num_a", d.num_a >= 0, "must not be negative"),
         ("data.num_b", d.num_b >= 0, "must not be negative"),
@@ -276,6 +296,9 @@ def validate(config: RunConfig) -> None:
         ("tracking.log_every", k.log_every >= 1, "must be at least 1"),
         ("tracking.image_every", k.image_every >= 1, "must be at least 1"),
         ("tracking.num_images", k.num_images >= 0, "must not be negative"),
+        ("tracking.display_bands", len(k.display_bands) in (0, 1, 3), "must list 1 or 3 bands (or none)"),
+        ("tracking.display_bands", all(0 <= b < min(banded, default=3) for b in k.display_bands),
+         f"must be band numbers from 0 to {min(banded, default=3) - 1} (of the domains with other than 1 or 3)"),
         ("eval.every", config.eval.every >= 0, "must not be negative"),
         ("eval.metric", config.eval.metric in EVAL_METRICS, f"must be one of {', '.join(EVAL_METRICS)}"),
         ("eval.batch_size", config.eval.batch_size >= 1, "must be at least 1"),

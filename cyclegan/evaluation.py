@@ -11,12 +11,13 @@ number of ranks gives the numbers of one. Nothing here draws from the training R
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
+from PIL import Image
 from torch import nn
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 from torchmetrics.image.fid import FrechetInceptionDistance
@@ -24,10 +25,10 @@ from torchmetrics.image.kid import KernelInceptionDistance
 
 from cyclegan.data.shards import sample_key
 from cyclegan.data.sources import DataSources
-from cyclegan.data.stream import iter_test_images
+from cyclegan.data.stream import Decoding, decode_source, iter_test_images, to_unit_tensor
 from cyclegan.data.transforms import test_transform
 from cyclegan.errors import CheckpointError, UserError
-from cyclegan.images import ImageDecodeError, list_images, open_image, to_channels, to_tensor, to_uint8
+from cyclegan.images import ARRAY_EXTENSIONS, HIGH_DEPTH_MODES, ImageDecodeError, list_images, to_uint8
 from cyclegan.models.loading import read_state_dict
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -73,30 +74,47 @@ class EvalSplit:
     images_b: list[torch.Tensor]
 
 
-def _folder_images(folder: Path, size: int, rank: int, world_size: int, limit: int | None, channels: int):
-    """Like `iter_test_images`, from a folder; keys as make_shards would give them."""
+def is_deep_file(path: Path) -> bool:
+    """A .npy array, or an image deeper than 8 bits (its header says)."""
+    if path.suffix.lower() in ARRAY_EXTENSIONS:
+        return True
+    try:
+        with Image.open(path) as image:
+            return image.mode in HIGH_DEPTH_MODES
+    except Exception:  # PIL raises many kinds for a bad header; the decode reports it
+        return False
+
+
+def _folder_images(folder: Path, size: int, rank: int, world_size: int, limit: int | None, channels: int,
+                   normalize: str):
+    """Like `iter_test_images`, from a folder; keys as make_shards would give them. Deep when
+    `normalize` or `channels` ask for it, or the folder holds .npy arrays."""
     seen: set[str] = set()
-    for position, path in enumerate(list_images(folder)[:limit]):
+    files = list_images(folder)[:limit]
+    decoding = Decoding.of(None, channels, normalize)
+    if any(is_deep_file(path) for path in files):
+        decoding = replace(decoding, deep=True)
+    for position, path in enumerate(files):
         key = sample_key(path.relative_to(folder), seen)
         if position % world_size == rank:
             try:
-                image = to_channels(open_image(path), channels, str(path))
+                image = decode_source(path, str(path), path.suffix.lower() in ARRAY_EXTENSIONS, decoding)
             except ImageDecodeError:
                 continue
-            yield key, to_tensor(test_transform(image, size))
+            yield key, to_unit_tensor(test_transform(image, size))
 
 
 def load_test_split(source: DataSources | Path, size: int, rank: int = 0, world_size: int = 1,
-                    limit: int | None = None, channels: tuple[int, int] = (3, 3)) -> EvalSplit:
+                    limit: int | None = None, channels: tuple[int, int] = (3, 3), normalize: str = "dtype") -> EvalSplit:
     """From shards (the manifest's test split) or a folder with testA/ and testB/; the first
     `limit` images of each domain, or all, with `channels` (A's, B's) bands."""
     if isinstance(source, Path):
-        pairs = [list(_folder_images(source / f"test{d}", size, rank, world_size, limit, c))
+        pairs = [list(_folder_images(source / f"test{d}", size, rank, world_size, limit, c, normalize))
                  for d, c in zip("AB", channels)]
     else:
         if not (source.test_a and source.test_b):
             raise UserError("the data has no test split (test/A and test/B): nothing to evaluate on")
-        pairs = [list(iter_test_images(s, size, rank, world_size, limit, c))
+        pairs = [list(iter_test_images(s, size, rank, world_size, limit, c, normalize))
                  for s, c in zip((source.test_a, source.test_b), channels)]
     (keys_a, images_a), (keys_b, images_b) = ([list(x) for x in zip(*p)] if p else ([], []) for p in pairs)
     return EvalSplit(keys_a, images_a, keys_b, images_b)
@@ -127,7 +145,10 @@ class Evaluator:
 
     @torch.no_grad()
     def _features(self, images: torch.Tensor) -> torch.Tensor:
-        """Inception features of uint8 images; greyscale ones are seen as RGB with equal channels."""
+        """Inception features of uint8 images; greyscale ones are seen as RGB with equal channels, and
+        other band counts by their first three bands (or the first alone, for two)."""
+        if images.shape[1] not in (1, 3):
+            images = images[:, :3] if images.shape[1] > 3 else images[:, :1]
         images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
         chunks = [self.features(images[i:i + self.batch_size]) for i in range(0, len(images), self.batch_size)]
         return torch.cat(chunks).double() if chunks else torch.zeros(0, 1, dtype=torch.float64, device=self.acc.device)

@@ -18,6 +18,7 @@ from cyclegan.errors import DataError
 
 GREY_TOLERANCE = 2  # levels by which the channels of "grey saved as RGB" may differ (JPEG chroma rounding)
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"}
+ARRAY_EXTENSIONS = {".npy"}  # H x W x C arrays of any depth and band count (`cyclegan.arrays`)
 HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
@@ -31,8 +32,9 @@ class ChannelMismatch(DataError):
 
 
 def list_images(root: Path) -> list[Path]:
-    """Image files under `root` (recursively), in a stable order."""
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    """Image files and `.npy` arrays under `root` (recursively), in a stable order."""
+    listed = IMAGE_EXTENSIONS | ARRAY_EXTENSIONS
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in listed)
 
 
 def open_image(source: Path | bytes, name: str | None = None, draft: tuple[int, int] | None = None) -> Image.Image:
@@ -140,11 +142,6 @@ def normalize(pixels: torch.Tensor) -> torch.Tensor:
     set otherwise, as float64 reference runs do).
     """
     return pixels.to(torch.get_default_dtype()).div(255.0).sub(0.5).div(0.5)
-
-
-def to_tensor(image: Image.Image) -> torch.Tensor:
-    """8-bit RGB or greyscale image -> CHW float tensor in [-1, 1]."""
-    return normalize(to_uint8_tensor(image))
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

@@ -54,13 +54,27 @@ def new_run_id() -> str:
     return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
 
 
-def image_grid(columns: list[torch.Tensor]) -> np.ndarray:
+def display_uint8(images: torch.Tensor, bands: list[int] | None = None) -> torch.Tensor:
+    """[-1, 1] NCHW images -> uint8 N x 3 x H x W for display. Greyscale shows as grey and RGB as
+    it is (the official cast); other band counts show `bands` (default: the first three, or the
+    first alone for two), each stretched to its own range over the batch, for display only."""
+    images = images.detach().float().cpu()
+    channels = images.shape[1]
+    if channels not in (1, 3):
+        picked = images[:, bands or list(range(3 if channels >= 3 else 1))]
+        low = picked.amin(dim=(0, 2, 3), keepdim=True)
+        high = picked.amax(dim=(0, 2, 3), keepdim=True)
+        images = (picked - low) / (high - low).clamp_min(1e-12) * 2 - 1
+    return to_uint8(images).expand(-1, 3, -1, -1)
+
+
+def image_grid(columns: list[torch.Tensor], bands: list[int] | None = None) -> np.ndarray:
     """Columns of [-1, 1] NCHW images (e.g. real | fake | rec) -> one uint8 HWC RGB grid, a row per
-    image; greyscale columns are shown as grey RGB beside colour ones.
+    image; greyscale and multi-band columns are shown as `display_uint8` does, beside colour ones.
 
     Converted to uint8 here: W&B casts floats to uint8 without rescaling (black images).
     """
-    stacked = to_uint8(torch.stack([c.detach().float().cpu().expand(-1, 3, -1, -1) for c in columns]))
+    stacked = torch.stack([display_uint8(c, bands) for c in columns])
     return rearrange(stacked, "k n c h w -> (n h) (k w) c").numpy()
 
 

@@ -31,7 +31,7 @@ from cyclegan.checkpoint import (
     step_dir,
 )
 from cyclegan.config import RunConfig, save_config
-from cyclegan.data.sources import DataSources, check_channels, find_sources
+from cyclegan.data.sources import DataSources, check_samples, find_sources
 from cyclegan.data.stream import UnpairedStream, train_loader
 from cyclegan.errors import UserError
 from cyclegan.evaluation import LOWER_IS_BETTER, headline, load_test_split
@@ -50,13 +50,14 @@ def fixed_test_images(sources: DataSources, cfg: RunConfig) -> tuple[torch.Tenso
     n = cfg.tracking.num_images
     if not (sources.test_a and sources.test_b) or n == 0:
         return None
-    split = load_test_split(sources, cfg.data.crop_size, limit=n, channels=(cfg.model.input_nc, cfg.model.output_nc))
+    split = load_test_split(sources, cfg.data.crop_size, limit=n, channels=(cfg.model.input_nc, cfg.model.output_nc),
+                            normalize=cfg.data.normalize)
     return (torch.stack(split.images_a), torch.stack(split.images_b)) if split.images_a and split.images_b else None
 
 
 @torch.no_grad()
 def sample_grids(accelerator: Accelerator, g_ab: torch.nn.Module, g_ba: torch.nn.Module,
-                 images: tuple[torch.Tensor, torch.Tensor]) -> dict:
+                 images: tuple[torch.Tensor, torch.Tensor], bands: list[int] | None = None) -> dict:
     """real | translated | reconstructed | identity (where both domains have the same channels),
     for fixed test images of each domain."""
     real_a, real_b = (x.to(accelerator.device) for x in images)
@@ -67,8 +68,8 @@ def sample_grids(accelerator: Accelerator, g_ab: torch.nn.Module, g_ba: torch.nn
             fake_b, fake_a = g_ab(real_a), g_ba(real_b)
             same = real_a.shape[1] == real_b.shape[1]
             return {
-                "AtoB": image_grid([real_a, fake_b, g_ba(fake_b), *([g_ba(real_a)] if same else [])]),
-                "BtoA": image_grid([real_b, fake_a, g_ab(fake_a), *([g_ab(real_b)] if same else [])]),
+                "AtoB": image_grid([real_a, fake_b, g_ba(fake_b), *([g_ba(real_a)] if same else [])], bands),
+                "BtoA": image_grid([real_b, fake_a, g_ab(fake_a), *([g_ab(real_b)] if same else [])], bands),
             }
     finally:
         g_ab.train(modes[0]), g_ba.train(modes[1])
@@ -92,7 +93,7 @@ class Trainer:
         self.cfg = cfg
         self.acc = acc = make_accelerator(cfg, log_with=tracker_name(cfg.tracking))
         self.sources = find_sources(cfg.data)
-        check_channels(self.sources, (cfg.model.input_nc, cfg.model.output_nc))
+        check_samples(self.sources, (cfg.model.input_nc, cfg.model.output_nc), cfg.data.normalize)
         self.plan = make_plan(cfg, self.sources, acc.num_processes)
         self.output = Path(cfg.output_dir)
         self.ckpt_root = self.output / "checkpoints"
@@ -257,7 +258,7 @@ class Trainer:
                             img_s=f"{values['perf/images_per_s']:.1f}")
             window.reset()
         if self.grid_images is not None and (step % track.image_every == 0 or step == self.plan.max_steps):
-            self.log.images(step, sample_grids(self.acc, *self.generators(), self.grid_images),
+            self.log.images(step, sample_grids(self.acc, *self.generators(), self.grid_images, track.display_bands),
                             identity=self.cfg.model.input_nc == self.cfg.model.output_nc)
         if self.evaluator is not None and (step % self.cfg.eval.every == 0 or step == self.plan.max_steps):
             self.evaluate()

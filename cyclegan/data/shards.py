@@ -2,7 +2,11 @@
 
 Every image is decoded once. Clean 8-bit RGB JPEG and PNG files keep their bytes; anything
 else (greyscale, palette, alpha, CMYK, 16-bit, TIFF, BMP, WebP, ...) becomes an RGB PNG.
-Files that are empty, truncated or not images are skipped and reported. The output is
+With `keep_depth`, 16-bit greyscale images become 16-bit PNGs and float ones float TIFFs
+instead, unquantised. `.npy` arrays (H x W or H x W x C; uint8, uint16, int16 or float32) are
+stored as they are, whatever their band count, and never resized. The manifest records each
+domain's types, array bands and value range. Files that are empty, truncated or not images
+are skipped and reported. The output is
 written under a temporary name and renamed at the end, so a folder with a manifest is
 always complete.
 """
@@ -15,16 +19,18 @@ import json
 import shutil
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import Pool
 from pathlib import Path
 
+import numpy as np
 import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
+from cyclegan.arrays import describe, image_array, load_npy, npy_bytes
 from cyclegan.errors import DataError
-from cyclegan.images import ImageDecodeError, is_greyscale, list_images, open_image, to_rgb
+from cyclegan.images import ARRAY_EXTENSIONS, HIGH_DEPTH_MODES, ImageDecodeError, is_greyscale, list_images, open_image, to_rgb
 
 MANIFEST = "manifest.json"
 SPLIT_FOLDERS = {("train", "A"): "trainA", ("train", "B"): "trainB", ("test", "A"): "testA", ("test", "B"): "testB"}
@@ -40,6 +46,7 @@ class Prepared:
     data: bytes = b""
     converted_from: str | None = None
     colour: bool = False  # not greyscale: a 1-channel domain cannot take it
+    content: dict = field(default_factory=dict)  # `arrays.describe`, and "array": whether it is a .npy array
     error: str | None = None
 
 
@@ -58,19 +65,28 @@ def sample_key(relative: Path, seen: set[str]) -> str:
             return key
 
 
-def prepare_image(job: tuple[Path, Path, int | None]) -> Prepared:
+def prepare_image(job: tuple[Path, Path, int | None, bool]) -> Prepared:
     """Decode one file to validate it and decide which bytes go into the shard."""
-    path, root, max_side = job
+    path, root, max_side, keep_depth = job
     prepared = Prepared(relative=path.relative_to(root))
     try:
+        if path.suffix.lower() in ARRAY_EXTENSIONS:
+            array = load_npy(path, str(path))
+            prepared.ext, prepared.data = "npy", npy_bytes(array)
+            prepared.content = {**describe(array), "array": True}
+            return prepared
         image = open_image(path, name=str(path))
     except ImageDecodeError as err:
         prepared.error = str(err)
         return prepared
-    fmt = image.format
     too_big = max_side is not None and max(image.size) > max_side
+    if keep_depth and image.mode in HIGH_DEPTH_MODES:
+        return _deep_image(prepared, image, max_side if too_big else None)
+    fmt = image.format
     rgb, mode = to_rgb(image)
     prepared.colour = not is_greyscale(rgb)
+    low, high = min(band[0] for band in rgb.getextrema()), max(band[1] for band in rgb.getextrema())
+    prepared.content = {"dtype": "uint8", "bands": 3 if prepared.colour else 1, "min": low, "max": high, "array": False}
     if fmt in KEPT_FORMATS and image.mode == "RGB" and not too_big:
         prepared.ext, prepared.data = KEPT_FORMATS[fmt], path.read_bytes()
         return prepared
@@ -84,6 +100,27 @@ def prepare_image(job: tuple[Path, Path, int | None]) -> Prepared:
     else:
         rgb.save(buffer, format="PNG")
         prepared.ext = "png"
+    prepared.data = buffer.getvalue()
+    return prepared
+
+
+def _deep_image(prepared: Prepared, image: Image.Image, max_side: int | None) -> Prepared:
+    """A 16-bit or float greyscale image kept at its depth: a 16-bit PNG, or a float TIFF."""
+    array = image_array(image)[:, :, 0]
+    if max_side is not None:
+        scale = max_side / max(array.shape)
+        size = (max(1, round(array.shape[1] * scale)), max(1, round(array.shape[0] * scale)))
+        resized = np.asarray(Image.fromarray(array.astype(np.float32), mode="F").resize(size, Image.LANCZOS))
+        array = (np.clip(np.rint(resized), 0, 65535).astype(np.uint16) if array.dtype == np.uint16 else resized)
+    prepared.converted_from = f"{image.mode} (depth kept)"
+    prepared.content = {**describe(array[:, :, None]), "array": False}
+    buffer = io.BytesIO()
+    if array.dtype == np.uint16:
+        Image.fromarray(array).save(buffer, format="PNG")
+        prepared.ext = "png"
+    else:
+        Image.fromarray(array.astype(np.float32), mode="F").save(buffer, format="TIFF")
+        prepared.ext = "tif"
     prepared.data = buffer.getvalue()
     return prepared
 
@@ -114,6 +151,7 @@ def write_shards(
     max_side: int | None = None,
     overwrite: bool = False,
     workers: int = 4,
+    keep_depth: bool = False,
 ) -> dict:
     """Write `output/{split}/{domain}-NNNNNN.tar` and `output/manifest.json`; return the manifest."""
     if shard_size < 1:
@@ -122,13 +160,14 @@ def write_shards(
         raise DataError(f"output {output} already exists; pass --overwrite to replace it")
     staging = output.with_name(f".{output.name}.partial-{int(time.time())}")
     staging.mkdir(parents=True)
-    manifest: dict = {"format": 1, "shard_size": shard_size, "max_side": max_side, "splits": {}, "skipped": []}
+    manifest: dict = {"format": 1, "shard_size": shard_size, "max_side": max_side, "keep_depth": keep_depth,
+                      "splits": {}, "skipped": []}
     converted: Counter = Counter()
     try:
         with Pool(workers) as pool:
             for (split, domain), folder in sorted(sources.items()):
                 files = list_images(folder)
-                jobs = [(path, folder, max_side) for path in files]
+                jobs = [(path, folder, max_side, keep_depth) for path in files]
                 results = tqdm(
                     pool.imap(prepare_image, jobs, chunksize=8), total=len(jobs), desc=f"{split}/{domain}", unit="img"
                 )
@@ -155,6 +194,9 @@ def _write_domain(results, staging: Path, split: str, domain: str, shard_size: i
     seen: set[str] = set()
     count = total_bytes = colour = 0
     colour_example = None
+    dtypes: Counter = Counter()
+    array_bands: Counter = Counter()
+    low, high = float("inf"), float("-inf")
     writer = None
     for item in results:
         if item.error:
@@ -165,6 +207,10 @@ def _write_domain(results, staging: Path, split: str, domain: str, shard_size: i
         if item.colour:
             colour += 1
             colour_example = colour_example or item.relative.as_posix()
+        dtypes[item.content["dtype"]] += 1
+        if item.content["array"]:
+            array_bands[str(item.content["bands"])] += 1
+        low, high = min(low, item.content["min"]), max(high, item.content["max"])
         key = sample_key(item.relative, seen)
         if count % shard_size == 0:
             if writer:
@@ -180,7 +226,8 @@ def _write_domain(results, staging: Path, split: str, domain: str, shard_size: i
     if writer:
         writer.close()
     return {"shards": shards, "shard_samples": counts, "samples": count, "bytes": total_bytes,
-            "colour_samples": colour, "colour_example": colour_example}
+            "colour_samples": colour, "colour_example": colour_example, "dtypes": dict(sorted(dtypes.items())),
+            "array_bands": dict(sorted(array_bands.items())), "value_range": [low, high] if count else None}
 
 
 def report(manifest: dict, output: Path) -> str:
@@ -188,13 +235,16 @@ def report(manifest: dict, output: Path) -> str:
     lines = [f"wrote {output}"]
     for split, domains in manifest["splits"].items():
         for domain, entry in domains.items():
+            kinds = ", ".join(f"{n} {dtype}" for dtype, n in entry["dtypes"].items())
+            bands = ", ".join(f"{n} with {b} band(s)" for b, n in entry["array_bands"].items())
             lines.append(
-                f"  {split}/{domain}: {entry['samples']} images in {len(entry['shards'])} shard(s), "
-                f"{entry['bytes'] / 1e6:.1f} MB"
+                f"  {split}/{domain}: {entry['samples']} samples ({kinds}{'; arrays: ' + bands if bands else ''}) "
+                f"in {len(entry['shards'])} shard(s), {entry['bytes'] / 1e6:.1f} MB, values "
+                f"{entry['value_range'][0]:g} to {entry['value_range'][1]:g}"
             )
     if manifest.get("converted"):
         modes = ", ".join(f"{mode} ({n})" for mode, n in manifest["converted"].items())
-        lines.append(f"  converted to RGB PNG: {modes}")
+        lines.append(f"  converted (to RGB PNG unless the depth is kept): {modes}")
     if manifest["skipped"]:
         lines.append(f"  skipped {len(manifest['skipped'])} file(s):")
         lines += [f"    {item['reason']}" for item in manifest["skipped"]]

@@ -33,13 +33,21 @@ class ShardSet:
 
     `counts` holds the samples of each shard: empty for test splits (read in order) and for
     remote training shards given without a manifest. `colour`: how many samples are in colour
-    and one of them, as the manifest says (unknown without one).
+    and one of them; `dtypes`: samples per value type; `array_bands`: `.npy` samples per band
+    count; all as the manifest says (None: unknown, without one or from an older one).
     """
 
     urls: tuple[str, ...]
     samples: int
     counts: tuple[int, ...] = ()
     colour: tuple[int, str | None] | None = None
+    dtypes: dict[str, int] | None = None
+    array_bands: dict[str, int] | None = None
+
+    @property
+    def deep(self) -> bool:
+        """Whether the manifest lists samples other than 8-bit images (arrays, 16-bit, float)."""
+        return bool(self.array_bands) or any(dtype != "uint8" for dtype in self.dtypes or {})
 
 
 @dataclass(frozen=True)
@@ -106,7 +114,8 @@ def find_sources(cfg: DataConfig) -> DataSources:
             urls = expand_urls(",".join(entry["shards"]), root)
             check_shards(urls, what)
             colour = (entry["colour_samples"], entry.get("colour_example")) if "colour_samples" in entry else None
-            shards = ShardSet(tuple(urls), entry["samples"], manifest_counts(entry, shard_size), colour)
+            shards = ShardSet(tuple(urls), entry["samples"], manifest_counts(entry, shard_size), colour,
+                              entry.get("dtypes"), entry.get("array_bands"))
         elif required:
             raise DataError(f"no shards for {what} in {root / MANIFEST if root else 'the config'}")
         else:
@@ -124,17 +133,35 @@ def find_sources(cfg: DataConfig) -> DataSources:
     )
 
 
-def check_channels(sources: DataSources, channels: tuple[int, int]) -> None:
-    """Before any work, on every rank alike: a greyscale domain whose manifest counts colour images
-    is refused (without a manifest, the loader refuses the first such image it meets)."""
+def check_samples(sources: DataSources, channels: tuple[int, int], normalize: str) -> None:
+    """Before any work, on every rank alike, from the manifest: samples that cannot fit their
+    domain's channels (colour in a greyscale domain, arrays of another band count, image files
+    where only arrays have that many bands), and float samples with `data.normalize=dtype`.
+    Without a manifest, the loader refuses the first such sample it meets."""
     for domain, n, key in (("A", channels[0], "model.input_nc"), ("B", channels[1], "model.output_nc")):
         for split, shards in (("train", getattr(sources, f"train_{domain.lower()}")),
                               ("test", getattr(sources, f"test_{domain.lower()}"))):
-            if n == 1 and shards is not None and shards.colour and shards.colour[0]:
+            if shards is None:
+                continue
+            what = f"{split} domain {domain}"
+            if n == 1 and shards.colour and shards.colour[0]:
                 count, example = shards.colour
-                raise DataError(f"{split} domain {domain} holds {count} colour image(s) (e.g. {example}), but "
+                raise DataError(f"{what} holds {count} colour image(s) (e.g. {example}), but "
                                 f"{key}=1 makes it greyscale: convert them to greyscale and make the shards "
                                 f"again, or set {key}=3")
+            other = {b: c for b, c in (shards.array_bands or {}).items() if int(b) != n}
+            if other:
+                found = ", ".join(f"{c} with {b}" for b, c in other.items())
+                raise DataError(f"{what} holds .npy arrays of other band counts than {key}={n} ({found}): "
+                                f"set {key} to their band count, or make their shards again with {n} bands")
+            images = shards.samples - sum((shards.array_bands or {}).values())
+            if n not in (1, 3) and shards.dtypes is not None and images > 0:
+                raise DataError(f"{what} holds {images} image file(s), which have 1 or 3 channels, but {key}={n}: "
+                                f"store {n}-band samples as .npy arrays")
+            floats = sum(c for dtype, c in (shards.dtypes or {}).items() if dtype.startswith("float"))
+            if floats and normalize == "dtype":
+                raise DataError(f"{what} holds {floats} float sample(s), which have no type range to normalise by: "
+                                "set data.normalize to range:LO,HI (a fixed window) or percentile:P1,P99")
 
 
 def manifest_counts(entry: dict, shard_size: int) -> tuple[int, ...]:

@@ -26,19 +26,42 @@ import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 import webdataset as wds
+from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from cyclegan.arrays import Normalize, fit_bands, read_array
 from cyclegan.config import DataConfig
 from cyclegan.data.sources import DataSources, ShardSet
 from cyclegan.data.transforms import draft_size, test_transform, train_transform
 from cyclegan.errors import DataError
-from cyclegan.images import ImageDecodeError, open_image, to_channels, to_tensor, to_uint8_tensor
+from cyclegan.images import HIGH_DEPTH_MODES, ImageDecodeError, normalize, open_image, to_channels, to_uint8_tensor
 
 log = logging.getLogger(__name__)
-IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "ppm")
+IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "ppm", "npy")
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How one domain's samples become network inputs, with `channels` bands: 8-bit images through
+    the official path (PIL, uint8 to the device), or, when `deep`, any sample (16-bit, float,
+    `.npy` of any band count) as a float32 array normalised into [-1, 1] by `normalize`."""
+
+    channels: int = 3
+    normalize: Normalize = Normalize()
+    deep: bool = False
+
+    @classmethod
+    def of(cls, shards: ShardSet | None, channels: int, normalize: str) -> Decoding:
+        """Deep when the data or the config asks for it: a manifest listing deeper samples, a band
+        count no image file has, or a normalisation other than the 8-bit default."""
+        parsed = Normalize.parse(normalize)
+        deep = not parsed.is_default or channels not in (1, 3) or (shards is not None and shards.deep)
+        return cls(channels, parsed, deep)
 
 
 def mix_seed(*parts: object) -> int:
@@ -127,20 +150,44 @@ def share_samples(share: list[Piece], buffer: int, seed: int) -> Iterator[dict |
         yield None
 
 
-def decode(sample: dict, draft: tuple[int, int] | None = None, channels: int = 3):
-    """The sample's image as RGB (or greyscale, for 1 channel), or ImageDecodeError naming the
+def decode(sample: dict, draft: tuple[int, int] | None = None, decoding: Decoding = Decoding()) -> Image.Image | np.ndarray:
+    """The sample as its domain takes it (see `decode_source`), or ImageDecodeError naming the
     sample and its shard."""
     name = f"sample {sample.get('__key__')} in {sample.get('__url__')}"
     field = next((f for f in IMAGE_FIELDS if f in sample), None)
     if field is None:
         raise ImageDecodeError(f"{name} has no image (fields: {', '.join(k for k in sample if not k.startswith('__'))})")
-    return to_channels(open_image(sample[field], name=name, draft=draft), channels, name)
+    return decode_source(sample[field], name, field == "npy", decoding, draft)
+
+
+def decode_source(source: bytes | Path, name: str, is_npy: bool, decoding: Decoding = Decoding(),
+                  draft: tuple[int, int] | None = None) -> Image.Image | np.ndarray:
+    """A sample's bytes or file as its domain takes it: an 8-bit RGB or greyscale image, or, for a
+    deep domain, a [-1, 1] float32 H x W x C array (see `Decoding`)."""
+    if decoding.deep:
+        array = fit_bands(read_array(source, name, is_npy), decoding.channels, name, not is_npy)
+        return decoding.normalize.to_unit(array, name)[0]
+    image = None if is_npy else open_image(source, name=name, draft=draft)
+    if image is None or image.mode in HIGH_DEPTH_MODES:
+        raise DataError(f"{name} is deeper than 8 bits (a .npy array, or a 16-bit or float image), but its shards' "
+                        "manifest does not say so: give the shards with the manifest scripts/make_shards.py wrote "
+                        "(data.root), or set data.normalize")
+    return to_channels(image, decoding.channels, name)
+
+
+def as_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
+    """A decoded, transformed sample as CHW: uint8 for an 8-bit image (normalised on the device),
+    float32 in [-1, 1] for an array."""
+    if isinstance(image, Image.Image):
+        return to_uint8_tensor(image)
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
 
 class UnpairedStream(IterableDataset):
-    """Unpaired training samples for one rank: `A` and `B` as CHW uint8 (normalised on the
-    device, which moves a quarter of the bytes) of `channels` (A's, B's) bands, `key_a`, `key_b`,
-    and `skipped`, the corrupt samples passed over just before this one."""
+    """Unpaired training samples for one rank: `A` and `B` as CHW tensors of `channels` (A's, B's)
+    bands (uint8 for 8-bit data, normalised on the device, which moves a quarter of the bytes;
+    float32 in [-1, 1] for deeper data: see `Decoding`), `key_a`, `key_b`, and `skipped`, the
+    corrupt samples passed over just before this one."""
 
     def __init__(
         self,
@@ -153,7 +200,9 @@ class UnpairedStream(IterableDataset):
         world_size: int = 1,
         channels: tuple[int, int] = (3, 3),
     ) -> None:
-        self.sources, self.cfg, self.channels = sources, cfg, dict(zip("AB", channels))
+        self.sources, self.cfg = sources, cfg
+        self.decodings = {domain: Decoding.of(shards, n, cfg.normalize)
+                          for domain, shards, n in zip("AB", (sources.train_a, sources.train_b), channels)}
         self.batch_size, self.batches_per_epoch = batch_size, batches_per_epoch
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.lanes = max(1, cfg.num_workers)
@@ -185,7 +234,7 @@ class UnpairedStream(IterableDataset):
             else:
                 n_slots = self.world_size * self.lanes
                 share = interleaved_share(shards, self.rank * self.lanes + lane, n_slots, shared_seed)
-            streams[domain] = self._good_images(share, seeds[domain], self.channels[domain])
+            streams[domain] = self._good_images(share, seeds[domain], self.decodings[domain])
         for position in range(len(owned) * self.batch_size):
             sample = {"skipped": 0}
             for domain, stream in streams.items():
@@ -194,7 +243,7 @@ class UnpairedStream(IterableDataset):
                 if position < done * self.batch_size:
                     continue
                 rng = random.Random(mix_seed(seeds[domain], position))
-                sample[domain] = to_uint8_tensor(train_transform(image, rng, self.cfg))
+                sample[domain] = as_tensor(train_transform(image, rng, self.cfg))
                 sample[f"key_{domain.lower()}"] = key
             if position >= done * self.batch_size:
                 yield sample
@@ -211,8 +260,8 @@ class UnpairedStream(IterableDataset):
         total, draws = sum(shards.counts), self.world_size * per_rank
         return total * before // draws, total * (before + self._draws(lane)) // draws
 
-    def _good_images(self, share: list[Piece], seed: int, channels: int) -> Iterator[tuple[str, object, int]]:
-        """(key, image of `channels` bands, corrupt samples skipped just before it), endlessly."""
+    def _good_images(self, share: list[Piece], seed: int, decoding: Decoding) -> Iterator[tuple[str, object, int]]:
+        """(key, decoded sample, corrupt samples skipped just before it), endlessly."""
         skipped, good_in_cycle = 0, 0
         for sample in share_samples(share, self.cfg.shuffle_buffer, seed):
             if sample is None:  # the end of a cycle through the share
@@ -221,7 +270,7 @@ class UnpairedStream(IterableDataset):
                 good_in_cycle = 0
                 continue
             try:
-                image = decode(sample, draft_size(self.cfg), channels)
+                image = decode(sample, draft_size(self.cfg), decoding)
             except ImageDecodeError as err:
                 log.warning("skipping corrupt sample: %s", err)
                 skipped += 1
@@ -269,17 +318,24 @@ def train_loader(stream: UnpairedStream, pin_memory: bool = False) -> DataLoader
 
 
 def iter_test_images(shards: ShardSet, size: int, rank: int = 0, world_size: int = 1, limit: int | None = None,
-                     channels: int = 3):
+                     channels: int = 3, normalize: str = "dtype"):
     """(key, [-1, 1] tensor of `channels` bands) for this rank's share of the first `limit`
     samples of a test split, in shard order: rank r takes positions r, r + world_size, ..."""
+    decoding = Decoding.of(shards, channels, normalize)
     for position, (_, sample) in enumerate(raw_samples(shards.urls)):
         if limit is not None and position >= limit:
             return
         if position % world_size != rank:
             continue
         try:
-            image = decode(sample, channels=channels)
+            image = decode(sample, decoding=decoding)
         except ImageDecodeError as err:
             log.warning("skipping corrupt test sample: %s", err)
             continue
-        yield sample["__key__"], to_tensor(test_transform(image, size))
+        yield sample["__key__"], to_unit_tensor(test_transform(image, size))
+
+
+def to_unit_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
+    """A decoded sample as a CHW tensor in [-1, 1] of torch's default dtype."""
+    tensor = as_tensor(image)
+    return normalize(tensor) if tensor.dtype == torch.uint8 else tensor.to(torch.get_default_dtype())

@@ -2,20 +2,44 @@
 
 Each sample gets its own `random.Random`, seeded from its position in the stream, so the
 crop and flip of a sample never depend on which loader worker drew it or on a resume.
+
+A sample is a PIL image (8-bit data, the official path) or an H x W x C float32 array in
+[-1, 1] (deeper data and any band count): the same draws give both the same geometry, and
+arrays are resized band by band with PIL's own bicubic kernel in 32-bit float.
 """
 
 from __future__ import annotations
 
 import random
+from typing import TypeVar
 
+import numpy as np
 from PIL import Image
 
 from cyclegan.config import DataConfig
 
+Sample = TypeVar("Sample", Image.Image, np.ndarray)
 
-def _resize_for(image: Image.Image, cfg: DataConfig) -> tuple[int, int]:
+
+def size_of(image: Image.Image | np.ndarray) -> tuple[int, int]:
+    """(width, height), as PIL gives it."""
+    return image.size if isinstance(image, Image.Image) else (image.shape[1], image.shape[0])
+
+
+def resize(image: Sample, size: tuple[int, int]) -> Sample:
+    """Bicubic resize to (width, height); arrays stay within [-1, 1], as 8-bit pixels stay in 0..255."""
+    if size == size_of(image):
+        return image
+    if isinstance(image, Image.Image):
+        return image.resize(size, Image.BICUBIC)
+    bands = [np.asarray(Image.fromarray(np.ascontiguousarray(image[:, :, c]), mode="F").resize(size, Image.BICUBIC))
+             for c in range(image.shape[2])]
+    return np.clip(np.stack(bands, axis=2), -1.0, 1.0)
+
+
+def _resize_for(image: Image.Image | np.ndarray, cfg: DataConfig) -> tuple[int, int]:
     """Size before the crop: a square load size, or an aspect-preserving one."""
-    width, height = image.size
+    width, height = size_of(image)
     load, crop = cfg.load_size, cfg.crop_size
     if cfg.preprocess == "resize_and_crop":
         return load, load
@@ -34,22 +58,20 @@ def draft_size(cfg: DataConfig) -> tuple[int, int] | None:
     return (cfg.load_size, cfg.load_size) if cfg.jpeg_draft else None
 
 
-def train_transform(image: Image.Image, rng: random.Random, cfg: DataConfig) -> Image.Image:
+def train_transform(image: Sample, rng: random.Random, cfg: DataConfig) -> Sample:
     """Resize (bicubic, as the official), random crop to `crop_size`, random horizontal flip."""
-    size = _resize_for(image, cfg)
-    if size != image.size:
-        image = image.resize(size, Image.BICUBIC)
-    width, height = image.size
+    image = resize(image, _resize_for(image, cfg))
+    width, height = size_of(image)
     left = rng.randint(0, width - cfg.crop_size)
     top = rng.randint(0, height - cfg.crop_size)
+    flip = cfg.flip and rng.random() < 0.5
+    if isinstance(image, np.ndarray):
+        image = image[top:top + cfg.crop_size, left:left + cfg.crop_size]
+        return np.ascontiguousarray(image[:, ::-1] if flip else image)
     image = image.crop((left, top, left + cfg.crop_size, top + cfg.crop_size))
-    if cfg.flip and rng.random() < 0.5:
-        image = image.transpose(Image.FLIP_LEFT_RIGHT)
-    return image
+    return image.transpose(Image.FLIP_LEFT_RIGHT) if flip else image
 
 
-def test_transform(image: Image.Image, size: int) -> Image.Image:
+def test_transform(image: Sample, size: int) -> Sample:
     """The official test preprocessing: a bicubic resize to a square."""
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.BICUBIC)
-    return image
+    return resize(image, (size, size))

@@ -1,10 +1,12 @@
 """The one batched translation core: a generator on a device turning 8-bit images into 8-bit
-translations. Files, shards and videos all go through `Translator.translate`; images too big
-for memory go through the exact tiled path (`cyclegan.translate.tiles`).
+translations, and deeper data (normalised by `data.normalize`) into data of the input's type.
+Files, shards and videos all go through `Translator.translate`; images too big for memory go
+through the exact tiled path (`cyclegan.translate.tiles`).
 
 Each image keeps its size: it is reflection-padded to a multiple of 4 (the generator
 downsamples twice), translated and cropped back, and the output is `(y + 1) / 2 * 255` cast to
-uint8, as the official test code writes it.
+uint8, as the official test code writes it; a deep output is the inverse normalisation, on the
+input's window (or, with `full_range`, on its type's full range).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from cyclegan.arrays import Normalize, from_unit, type_range
+from cyclegan.data.transforms import resize
 from cyclegan.errors import DataError, UserError
 from cyclegan.hardware import native_bf16
 from cyclegan.images import normalize, to_image, to_pixels, to_uint8
@@ -38,6 +42,18 @@ MIN_SIDE = 8  # the innermost layers reflect-pad a quarter of the image by one p
 class ImageTooSmall(DataError):
     """An image the generator cannot take."""
 
+
+@dataclass
+class DeepInput:
+    """A deep input normalised for the generator: `unit` (H x W x C float32 in [-1, 1]), and the
+    type and window its translation goes back to."""
+
+    unit: np.ndarray
+    dtype: np.dtype
+    window: tuple[float, float]
+
+    def resized(self, size: int) -> DeepInput:
+        return DeepInput(resize(self.unit, (size, size)), self.dtype, self.window)
 
 
 def is_hub_id(source: str) -> bool:
@@ -118,17 +134,34 @@ class Translator:
     memory), 0 never tiles, N tiles of N pixels."""
 
     def __init__(self, net: nn.Module, device: torch.device, bf16: bool = False, tile: int | None = None,
-                 direction: str = "AtoB") -> None:
+                 direction: str = "AtoB", normalize: Normalize = Normalize(), full_range: bool = False) -> None:
         self.net, self.device, self.bf16, self.tile = net.eval().to(device), device, bf16, tile
-        self.direction = direction
+        self.direction, self.normalize, self.full_range = direction, normalize, full_range
+
+    def deep_input(self, array: np.ndarray, name: str = "input") -> DeepInput:
+        """An H x W x C array of the generator's input bands, normalised by `self.normalize`."""
+        unit, window = self.normalize.to_unit(array, name)
+        return DeepInput(unit, array.dtype, window)
+
+    def restore(self, translated: np.ndarray, source: DeepInput) -> np.ndarray:
+        """A float32 [-1, 1] translation -> values of the input's type: on the input's window (the
+        inverse of the normalisation), or with `full_range` on the type's whole range."""
+        window = type_range(source.dtype, "the translation") if self.full_range else source.window
+        return from_unit(translated, source.dtype, window)
 
     @classmethod
     def from_pretrained(cls, source: str | Path, direction: str | None = None, device: str | torch.device = "auto",
-                        precision: str = "auto", tile: int | None = None) -> Translator:
+                        precision: str = "auto", tile: int | None = None, normalize: str = "dtype",
+                        full_range: bool = False) -> Translator:
         """From a run, export, checkpoint or official folder (`direction` picks the generator, AtoB
         by default), a Hugging Face folder or Hub id, an official `.pth`, a `.safetensors` export,
         or an `.onnx` model (run by onnxruntime on the CPU). A file or folder that says it
-        translates the other way than `direction` is refused."""
+        translates the other way than `direction` is refused. `normalize` (as `data.normalize`) and
+        `full_range` say how deep inputs are read and their translations written."""
+        try:
+            parsed = Normalize.parse(normalize)
+        except DataError as err:
+            raise UserError(f"normalize: {err}") from None
         path = Path(source)
         if is_hub_id(str(source)):
             path = from_hub(str(source))
@@ -138,17 +171,27 @@ class Translator:
             net = OnnxGenerator(path)
             if direction and net.direction and direction != net.direction:
                 raise UserError(f"{path} holds the {net.direction} generator, but {direction} was asked for")
-            return cls(net, torch.device("cpu"), tile=0, direction=net.direction or direction or "AtoB")
+            return cls(net, torch.device("cpu"), tile=0, direction=net.direction or direction or "AtoB",
+                       normalize=parsed, full_range=full_range)
         dev = device if isinstance(device, torch.device) else pick_device(device)
         weights = resolve_generator_path(path, direction)
         named = direction or generator_direction(path if path.is_dir() else weights) or "AtoB"
-        return cls(load_generator(weights), dev, use_bf16(precision, dev), tile, named)
+        return cls(load_generator(weights), dev, use_bf16(precision, dev), tile, named, parsed, full_range)
 
-    def __call__(self, images: Image.Image | torch.Tensor) -> Image.Image | torch.Tensor:
-        """A PIL image -> its translation as a PIL image of the same size (tiled if need be); a
-        [-1, 1] CHW or NCHW tensor -> the translated tensor, on the same device."""
+    def __call__(self, images: Image.Image | np.ndarray | torch.Tensor) -> Image.Image | np.ndarray | torch.Tensor:
+        """A PIL image -> its translation as a PIL image of the same size (tiled if need be); an
+        H x W x C (or H x W) array of any type -> the translated array of that type (normalised
+        and restored as `deep_input` and `restore` do); a [-1, 1] CHW or NCHW tensor -> the
+        translated tensor, on the same device."""
         if isinstance(images, Image.Image):
             return to_image(self.translate([to_pixels(images, self.in_channels)])[0])
+        if isinstance(images, np.ndarray):
+            array = images[:, :, None] if images.ndim == 2 else images
+            if array.ndim != 3 or array.shape[2] != self.in_channels:
+                raise UserError(f"this generator takes H x W x {self.in_channels} arrays, not {images.shape}")
+            deep = self.deep_input(array)
+            out = self.restore(self.translate([deep.unit])[0], deep)
+            return out[:, :, 0] if images.ndim == 2 and out.shape[2] == 1 else out
         if isinstance(images, torch.Tensor):
             if not images.is_floating_point() or images.dim() not in (3, 4):
                 raise UserError("a Translator takes float tensors in [-1, 1], CHW or NCHW")
@@ -163,8 +206,13 @@ class Translator:
 
     @property
     def in_channels(self) -> int:
-        """The generator's input channels: 3 (RGB) or 1 (greyscale); inputs are converted to them."""
+        """The generator's input channels (3: RGB, 1: greyscale, or any band count); inputs are
+        converted to them."""
         return self.net.spec.in_channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.net.spec.out_channels
 
     def untiled_bytes(self, height: int, width: int) -> int:
         return height * width * self.net.spec.ngf * BYTES_PER_PIXEL_PER_NGF
@@ -188,7 +236,8 @@ class Translator:
         return DEFAULT_TILE if self.untiled_bytes(height, width) > self.free_bytes() // 2 else 0
 
     def translate(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        """8-bit H x W x C images of one size -> their 8-bit translations."""
+        """H x W x C images of one size -> their translations: 8-bit to 8-bit, or float32 in
+        [-1, 1] (deeper data, normalised) to float32 in [-1, 1]."""
         height, width = images[0].shape[:2]
         if min(height, width) < MIN_SIDE:
             raise ImageTooSmall(f"{width} x {height} px is too small to translate (both sides need {MIN_SIDE} px)")
@@ -199,7 +248,10 @@ class Translator:
         out = []
         for start in range(0, len(images), per_pass):
             batch = torch.from_numpy(np.stack(images[start:start + per_pass])).to(self.device).permute(0, 3, 1, 2)
-            out += list(to_uint8(self.forward(normalize(batch))).permute(0, 2, 3, 1).cpu().numpy())
+            if batch.dtype == torch.uint8:
+                out += list(to_uint8(self.forward(normalize(batch))).permute(0, 2, 3, 1).cpu().numpy())
+            else:
+                out += list(self.forward(batch.float()).permute(0, 2, 3, 1).cpu().numpy())
         return out
 
     @torch.no_grad()

@@ -1,4 +1,6 @@
 """Image files in, PNG files out, split across ranks: rank r translates every world-th file.
+Deeper inputs (16-bit or float images, `.npy` arrays, or any input under a `range:` or
+`percentile:` normalisation) come out at their own depth: see `cyclegan.arrays.output_format`.
 
 Each output is written under a temporary name and renamed when complete, so a rerun of an
 interrupted job keeps the outputs it finds and translates only the rest.
@@ -6,6 +8,7 @@ interrupted job keeps the outputs it finds and translates only the rest.
 
 from __future__ import annotations
 
+import io
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -13,28 +16,60 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from cyclegan.arrays import encode, fit_bands, is_deep, output_format, read_array
 from cyclegan.errors import DataError, UserError
-from cyclegan.images import ChannelMismatch, ImageDecodeError, list_images, open_image, to_channels, to_image, to_pixels
-from cyclegan.translate.core import ImageTooSmall, TranslateReport, Translator
+from cyclegan.images import (
+    ARRAY_EXTENSIONS,
+    ChannelMismatch,
+    ImageDecodeError,
+    list_images,
+    open_image,
+    to_channels,
+    to_image,
+    to_pixels,
+)
+from cyclegan.translate.core import DeepInput, ImageTooSmall, TranslateReport, Translator
 
 
-def output_name(relative: Path, stems: Counter) -> Path:
+def output_name(relative: Path, stems: Counter, suffix: str = ".png") -> Path:
     """`x.jpg` -> `x.png`; but when `x.jpg` and `x.png` are both inputs, `x.jpg` -> `x.jpg.png`."""
-    if stems[relative.with_suffix("")] > 1 and relative.suffix.lower() != ".png":
-        return relative.with_name(relative.name + ".png")
-    return relative.with_suffix(".png")
+    if stems[relative.with_suffix("")] > 1 and relative.suffix.lower() != suffix:
+        return relative.with_name(relative.name + suffix)
+    return relative.with_suffix(suffix)
 
 
-def save_png(pixels: np.ndarray, target: Path) -> None:
+def save(data: bytes, target: Path) -> None:
     """Write atomically: a file with the final name is always complete."""
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial")
     try:
-        to_image(pixels).save(partial, format="PNG")
+        partial.write_bytes(data)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
     partial.replace(target)
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    to_image(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def inspect(path: Path, translator: Translator) -> tuple[tuple[int, int], str | None, bool]:
+    """(width, height), the output format for a deep input (None: 8-bit PNG) and whether the input
+    takes the deep path, from the file's header alone."""
+    if path.suffix.lower() in ARRAY_EXTENSIONS:
+        shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+        if len(shape) not in (2, 3):
+            raise ValueError(f"an array of shape {shape} is no image")
+        return (shape[1], shape[0]), "npy", True
+    with Image.open(path) as image:
+        size, mode, fmt = image.size, image.mode, image.format
+    if not is_deep(False, mode, translator.normalize, translator.in_channels):
+        return size, None, False
+    dtype = np.uint16 if mode.startswith("I;16") else np.float32 if mode in ("F", "I") else np.uint8
+    return size, output_format(False, fmt, dtype, translator.out_channels), True
 
 
 def load_pixels(path: Path, load_size: int | None, channels: int, report: TranslateReport) -> np.ndarray | None:
@@ -54,9 +89,22 @@ def load_pixels(path: Path, load_size: int | None, channels: int, report: Transl
     return pixels
 
 
+def load_deep(path: Path, load_size: int | None, translator: Translator, report: TranslateReport) -> DeepInput | None:
+    """A deep input, normalised (resized to `load_size` square if given), or None if unreadable or
+    of other channels than the generator takes."""
+    try:
+        array = fit_bands(read_array(path, str(path), path.suffix.lower() in ARRAY_EXTENSIONS),
+                          translator.in_channels, str(path), path.suffix.lower() not in ARRAY_EXTENSIONS)
+        deep = translator.deep_input(array, str(path))
+    except (ImageDecodeError, ChannelMismatch) as err:
+        report.skipped.append(str(err))
+        return None
+    return deep.resized(load_size) if load_size else deep
+
+
 def translate_files(translator: Translator, source: Path, output: Path, load_size: int | None = None,
                     batch_size: int = 4, rank: int = 0, world_size: int = 1) -> TranslateReport:
-    """Translate `source` (an image, or a folder searched recursively) into PNGs under `output`,
+    """Translate `source` (an image, or a folder searched recursively) into files under `output`,
     keeping relative paths; this rank's share of the files."""
     if source.is_file():
         files, root = [source], source.parent
@@ -68,34 +116,42 @@ def translate_files(translator: Translator, source: Path, output: Path, load_siz
         raise DataError(f"no images found under {source}")
     stems = Counter(p.relative_to(root).with_suffix("") for p in files)
     report = TranslateReport()
-    groups: dict[tuple[int, int], list[tuple[Path, Path]]] = defaultdict(list)
+    groups: dict[tuple[int, int, bool], list[tuple[Path, Path]]] = defaultdict(list)
     for path in files[rank::world_size]:
-        target = output / output_name(path.relative_to(root), stems)
+        try:
+            size, fmt, deep = inspect(path, translator)
+        except Exception as err:  # PIL and numpy raise many kinds for a bad header
+            report.skipped.append(f"{path}: cannot be opened ({err})")
+            continue
+        target = output / output_name(path.relative_to(root), stems, f".{fmt or 'png'}")
         if target.resolve() == path.resolve():
             raise UserError(f"translating {path} into {output} would overwrite it: choose another --output")
         if target.is_file():
             report.done_before += 1
             continue
-        try:
-            with Image.open(path) as image:
-                size = image.size
-        except Exception as err:  # PIL raises many kinds for a bad header
-            report.skipped.append(f"{path}: cannot be opened ({err})")
-            continue
-        groups[(load_size, load_size) if load_size else size].append((path, target))
+        groups[((load_size, load_size) if load_size else size) + (deep,)].append((path, target))
     with tqdm(total=sum(map(len, groups.values())), desc="translate", unit="img", disable=rank != 0) as bar:
-        for _, jobs in sorted(groups.items()):  # one size per forward pass
+        for (*_, deep), jobs in sorted(groups.items()):  # one size and kind per forward pass
             for start in range(0, len(jobs), batch_size):
                 part = jobs[start:start + batch_size]
-                chunk = [(pixels, path, target) for path, target in part
-                         if (pixels := load_pixels(path, load_size, translator.in_channels, report)) is not None]
+                if deep:
+                    chunk = [(item, path, target) for path, target in part
+                             if (item := load_deep(path, load_size, translator, report)) is not None]
+                    inputs = [item.unit for item, _, _ in chunk]
+                else:
+                    chunk = [(pixels, path, target) for path, target in part
+                             if (pixels := load_pixels(path, load_size, translator.in_channels, report)) is not None]
+                    inputs = [pixels for pixels, _, _ in chunk]
                 try:
-                    translated = translator.translate([pixels for pixels, _, _ in chunk]) if chunk else []
+                    translated = translator.translate(inputs) if chunk else []
                 except ImageTooSmall as err:
                     report.skipped += [f"{path}: {err}" for _, path, _ in chunk]
                     translated = []
-                for pixels, (_, _, target) in zip(translated, chunk):
-                    save_png(pixels, target)
+                for result, (item, _, target) in zip(translated, chunk):
+                    if deep:
+                        save(encode(translator.restore(result, item), target.suffix[1:]), target)
+                    else:
+                        save(png_bytes(result), target)
                 report.written += len(translated)
                 bar.update(len(part))
     return report

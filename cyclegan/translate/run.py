@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import torch
+import yaml
 from accelerate import PartialState
 from accelerate.utils import gather_object, parse_flag_from_env
 from PIL import Image
@@ -35,6 +36,18 @@ def input_kind(spec: str) -> str:
     return "shards" if ".tar" in spec else "images"
 
 
+def run_normalize(checkpoint: Path) -> str:
+    """`data.normalize` of the run a checkpoint comes from (its folder, or a checkpoint inside it),
+    so that a translation reads and writes its data as training did; "dtype" when none is found."""
+    path = Path(checkpoint)
+    for folder in (path, *path.parents[:3]):
+        config = folder / "config.yaml"
+        if config.is_file():
+            data = (yaml.safe_load(config.read_text()) or {}).get("data") or {}
+            return str(data.get("normalize", "dtype"))
+    return "dtype"
+
+
 def check_settings(output: Path, settings: dict, state: PartialState) -> None:
     """Refuse to finish another translation's output; record this one's settings (main process)."""
     recorded = output / SETTINGS
@@ -51,8 +64,9 @@ def check_settings(output: Path, settings: dict, state: PartialState) -> None:
 
 def run(checkpoint: Path, source: str, output: Path, direction: str | None = None, load_size: int | None = None,
         batch_size: int = 4, device: str = "auto", precision: str = "auto", tile: int | None = None,
-        smoothing: float = 0.0) -> TranslateReport:
-    """Translate `source` into `output`, print a summary once; returns the report of all ranks."""
+        smoothing: float = 0.0, normalize: str | None = None, output_range: str = "window") -> TranslateReport:
+    """Translate `source` into `output`, print a summary once; returns the report of all ranks.
+    `normalize` None takes the run's `data.normalize` (see `run_normalize`)."""
     if batch_size < 1 or (tile is not None and tile < 0) or not 0 <= smoothing < 1:
         raise UserError("--batch-size must be at least 1, --tile at least 0, --smoothing in [0, 1)")
     kind = input_kind(source)
@@ -65,7 +79,7 @@ def run(checkpoint: Path, source: str, output: Path, direction: str | None = Non
                          timeout=timedelta(days=7))
     try:
         return _translate(state, kind, checkpoint, source, output, direction, load_size, batch_size, device,
-                          precision, tile, smoothing)
+                          precision, tile, smoothing, normalize or run_normalize(checkpoint), output_range)
     finally:
         if started_here:  # a gloo group left to the interpreter's exit can abort it (SIGABRT)
             state.destroy_process_group()
@@ -73,10 +87,11 @@ def run(checkpoint: Path, source: str, output: Path, direction: str | None = Non
 
 def _translate(state: PartialState, kind: str, checkpoint: Path, source: str, output: Path, direction: str | None,
                load_size: int | None, batch_size: int, device: str, precision: str, tile: int | None,
-               smoothing: float) -> TranslateReport:
+               smoothing: float, normalize: str, output_range: str) -> TranslateReport:
     """`run`'s work, between setting up the ranks and tearing them down."""
     dev = state.device if device == "auto" else pick_device(device)
-    translator = Translator.from_pretrained(checkpoint, direction, dev, precision, tile)
+    translator = Translator.from_pretrained(checkpoint, direction, dev, precision, tile, normalize,
+                                            output_range == "dtype")
     bf16, direction = translator.bf16, translator.direction
     Image.MAX_IMAGE_PIXELS = None  # one's own 20,000 px scene is no decompression bomb; tiles handle its size
     state.print(f"translating {kind} {direction} on {translator.device} in {'bf16' if bf16 else 'fp32'} "
@@ -92,7 +107,8 @@ def _translate(state: PartialState, kind: str, checkpoint: Path, source: str, ou
         state.wait_for_everyone()
         return report
     settings = {"checkpoint": str(Path(checkpoint).resolve()), "direction": direction, "input": source,
-                "precision": "bf16" if bf16 else "fp32", "load_size": load_size}
+                "precision": "bf16" if bf16 else "fp32", "load_size": load_size, "normalize": normalize,
+                "output_range": output_range}
     check_settings(output, settings, state)
     if kind == "shards":
         domain = "A" if direction == "AtoB" else "B"

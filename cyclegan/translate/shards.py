@@ -1,7 +1,7 @@
 """Tar shards in, tar shards out, split across ranks: rank r translates every world-th shard.
 
 Each input shard gives one output shard of the same name with the same sample keys (the
-translation as `png`), written under a temporary name and renamed when complete, beside a small
+translation as `png`; deeper samples, see `cyclegan.arrays.is_deep`, as `npy` of the input's type), written under a temporary name and renamed when complete, beside a small
 report of its samples and skipped ones. A rerun keeps the complete shards and redoes the rest:
 nothing is written twice, and since no rank waits on another while translating, shards that do
 not divide evenly across ranks cost nothing but idle ranks. The main process writes
@@ -20,12 +20,13 @@ import numpy as np
 import webdataset as wds
 from tqdm import tqdm
 
+from cyclegan.arrays import fit_bands, image_array, is_deep, load_npy, npy_bytes
 from cyclegan.data.shards import MANIFEST
 from cyclegan.data.sources import check_shards, count_samples, expand_urls, is_local
-from cyclegan.data.stream import decode
+from cyclegan.data.stream import IMAGE_FIELDS
 from cyclegan.errors import DataError
-from cyclegan.images import ChannelMismatch, ImageDecodeError, to_image, to_pixels
-from cyclegan.translate.core import ImageTooSmall, TranslateReport, Translator
+from cyclegan.images import ChannelMismatch, ImageDecodeError, open_image, to_image, to_pixels
+from cyclegan.translate.core import DeepInput, ImageTooSmall, TranslateReport, Translator
 
 REPORTS = ".reports"  # per-shard reports, beside the output shards
 
@@ -69,6 +70,22 @@ def strict_samples(url: str) -> Iterator[dict]:
         raise DataError(f"shard {url} cannot be read ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
 
 
+def sample_input(sample: dict, translator: Translator) -> tuple[np.ndarray, DeepInput | None]:
+    """What the generator takes of a sample: 8-bit pixels, or a deep sample's normalised values
+    (and what its translation goes back to)."""
+    name = f"sample {sample.get('__key__')} in {sample.get('__url__')}"
+    field = next((f for f in IMAGE_FIELDS if f in sample), None)
+    if field is None:
+        raise ImageDecodeError(f"{name} has no image (fields: {', '.join(k for k in sample if not k.startswith('__'))})")
+    is_npy = field == "npy"
+    image = None if is_npy else open_image(sample[field], name=name)
+    if not is_deep(is_npy, image and image.mode, translator.normalize, translator.in_channels):
+        return to_pixels(image, translator.in_channels, name), None
+    array = load_npy(sample[field], name) if is_npy else image_array(image)
+    deep = translator.deep_input(fit_bands(array, translator.in_channels, name, not is_npy), name)
+    return deep.unit, deep
+
+
 def translate_shard(translator: Translator, url: str, target: Path, batch_size: int,
                     bar: tqdm) -> tuple[int, list[str]]:
     """One shard: decoded in order, translated in batches of equal-sized images, written in the
@@ -80,8 +97,8 @@ def translate_shard(translator: Translator, url: str, target: Path, batch_size: 
 
     def flush(writer: wds.TarWriter) -> int:
         by_size: dict[tuple, list[int]] = {}
-        for i, (_, pixels) in enumerate(pending):
-            by_size.setdefault(pixels.shape, []).append(i)
+        for i, (_, pixels, _) in enumerate(pending):
+            by_size.setdefault((pixels.shape, pixels.dtype.str), []).append(i)
         translated: dict[int, np.ndarray] = {}
         for indices in by_size.values():
             for start in range(0, len(indices), batch_size):
@@ -90,8 +107,10 @@ def translate_shard(translator: Translator, url: str, target: Path, batch_size: 
                     translated.update(zip(part, translator.translate([pending[i][1] for i in part])))
                 except ImageTooSmall as err:
                     skipped.extend(f"sample {pending[i][0]} in {url}: {err}" for i in part)
-        for i, (key, _) in enumerate(pending):
-            if i in translated:
+        for i, (key, _, deep) in enumerate(pending):
+            if i in translated and deep is not None:
+                writer.write({"__key__": key, "npy": npy_bytes(translator.restore(translated[i], deep))})
+            elif i in translated:
                 buffer = io.BytesIO()
                 to_image(translated[i]).save(buffer, format="PNG")
                 writer.write({"__key__": key, "png": buffer.getvalue()})
@@ -103,7 +122,7 @@ def translate_shard(translator: Translator, url: str, target: Path, batch_size: 
         with wds.TarWriter(str(partial), encoder=False, mtime=0) as writer:
             for sample in strict_samples(url):
                 try:
-                    pending.append((sample["__key__"], to_pixels(decode(sample), translator.in_channels)))
+                    pending.append((sample["__key__"], *sample_input(sample, translator)))
                 except (ImageDecodeError, ChannelMismatch) as err:
                     skipped.append(str(err))
                     bar.update(1)

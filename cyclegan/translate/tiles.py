@@ -128,12 +128,14 @@ class DiskPlane(Plane):
 
 
 class ImagePlane(Plane):
-    """The 8-bit input image, read as the network's [-1, 1] input."""
+    """The input image, read as the network's [-1, 1] input: 8-bit pixels scaled, or float32
+    values already in [-1, 1] as they are."""
 
     def __init__(self, pixels: np.ndarray) -> None:
         super().__init__(*pixels.shape)
         self.pixels = pixels
-        self.scale, self.shift = np.full(self.channels, 2 / 255), np.full(self.channels, -1.0)
+        if pixels.dtype == np.uint8:
+            self.scale, self.shift = np.full(self.channels, 2 / 255), np.full(self.channels, -1.0)
 
     def region(self, top: int, bottom: int, left: int, right: int) -> np.ndarray:
         return self.pixels[top:bottom, left:right]
@@ -239,7 +241,8 @@ def scratch_bytes(net: ResnetGenerator, height: int, width: int) -> int:
 
 def translate_tiled(net: ResnetGenerator, pixels: np.ndarray, tile: int, device: torch.device,
                     bf16: bool = False) -> np.ndarray:
-    """An 8-bit H x W x C image -> its 8-bit translation, in tiles of `tile` pixels."""
+    """An 8-bit H x W x C image -> its 8-bit translation, in tiles of `tile` pixels; a float32 one
+    in [-1, 1] -> its float32 translation in [-1, 1]."""
     if not isinstance(net.model[-1], nn.Tanh):
         raise TypeError("tiled translation expects the generator to end in tanh")
     height, width = pixels.shape[:2]
@@ -265,10 +268,11 @@ def translate_tiled(net: ResnetGenerator, pixels: np.ndarray, tile: int, device:
     with torch.no_grad():
         try:
             out = run.layers(list(net.model), ImagePlane(padded))
-            image = np.empty((height, width, out.channels), dtype=np.uint8)
+            eight_bit = pixels.dtype == np.uint8
+            image = np.empty((height, width, out.channels), dtype=np.uint8 if eight_bit else np.float32)
             for top, bottom, left, right in run.tiles(height, width):
                 y = np.tanh(out.read(top, bottom, left, right, "zeros"))
-                image[top:bottom, left:right] = np.clip((y + 1) / 2 * 255, 0, 255).astype(np.uint8)
+                image[top:bottom, left:right] = np.clip((y + 1) / 2 * 255, 0, 255).astype(np.uint8) if eight_bit else y
         finally:
             for plane in run.planes:
                 plane.close()

@@ -18,7 +18,7 @@ import av
 import numpy as np
 from tqdm import tqdm
 
-from cyclegan.errors import DataError
+from cyclegan.errors import DataError, UserError
 from cyclegan.translate.core import Translator
 
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"}
@@ -70,6 +70,9 @@ def translate_video(translator: Translator, source: Path, target: Path, batch_si
                     smoothing: float = 0.0) -> int:
     """Translate every frame of `source` into `target` (written under a temporary name, renamed when
     complete); returns the number of frames."""
+    if {translator.in_channels, translator.out_channels} - {1, 3}:
+        raise UserError(f"a video has colour or grey frames, but this generator translates {translator.in_channels} "
+                        f"-> {translator.out_channels} bands")
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".partial-{target.name}")
     try:

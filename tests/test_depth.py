@@ -1,0 +1,177 @@
+"""Scientific data: 16-bit and float samples, any band count, kept unquantised from the source
+files through the shards, the loader and translation back out."""
+
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from cyclegan.arrays import Normalize, from_unit
+from cyclegan.config import DataConfig, load_config
+from cyclegan.data.shards import write_shards
+from cyclegan.data.sources import check_samples, find_sources
+from cyclegan.data.stream import UnpairedStream, iter_test_images
+from cyclegan.errors import ConfigError, DataError
+from cyclegan.models.generator import GeneratorSpec
+from cyclegan.translate import Translator
+from cyclegan.translate.files import translate_files
+from cyclegan.translate.shards import translate_shards
+from tests.conftest import ROOT, script, tiny
+
+SIZE = 64  # 64 x 64 = 4096 pixels: a 12-bit slice can hold every level once
+
+
+class Identity(nn.Module):
+    """A "generator" that returns its input: what comes out of a translation is then exactly what
+    the data path did to the input and undid again."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.spec = GeneratorSpec(channels, channels, ngf=4, n_blocks=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def ct_slice(seed: int) -> np.ndarray:
+    """A 12-bit CT-like slice: every one of the 4096 levels, shuffled."""
+    return np.random.default_rng(seed).permutation(4096).reshape(SIZE, SIZE).astype(np.uint16)
+
+
+def bands(seed: int, count: int = 4) -> np.ndarray:
+    """A float32 multi-band image, as a satellite scene in reflectance units."""
+    return np.random.default_rng(seed).uniform(-0.2, 1.3, (SIZE, SIZE, count)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def deep_data(tmp_path_factory):
+    """Domain A: 16-bit greyscale PNGs (12-bit content); domain B: 4-band float32 .npy arrays."""
+    root = tmp_path_factory.mktemp("deep")
+    for split, count in (("train", 6), ("test", 2)):
+        (root / "folders" / f"{split}A").mkdir(parents=True)
+        (root / "folders" / f"{split}B").mkdir(parents=True)
+        for i in range(count):
+            seed = i + (100 if split == "test" else 0)
+            Image.fromarray(ct_slice(seed)).save(root / "folders" / f"{split}A" / f"slice_{i}.png")
+            np.save(root / "folders" / f"{split}B" / f"scene_{i}.npy", bands(seed))
+    sources = {(s, d): root / "folders" / f"{s}{d}" for s in ("train", "test") for d in "AB"}
+    write_shards(sources, root / "deep", shard_size=4, workers=1, keep_depth=True)
+    write_shards(sources, root / "eight", shard_size=4, workers=1)
+    return root
+
+
+def test_the_manifest_records_types_bands_and_range(deep_data):
+    splits = json.loads((deep_data / "deep" / "manifest.json").read_text())["splits"]
+    a, b = splits["train"]["A"], splits["train"]["B"]
+    assert (a["dtypes"], a["array_bands"], a["value_range"]) == ({"uint16": 6}, {}, [0, 4095])
+    assert b["dtypes"] == {"float32": 6} and b["array_bands"] == {"4": 6}
+    assert -0.2 <= b["value_range"][0] < 0 and 1 < b["value_range"][1] <= 1.3
+    with tarfile.open(deep_data / "deep" / "train" / "A-000000.tar") as tar:
+        stored = Image.open(io.BytesIO(tar.extractfile(tar.getmembers()[0]).read()))
+        assert stored.mode == "I;16", "a 16-bit PNG, not 8-bit RGB"
+    assert json.loads((deep_data / "eight" / "manifest.json").read_text())["splits"]["train"]["A"]["dtypes"] == \
+        {"uint8": 6}, "without --keep-depth, images are quantised as before"
+
+
+def test_a_12_bit_slice_keeps_its_4096_levels_through_shards_and_loader(deep_data):
+    window = "range:0,4095"
+    deep = find_sources(DataConfig(root=str(deep_data / "deep")))
+    _, tensor = next(iter_test_images(deep.test_a, SIZE, channels=1, normalize=window))
+    assert tensor.shape == (1, SIZE, SIZE) and tensor.unique().numel() == 4096
+    # the negative control: the same files in 8-bit shards keep at most 256 levels
+    eight = find_sources(DataConfig(root=str(deep_data / "eight")))
+    _, quantised = next(iter_test_images(eight.test_a, SIZE, channels=1))
+    assert quantised.unique().numel() <= 256
+
+
+def test_the_training_loader_gives_every_16_bit_level_back_bit_for_bit(deep_data):
+    cfg = DataConfig(root=str(deep_data / "deep"), preprocess="crop", crop_size=SIZE, load_size=SIZE, flip=False,
+                     num_workers=0, normalize="range:0,4095")
+    stream = UnpairedStream(find_sources(cfg), cfg, batch_size=1, batches_per_epoch=6, seed=0, channels=(1, 4))
+    seen = set()
+    for sample in stream:
+        assert sample["A"].dtype == torch.float32 and sample["B"].shape == (4, SIZE, SIZE)
+        index = int(sample["key_a"].rsplit("_", 1)[1])
+        restored = from_unit(sample["A"].numpy().transpose(1, 2, 0), np.uint16, (0, 4095))
+        assert np.array_equal(restored[:, :, 0], ct_slice(index)), sample["key_a"]
+        seen.add(index)
+    assert seen == set(range(6))
+
+
+def test_translation_writes_what_came_in(deep_data, tmp_path):
+    """Shards -> loader's normalisation -> identity generator -> inverse -> files of the input's
+    type: uint16 bit for bit; float32 within float32 rounding of the window (the values pass
+    through float32 in [-1, 1], where one unit in the last place is 6e-8 of the window)."""
+    folders = deep_data / "folders"
+    ct = Translator(Identity(1), torch.device("cpu"), tile=0, normalize=Normalize.parse("range:0,4095"))
+    translate_files(ct, folders / "testA", tmp_path / "ct")
+    for i in range(2):
+        written = Image.open(tmp_path / "ct" / f"slice_{i}.png")
+        assert written.mode == "I;16" and np.array_equal(np.asarray(written), ct_slice(100 + i))
+    report, _ = translate_shards(ct, str(deep_data / "deep"), tmp_path / "ct-shards", "A")
+    assert report.written == 8
+    with tarfile.open(tmp_path / "ct-shards" / "test" / "A-000000.tar") as tar:
+        arrays = [np.load(io.BytesIO(tar.extractfile(m).read())) for m in tar.getmembers() if m.name.endswith(".npy")]
+    assert [a.dtype for a in arrays] == [np.uint16] * 2
+    assert all(np.array_equal(a[:, :, 0], ct_slice(100 + i)) for i, a in enumerate(arrays))
+
+    low, high = -0.5, 1.5
+    scenes = Translator(Identity(4), torch.device("cpu"), tile=0, normalize=Normalize.parse(f"range:{low},{high}"))
+    translate_files(scenes, folders / "testB", tmp_path / "scenes")
+    for i in range(2):
+        written = np.load(tmp_path / "scenes" / f"scene_{i}.npy")
+        assert written.dtype == np.float32 and written.shape == (SIZE, SIZE, 4)
+        assert np.abs(written - bands(100 + i)).max() <= 1e-6 * (high - low)
+    # the percentile window is the input's own: restored on it, the values come back too
+    own = Translator(Identity(4), torch.device("cpu"), tile=0, normalize=Normalize.parse("percentile:0,100"))
+    assert np.abs(own(bands(7)) - bands(7)).max() <= 1e-6 * 1.5
+    # --output-range dtype: [-1, 1] spread over the type's range instead of the window
+    spread = Translator(Identity(1), torch.device("cpu"), tile=0, normalize=Normalize.parse("range:0,4095"),
+                        full_range=True)
+    assert spread(ct_slice(0)).max() == 65535
+
+
+def test_bands_and_16_bit_train_and_their_grids_show_three_bands(deep_data, tmp_path):
+    out = tmp_path / "run"
+    script("train.py", "--config", "configs/demo.yaml",
+           *tiny(deep_data / "deep", out, "model.input_nc=1", "model.output_nc=4", "train.lambda_identity=0",
+                 "data.normalize=percentile:0.5,99.5", "data.load_size=36", "data.crop_size=32",
+                 "train.max_steps=2", "tracking.mode=offline", "tracking.image_every=2", "tracking.num_images=2",
+                 "tracking.display_bands=[3,1,0]"))
+    grid = np.asarray(Image.open(out / "samples" / "step_0000002_BtoA.png"))
+    assert grid.shape == (2 * 32, 3 * 32, 3)
+    real_b = grid[:32, :32].astype(int)
+    assert real_b.min() == 0 and real_b.max() == 255, "bands stretched to their range for display"
+    assert np.abs(real_b[..., 0] - real_b[..., 1]).max() > 10, "three different bands, not grey"
+    translated = tmp_path / "translated"
+    script("translate.py", "--checkpoint", out, "--input", deep_data / "folders" / "testA", "--output", translated)
+    written = np.load(translated / "slice_0.npy")
+    assert written.shape == (SIZE, SIZE, 4) and written.dtype == np.uint16, \
+        "4 bands of the input's type (no image format holds them), normalised as the run was"
+    settings = json.loads((translated / ".translation.json").read_text())
+    assert settings["normalize"] == "percentile:0.5,99.5"
+
+
+def test_impossible_data_settings_are_named(deep_data):
+    sources = find_sources(DataConfig(root=str(deep_data / "deep")))
+    with pytest.raises(DataError, match="train domain B holds 6 float sample"):
+        check_samples(sources, (1, 4), "dtype")
+    with pytest.raises(DataError, match=r"arrays of other band counts than model.output_nc=3 \(6 with 4\)"):
+        check_samples(sources, (1, 3), "range:0,1")
+    with pytest.raises(DataError, match="holds 6 image file\\(s\\), which have 1 or 3 channels, but model.input_nc=2"):
+        check_samples(sources, (2, 4), "range:0,1")
+    check_samples(sources, (1, 4), "range:0,1")
+    for overrides, message in (
+        (["data.normalize=range:5,1"], "'data.normalize' must be one of dtype, range:LO,HI or percentile:P1,P99"),
+        (["data.normalize=window"], "'data.normalize' must be one of"),
+        (["model.output_nc=4", "train.lambda_identity=0", "tracking.display_bands=[4,1,0]"],
+         "'tracking.display_bands' must be band numbers from 0 to 3"),
+        (["model.output_nc=0"], "'model.output_nc' must be at least 1"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            load_config(ROOT / "configs/default.yaml", overrides)
