@@ -87,19 +87,16 @@ def from_unit(unit: np.ndarray, dtype: np.dtype, window: tuple[float, float]) ->
     return values.astype(dtype)
 
 
-def image_array(image: Image.Image) -> np.ndarray:
-    """A decoded image as H x W x C of its own depth: uint16 for 16-bit greyscale, float32 for
-    float images, uint8 greyscale or RGB otherwise (alpha dropped, palettes expanded)."""
+def image_array(image: Image.Image, name: str = "image") -> np.ndarray:
+    """A decoded image as H x W x C of its own depth: uint16 for 16-bit greyscale; float32 for
+    float images and for 32-bit integer ones (as Pillow opens signed 16-bit TIFFs; exact below
+    2**24), whatever their content; uint8 greyscale or RGB otherwise (alpha dropped, palettes
+    expanded)."""
     mode = image.mode
     if mode in HIGH_DEPTH_MODES:
-        array = np.asarray(image)
-        if mode == "I":
-            low, high = array.min(), array.max()
-            array = array.astype(np.uint16 if low >= 0 and high <= 65535 else np.float32)
-        elif mode == "F":
-            array = array.astype(np.float32)
-        else:
-            array = array.astype(np.uint16)
+        array = np.asarray(image).astype(np.float32 if mode in ("F", "I") else np.uint16)
+        if not np.isfinite(array).all():
+            raise ImageDecodeError(f"{name}: holds NaN or infinite values")
         return array[:, :, None]
     if mode in ("L", "1"):
         return np.asarray(image.convert("L"), dtype=np.uint8)[:, :, None]
@@ -128,7 +125,7 @@ def load_npy(source: Path | bytes, name: str) -> np.ndarray:
 
 def read_array(source: Path | bytes, name: str, is_npy: bool) -> np.ndarray:
     """A file's or sample's bytes as an H x W x C array of its own depth."""
-    return load_npy(source, name) if is_npy else image_array(open_image(source, name=name))
+    return load_npy(source, name) if is_npy else image_array(open_image(source, name=name), name)
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -160,11 +157,11 @@ def describe(array: np.ndarray) -> dict:
             "min": float(array.min()), "max": float(array.max())}
 
 
-def is_deep(is_npy: bool, mode: str | None, normalize: Normalize, channels: int) -> bool:
+def is_deep(is_npy: bool, mode: str | None, normalize: Normalize, *channels: int) -> bool:
     """Whether a sample takes this module's path rather than the official 8-bit one: an array, an
-    image deeper than 8 bits, a normalisation other than the type's range, or a band count no
-    image file has."""
-    return is_npy or mode in HIGH_DEPTH_MODES or not normalize.is_default or channels not in (1, 3)
+    image deeper than 8 bits, a normalisation other than the type's range, or (in or out) a band
+    count no image file has."""
+    return is_npy or mode in HIGH_DEPTH_MODES or not normalize.is_default or any(c not in (1, 3) for c in channels)
 
 
 def output_format(is_npy: bool, source_format: str | None, dtype: np.dtype, bands: int) -> str:

@@ -199,6 +199,60 @@ def step_benchmark(cfg: RunConfig, steps: int, warmup: int, repeats: int, peak_t
     }
 
 
+def official_step_benchmark(checkout: Path, cfg: RunConfig, steps: int, warmup: int, repeats: int) -> dict:
+    """The official implementation's update (`CycleGANModel.optimize_parameters` of a local
+    checkout of junyanz/pytorch-CycleGAN-and-pix2pix, imported from there, never copied) with the
+    networks of `cfg`, timed as `step_benchmark` times ours: same synthetic batches, device, and
+    threads, fp32 (the official code has no mixed precision), median over repeats."""
+    import sys
+    from types import SimpleNamespace
+
+    if not (checkout / "models" / "cycle_gan_model.py").is_file():
+        raise SystemExit(f"--official {checkout}: no models/cycle_gan_model.py there; give a checkout of "
+                         "https://github.com/junyanz/pytorch-CycleGAN-and-pix2pix")
+    if cfg.model.n_blocks not in (6, 9):
+        raise SystemExit("--official: the official code builds 6 or 9 residual blocks only (model.n_blocks)")
+    sys.path.insert(0, str(checkout))
+    from models.cycle_gan_model import CycleGANModel
+
+    m, t = cfg.model, cfg.train
+    cuda = torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
+    opt = SimpleNamespace(
+        input_nc=m.input_nc, output_nc=m.output_nc, ngf=m.ngf, ndf=m.ndf, netG=f"resnet_{m.n_blocks}blocks",
+        netD="basic", n_layers_D=m.n_layers_d, norm=m.norm, no_dropout=not m.dropout, init_type="normal",
+        init_gain=m.init_gain, gpu_ids=[0] if cuda else [], isTrain=True, gan_mode=t.gan_mode,
+        pool_size=t.pool_size, lr=t.lr, beta1=t.beta1, lambda_A=t.lambda_cycle, lambda_B=t.lambda_cycle,
+        lambda_identity=t.lambda_identity, direction="AtoB", checkpoints_dir=str(Path(cfg.output_dir) / "official"),
+        name="benchmark", preprocess="resize_and_crop", continue_train=False, load_iter=0, epoch="latest",
+        verbose=False, lr_policy="linear", epoch_count=1, n_epochs=t.epochs, n_epochs_decay=t.decay_epochs,
+        niter=t.epochs, niter_decay=t.decay_epochs, lr_decay_iters=50)
+    model = CycleGANModel(opt)
+    device = torch.device("cuda", 0) if cuda else torch.device("cpu")
+    generator = torch.Generator().manual_seed(0)
+    fixed = [{k: v.float().div(127.5).sub(1.0) for k, v in synthetic_batch(cfg, generator).items()} for _ in range(4)]
+    batches = itertools.cycle(fixed)
+    timer = PhaseTimer(device)
+
+    def one_step() -> None:
+        batch = next(batches)
+        model.set_input({**batch, "A_paths": [""] * t.batch_size, "B_paths": [""] * t.batch_size})
+        model.optimize_parameters()
+
+    for _ in range(warmup):
+        one_step()
+    per_step = []
+    for _ in range(repeats):
+        timer.start()
+        start = time.perf_counter()
+        for _ in range(steps):
+            one_step()
+        timer.sync()
+        per_step.append((time.perf_counter() - start) / steps)
+    seconds = statistics.median(per_step)
+    return {"seconds_per_step": seconds, "seconds_per_step_runs": per_step, "pairs_per_s": t.batch_size / seconds,
+            "precision": "fp32"}
+
+
 SWEEP_AXES = ("precision", "layout", "compile", "adam")
 
 

@@ -146,9 +146,9 @@ def evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--kid-subsets", type=int, default=100)
     parser.add_argument("--kid-subset-size", type=int, default=100)
     parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--normalize", default="dtype",
-                        help="how samples map onto [-1, 1], as the run's data.normalize: dtype, range:LO,HI or "
-                             "percentile:P1,P99")
+    parser.add_argument("--normalize", default=None,
+                        help="how samples map onto [-1, 1]: dtype, range:LO,HI or percentile:P1,P99 (default: the "
+                             "run's data.normalize when --checkpoint is a run folder, else dtype)")
     return parser
 
 
@@ -158,7 +158,7 @@ def evaluate() -> None:
 
     from accelerate import Accelerator
 
-    from cyclegan.config import DataConfig
+    from cyclegan.config import DataConfig, run_normalize
     from cyclegan.data.sources import check_samples, find_sources
     from cyclegan.errors import DataError
     from cyclegan.evaluation import Evaluator, format_table, load_generator_pair, load_inception, load_test_split
@@ -170,10 +170,12 @@ def evaluate() -> None:
     features = None if args.paired_only else load_inception(args.inception_weights)
     g_ab, g_ba = (net.to(accelerator.device) for net in load_generator_pair(args.checkpoint))
     channels = (g_ab.spec.in_channels, g_ba.spec.in_channels)  # the test images take the generators' channels
+    normalize = args.normalize or run_normalize(args.checkpoint)
     if not isinstance(source, Path):
-        check_samples(source, channels, args.normalize)
+        for warning in check_samples(source, channels, normalize):
+            accelerator.print(f"warning: {warning}")
     split = load_test_split(source, args.size, accelerator.process_index, accelerator.num_processes, args.max_images,
-                            channels, args.normalize)
+                            channels, normalize)
     evaluator = Evaluator(accelerator, split, features, args.batch_size, args.kid_subsets, args.kid_subset_size)
     results = evaluator(g_ab, g_ba)
     if accelerator.is_main_process:

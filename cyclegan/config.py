@@ -311,6 +311,18 @@ def validate(config: RunConfig) -> None:
             raise ConfigError(f"config key '{key}' {message}")
 
 
+def run_normalize(checkpoint: Path) -> str:
+    """`data.normalize` of the run a checkpoint comes from (its folder, or a checkpoint inside it),
+    so that a translation reads and writes its data as training did; "dtype" when none is found."""
+    path = Path(checkpoint)
+    for folder in (path, *path.parents[:3]):
+        config = folder / "config.yaml"
+        if config.is_file():
+            data = (OmegaConf.to_container(OmegaConf.load(config)) or {}).get("data") or {}
+            return str(data.get("normalize", "dtype"))
+    return "dtype"
+
+
 def save_config(config: RunConfig, path: Path) -> None:
     """Write the resolved config as YAML, so that a run folder says how it was made."""
     path.write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))

@@ -93,7 +93,8 @@ class Trainer:
         self.cfg = cfg
         self.acc = acc = make_accelerator(cfg, log_with=tracker_name(cfg.tracking))
         self.sources = find_sources(cfg.data)
-        check_samples(self.sources, (cfg.model.input_nc, cfg.model.output_nc), cfg.data.normalize)
+        for warning in check_samples(self.sources, (cfg.model.input_nc, cfg.model.output_nc), cfg.data.normalize):
+            acc.print(f"warning: {warning}")
         self.plan = make_plan(cfg, self.sources, acc.num_processes)
         self.output = Path(cfg.output_dir)
         self.ckpt_root = self.output / "checkpoints"

@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from cyclegan.benchmark import SWEEP_AXES, loader_benchmark, step_benchmark, step_sweep
+from cyclegan.benchmark import SWEEP_AXES, loader_benchmark, official_step_benchmark, step_benchmark, step_sweep
 from cyclegan.config import load_config
 from cyclegan.quality import quality_experiment
 from cyclegan.translate.benchmark import translate_benchmark
@@ -51,6 +51,9 @@ def main() -> None:
                            "--channels-last and --compile)")
     step.add_argument("--sweep-axes", default=",".join(SWEEP_AXES),
                       help=f"with --sweep: the axes to vary, comma-separated (default {','.join(SWEEP_AXES)})")
+    step.add_argument("--official", type=Path, metavar="CHECKOUT",
+                      help="also time the official implementation's update in the same run, from a local checkout of "
+                           "junyanz/pytorch-CycleGAN-and-pix2pix, and give ours as a ratio to it")
     step.add_argument("overrides", nargs="*", help="config overrides, e.g. model.n_blocks=6")
     translate = sub.add_parser("translate", help="translation: folders, shards, large tiled images, video")
     translate.add_argument("--workdir", type=Path, required=True, help="where inputs and outputs are made")
@@ -88,6 +91,10 @@ def main() -> None:
             result = step_sweep(cfg, args.steps, args.warmup, args.repeats, bool(args.data), axes)
         else:
             result = step_benchmark(cfg, args.steps, args.warmup, args.repeats, args.peak_tflops, bool(args.data))
+            if args.official:
+                official = official_step_benchmark(args.official, cfg, args.steps, args.warmup, args.repeats)
+                result["official"] = official
+                result["speedup_vs_official"] = official["seconds_per_step"] / result["seconds_per_step"]
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

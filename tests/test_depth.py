@@ -175,3 +175,57 @@ def test_impossible_data_settings_are_named(deep_data):
     ):
         with pytest.raises(ConfigError, match=message):
             load_config(ROOT / "configs/default.yaml", overrides)
+
+
+def test_deep_translation_keeps_fp32_and_8_bit_input_to_many_bands_gets_arrays(tmp_path):
+    from cyclegan.models import ResnetGenerator
+    from cyclegan.models.loading import export_generator
+
+    torch.manual_seed(0)
+    export_generator(ResnetGenerator(GeneratorSpec(1, 1, ngf=4, n_blocks=1)), tmp_path / "g.safetensors")
+    auto = Translator.from_pretrained(tmp_path / "g.safetensors", precision="auto")
+    fp32 = Translator.from_pretrained(tmp_path / "g.safetensors", precision="fp32")
+    auto.bf16 = True  # as on a device with native bf16: 8-bit data would go in bf16, deeper data not
+    assert np.array_equal(auto(ct_slice(3)), fp32(ct_slice(3))), "16-bit data is translated in fp32 under auto"
+    eight = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 1), dtype=np.uint8)
+    assert not np.array_equal(auto(eight), fp32(eight)), "the negative control: 8-bit data does take bf16"
+
+    export_generator(ResnetGenerator(GeneratorSpec(1, 4, ngf=4, n_blocks=1)), tmp_path / "g4.safetensors")
+    (tmp_path / "in").mkdir()
+    Image.fromarray(eight[:, :, 0]).save(tmp_path / "in" / "grey.png")
+    translate_files(Translator.from_pretrained(tmp_path / "g4.safetensors", precision="fp32"), tmp_path / "in",
+                    tmp_path / "out")
+    written = np.load(tmp_path / "out" / "grey.npy")
+    assert written.shape == (SIZE, SIZE, 4) and written.dtype == np.uint8, "4 bands do not fit a PNG"
+
+
+def test_bad_deep_files_are_reported(tmp_path):
+    for domain in "AB":
+        (tmp_path / "in" / f"train{domain}").mkdir(parents=True)
+        Image.fromarray(ct_slice(0)).save(tmp_path / "in" / f"train{domain}" / "good.png")
+    nan = np.full((8, 8), np.nan, dtype=np.float32)
+    Image.fromarray(nan).save(tmp_path / "in" / "trainA" / "nan.tif")
+    colour16 = tmp_path / "in" / "trainB" / "colour16.png"
+    colour16.write_bytes(_png16_rgb(np.random.default_rng(0).integers(0, 65536, (8, 8, 3), dtype=np.uint16)))
+    sources = {("train", d): tmp_path / "in" / f"train{d}" for d in "AB"}
+    manifest = write_shards(sources, tmp_path / "shards", workers=1, keep_depth=True)
+    assert [s["reason"] for s in manifest["skipped"]] == [f"{tmp_path}/in/trainA/nan.tif: holds NaN or infinite values"]
+    assert manifest["converted"]["16-bit colour PNG, read as 8 bits"] == 1
+    warnings = check_samples(find_sources(DataConfig(root=str(tmp_path / "shards"))), (1, 3), "range:-1000,1000")
+    assert warnings == [], "4095 of a window of 2000: no warning"
+    narrow = check_samples(find_sources(DataConfig(root=str(tmp_path / "shards"))), (1, 3), "range:0,1000000")
+    assert len(narrow) == 2 and "fill 0% of data.normalize=range:0,1000000" in narrow[0]
+
+
+def _png16_rgb(pixels: np.ndarray) -> bytes:
+    """A 16-bit RGB PNG, written by hand (Pillow cannot write one)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    height, width, _ = pixels.shape
+    rows = b"".join(b"\x00" + pixels[y].astype(">u2").tobytes() for y in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")

@@ -76,14 +76,17 @@ def prepare_image(job: tuple[Path, Path, int | None, bool]) -> Prepared:
             prepared.content = {**describe(array), "array": True}
             return prepared
         image = open_image(path, name=str(path))
+        too_big = max_side is not None and max(image.size) > max_side
+        if keep_depth and image.mode in HIGH_DEPTH_MODES:
+            return _deep_image(prepared, image, str(path), max_side if too_big else None)
     except ImageDecodeError as err:
         prepared.error = str(err)
         return prepared
-    too_big = max_side is not None and max(image.size) > max_side
-    if keep_depth and image.mode in HIGH_DEPTH_MODES:
-        return _deep_image(prepared, image, max_side if too_big else None)
     fmt = image.format
     rgb, mode = to_rgb(image)
+    if fmt == "PNG" and image.mode in ("RGB", "RGBA") and png_bit_depth(path) == 16:
+        # Pillow has no 16-bit colour mode: said in the report; .npy arrays keep the depth
+        mode = prepared.converted_from = "16-bit colour PNG, read as 8 bits"
     prepared.colour = not is_greyscale(rgb)
     low, high = min(band[0] for band in rgb.getextrema()), max(band[1] for band in rgb.getextrema())
     prepared.content = {"dtype": "uint8", "bands": 3 if prepared.colour else 1, "min": low, "max": high, "array": False}
@@ -104,9 +107,16 @@ def prepare_image(job: tuple[Path, Path, int | None, bool]) -> Prepared:
     return prepared
 
 
-def _deep_image(prepared: Prepared, image: Image.Image, max_side: int | None) -> Prepared:
+def png_bit_depth(path: Path) -> int:
+    """The bit depth in a PNG's header (IHDR: byte 24)."""
+    with path.open("rb") as file:
+        header = file.read(25)
+    return header[24] if len(header) == 25 else 8
+
+
+def _deep_image(prepared: Prepared, image: Image.Image, name: str, max_side: int | None) -> Prepared:
     """A 16-bit or float greyscale image kept at its depth: a 16-bit PNG, or a float TIFF."""
-    array = image_array(image)[:, :, 0]
+    array = image_array(image, name)[:, :, 0]
     if max_side is not None:
         scale = max_side / max(array.shape)
         size = (max(1, round(array.shape[1] * scale)), max(1, round(array.shape[0] * scale)))

@@ -20,6 +20,7 @@ from pathlib import Path
 from braceexpand import braceexpand
 from webdataset.tariterators import base_plus_ext
 
+from cyclegan.arrays import Normalize
 from cyclegan.config import DataConfig
 from cyclegan.data.shards import MANIFEST
 from cyclegan.errors import DataError
@@ -43,6 +44,7 @@ class ShardSet:
     colour: tuple[int, str | None] | None = None
     dtypes: dict[str, int] | None = None
     array_bands: dict[str, int] | None = None
+    value_range: tuple[float, float] | None = None
 
     @property
     def deep(self) -> bool:
@@ -115,7 +117,8 @@ def find_sources(cfg: DataConfig) -> DataSources:
             check_shards(urls, what)
             colour = (entry["colour_samples"], entry.get("colour_example")) if "colour_samples" in entry else None
             shards = ShardSet(tuple(urls), entry["samples"], manifest_counts(entry, shard_size), colour,
-                              entry.get("dtypes"), entry.get("array_bands"))
+                              entry.get("dtypes"), entry.get("array_bands"),
+                              tuple(entry["value_range"]) if entry.get("value_range") else None)
         elif required:
             raise DataError(f"no shards for {what} in {root / MANIFEST if root else 'the config'}")
         else:
@@ -133,11 +136,14 @@ def find_sources(cfg: DataConfig) -> DataSources:
     )
 
 
-def check_samples(sources: DataSources, channels: tuple[int, int], normalize: str) -> None:
+def check_samples(sources: DataSources, channels: tuple[int, int], normalize: str) -> list[str]:
     """Before any work, on every rank alike, from the manifest: samples that cannot fit their
     domain's channels (colour in a greyscale domain, arrays of another band count, image files
     where only arrays have that many bands), and float samples with `data.normalize=dtype`.
-    Without a manifest, the loader refuses the first such sample it meets."""
+    Without a manifest, the loader refuses the first such sample it meets. Returns warnings: a
+    `range:` window that the data's recorded values miss or fill less than a sixteenth of."""
+    warnings = []
+    window = Normalize.parse(normalize)
     for domain, n, key in (("A", channels[0], "model.input_nc"), ("B", channels[1], "model.output_nc")):
         for split, shards in (("train", getattr(sources, f"train_{domain.lower()}")),
                               ("test", getattr(sources, f"test_{domain.lower()}"))):
@@ -162,6 +168,14 @@ def check_samples(sources: DataSources, channels: tuple[int, int], normalize: st
             if floats and normalize == "dtype":
                 raise DataError(f"{what} holds {floats} float sample(s), which have no type range to normalise by: "
                                 "set data.normalize to range:LO,HI (a fixed window) or percentile:P1,P99")
+            if window.kind == "range" and shards.value_range is not None:
+                low, high = shards.value_range
+                inside = min(high, window.high) - max(low, window.low)
+                if inside < (window.high - window.low) / 16:
+                    warnings.append(f"{what} holds values from {low:g} to {high:g}, which fill "
+                                    f"{max(inside, 0) / (window.high - window.low):.0%} of data.normalize={normalize} "
+                                    "(were the shards made without --keep-depth?)")
+    return warnings
 
 
 def manifest_counts(entry: dict, shard_size: int) -> tuple[int, ...]:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from cyclegan.arrays import Normalize, from_unit, type_range
+from cyclegan.arrays import Normalize, from_unit, is_deep, type_range
 from cyclegan.data.transforms import resize
 from cyclegan.errors import DataError, UserError
 from cyclegan.hardware import native_bf16
@@ -134,9 +134,11 @@ class Translator:
     memory), 0 never tiles, N tiles of N pixels."""
 
     def __init__(self, net: nn.Module, device: torch.device, bf16: bool = False, tile: int | None = None,
-                 direction: str = "AtoB", normalize: Normalize = Normalize(), full_range: bool = False) -> None:
+                 direction: str = "AtoB", normalize: Normalize = Normalize(), full_range: bool = False,
+                 deep_bf16: bool = False) -> None:
         self.net, self.device, self.bf16, self.tile = net.eval().to(device), device, bf16, tile
         self.direction, self.normalize, self.full_range = direction, normalize, full_range
+        self.deep_bf16 = deep_bf16  # bf16 keeps 8 bits of mantissa: deep data only when asked for
 
     def deep_input(self, array: np.ndarray, name: str = "input") -> DeepInput:
         """An H x W x C array of the generator's input bands, normalised by `self.normalize`."""
@@ -146,7 +148,10 @@ class Translator:
     def restore(self, translated: np.ndarray, source: DeepInput) -> np.ndarray:
         """A float32 [-1, 1] translation -> values of the input's type: on the input's window (the
         inverse of the normalisation), or with `full_range` on the type's whole range."""
-        window = type_range(source.dtype, "the translation") if self.full_range else source.window
+        if self.full_range and not np.issubdtype(source.dtype, np.integer):
+            raise UserError(f"--output-range dtype spreads outputs over an integer type's range; {source.dtype} data "
+                            "has none: leave --output-range at window")
+        window = type_range(source.dtype) if self.full_range else source.window
         return from_unit(translated, source.dtype, window)
 
     @classmethod
@@ -176,7 +181,8 @@ class Translator:
         dev = device if isinstance(device, torch.device) else pick_device(device)
         weights = resolve_generator_path(path, direction)
         named = direction or generator_direction(path if path.is_dir() else weights) or "AtoB"
-        return cls(load_generator(weights), dev, use_bf16(precision, dev), tile, named, parsed, full_range)
+        return cls(load_generator(weights), dev, use_bf16(precision, dev), tile, named, parsed, full_range,
+                   precision == "bf16")
 
     def __call__(self, images: Image.Image | np.ndarray | torch.Tensor) -> Image.Image | np.ndarray | torch.Tensor:
         """A PIL image -> its translation as a PIL image of the same size (tiled if need be); an
@@ -189,6 +195,9 @@ class Translator:
             array = images[:, :, None] if images.ndim == 2 else images
             if array.ndim != 3 or array.shape[2] != self.in_channels:
                 raise UserError(f"this generator takes H x W x {self.in_channels} arrays, not {images.shape}")
+            if array.dtype == np.uint8 and not is_deep(False, None, self.normalize, self.in_channels, self.out_channels):
+                out = self.translate([array])[0]  # the official 8-bit arithmetic, as for PIL images
+                return out[:, :, 0] if images.ndim == 2 and out.shape[2] == 1 else out
             deep = self.deep_input(array)
             out = self.restore(self.translate([deep.unit])[0], deep)
             return out[:, :, 0] if images.ndim == 2 and out.shape[2] == 1 else out
@@ -242,8 +251,9 @@ class Translator:
         if min(height, width) < MIN_SIDE:
             raise ImageTooSmall(f"{width} x {height} px is too small to translate (both sides need {MIN_SIDE} px)")
         tile = self.tile_for(height, width)
+        bf16 = self.bf16 if images[0].dtype == np.uint8 else self.deep_bf16
         if tile:
-            return [translate_tiled(self.net, image, tile, self.device, self.bf16) for image in images]
+            return [translate_tiled(self.net, image, tile, self.device, bf16) for image in images]
         per_pass = max(1, self.free_bytes() // 2 // self.untiled_bytes(height, width))
         out = []
         for start in range(0, len(images), per_pass):
@@ -251,16 +261,17 @@ class Translator:
             if batch.dtype == torch.uint8:
                 out += list(to_uint8(self.forward(normalize(batch))).permute(0, 2, 3, 1).cpu().numpy())
             else:
-                out += list(self.forward(batch.float()).permute(0, 2, 3, 1).cpu().numpy())
+                out += list(self.forward(batch.float(), bf16).permute(0, 2, 3, 1).cpu().numpy())
         return out
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """[-1, 1] NCHW of any size -> translated [-1, 1] NCHW (float32) of the same size."""
+    def forward(self, images: torch.Tensor, bf16: bool | None = None) -> torch.Tensor:
+        """[-1, 1] NCHW of any size -> translated [-1, 1] NCHW (float32) of the same size (in bf16
+        by `self.bf16` unless `bf16` says otherwise)."""
         height, width = images.shape[-2:]
         pad_h, pad_w = -height % 4, -width % 4
         if pad_h or pad_w:
             images = F.pad(images, (0, pad_w, 0, pad_h), mode="reflect")
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16 if bf16 is None else bf16):
             out = self.net(images)
         return out[..., :height, :width].float()

@@ -66,7 +66,7 @@ def inspect(path: Path, translator: Translator) -> tuple[tuple[int, int], str | 
         return (shape[1], shape[0]), "npy", True
     with Image.open(path) as image:
         size, mode, fmt = image.size, image.mode, image.format
-    if not is_deep(False, mode, translator.normalize, translator.in_channels):
+    if not is_deep(False, mode, translator.normalize, translator.in_channels, translator.out_channels):
         return size, None, False
     dtype = np.uint16 if mode.startswith("I;16") else np.float32 if mode in ("F", "I") else np.uint8
     return size, output_format(False, fmt, dtype, translator.out_channels), True

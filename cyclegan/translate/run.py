@@ -8,11 +8,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import torch
-import yaml
 from accelerate import PartialState
 from accelerate.utils import gather_object, parse_flag_from_env
 from PIL import Image
 
+from cyclegan.config import run_normalize
 from cyclegan.data.shards import MANIFEST
 from cyclegan.errors import UserError
 from cyclegan.translate.core import TranslateReport, Translator, pick_device
@@ -34,18 +34,6 @@ def input_kind(spec: str) -> str:
     if path.is_dir():
         return "shards" if (path / MANIFEST).is_file() or any(path.glob("*.tar")) else "images"
     return "shards" if ".tar" in spec else "images"
-
-
-def run_normalize(checkpoint: Path) -> str:
-    """`data.normalize` of the run a checkpoint comes from (its folder, or a checkpoint inside it),
-    so that a translation reads and writes its data as training did; "dtype" when none is found."""
-    path = Path(checkpoint)
-    for folder in (path, *path.parents[:3]):
-        config = folder / "config.yaml"
-        if config.is_file():
-            data = (yaml.safe_load(config.read_text()) or {}).get("data") or {}
-            return str(data.get("normalize", "dtype"))
-    return "dtype"
 
 
 def check_settings(output: Path, settings: dict, state: PartialState) -> None:
@@ -94,7 +82,8 @@ def _translate(state: PartialState, kind: str, checkpoint: Path, source: str, ou
                                             output_range == "dtype")
     bf16, direction = translator.bf16, translator.direction
     Image.MAX_IMAGE_PIXELS = None  # one's own 20,000 px scene is no decompression bomb; tiles handle its size
-    state.print(f"translating {kind} {direction} on {translator.device} in {'bf16' if bf16 else 'fp32'} "
+    deep_note = " (deeper than 8-bit data in fp32)" if bf16 and not translator.deep_bf16 else ""
+    state.print(f"translating {kind} {direction} on {translator.device} in {'bf16' if bf16 else 'fp32'}{deep_note} "
                 f"with {state.num_processes} process(es)")
     if kind == "video":
         target = output if output.suffix.lower() in VIDEO_EXTENSIONS else output / Path(source).name

@@ -79,9 +79,10 @@ def sample_input(sample: dict, translator: Translator) -> tuple[np.ndarray, Deep
         raise ImageDecodeError(f"{name} has no image (fields: {', '.join(k for k in sample if not k.startswith('__'))})")
     is_npy = field == "npy"
     image = None if is_npy else open_image(sample[field], name=name)
-    if not is_deep(is_npy, image and image.mode, translator.normalize, translator.in_channels):
+    if not is_deep(is_npy, image and image.mode, translator.normalize, translator.in_channels,
+                   translator.out_channels):
         return to_pixels(image, translator.in_channels, name), None
-    array = load_npy(sample[field], name) if is_npy else image_array(image)
+    array = load_npy(sample[field], name) if is_npy else image_array(image, name)
     deep = translator.deep_input(fit_bands(array, translator.in_channels, name, not is_npy), name)
     return deep.unit, deep
 

@@ -8,9 +8,10 @@ tile by tile, reading from the previous layer's output exactly the margin its ke
 output to a scratch file while accumulating per-channel statistics of it; the instance norm and
 ReLU that follow are applied as the next layer reads. Every layer so sees what it would see
 untiled: the result equals the untiled translation up to float rounding, with no overlap to
-blend. Memory holds the 8-bit input and output images and a few tiles; the activations live in
-scratch files in the temporary directory (TMPDIR), unlinked at once so that the system frees
-them however the process ends (at their peak 6 bytes x ngf per pixel: 384 for the paper's).
+blend. Memory holds the input and output images (8-bit, or float32 for deeper data: four times
+the bytes) and a few tiles; the activations live in scratch files in the temporary directory
+(TMPDIR), unlinked at once so that the system frees them however the process ends (at their
+peak 6 bytes x ngf per pixel: 384 for the paper's).
 """
 
 from __future__ import annotations
