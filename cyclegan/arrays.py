@@ -47,6 +47,9 @@ class Normalize:
             raise DataError(f"{spec!r}: needs LO < HI" + (" within 0..100" if kind == "percentile" else ""))
         return cls(kind, low, high)
 
+    def __str__(self) -> str:
+        return self.kind if self.kind == "dtype" else f"{self.kind}:{self.low:g},{self.high:g}"
+
     @property
     def is_default(self) -> bool:
         return self.kind == "dtype"

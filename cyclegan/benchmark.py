@@ -7,6 +7,7 @@ import multiprocessing
 import resource
 import statistics
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -109,6 +110,14 @@ class PhaseTimer:
         self.sync()
         self.last = time.perf_counter()
 
+    def seconds_per_step(self, step: Callable[[], None], steps: int) -> float:
+        """Mean wall time of `steps` calls of `step`, the device waited for at both ends."""
+        self.start()
+        for _ in range(steps):
+            step()
+        self.sync()
+        return (time.perf_counter() - self.last) / steps
+
     def mark(self, phase: str) -> None:
         self.sync()
         now = time.perf_counter()
@@ -144,8 +153,11 @@ def synthetic_batch(cfg: RunConfig, generator: torch.Generator) -> dict:
 
 
 def step_benchmark(cfg: RunConfig, steps: int, warmup: int, repeats: int, peak_tflops: float | None,
-                   use_shards: bool) -> dict:
-    """The training step of `cfg` (the same code as training), timed; median over repeats."""
+                   use_shards: bool, official: Path | None = None) -> dict:
+    """The training step of `cfg` (the same code as training), timed; median over repeats. With
+    `official` (a local checkout of the official code), its update is timed too, its repeats
+    interleaved with ours (a machine whose speed drifts then moves both alike), and the result
+    gives our speed-up as the median of the per-repeat ratios."""
     accelerator = make_accelerator(cfg)
     nets, opts, pools = build_training(accelerator, cfg)
     device = accelerator.device
@@ -166,19 +178,19 @@ def step_benchmark(cfg: RunConfig, steps: int, warmup: int, repeats: int, peak_t
         train_step(accelerator, nets, opts, pools, batch_to_device(batch, device, cfg.perf.channels_last),
                    cfg.train, mark)
 
+    theirs = official_stepper(official, cfg) if official else None
     compile_start = time.perf_counter()
     for _ in range(warmup):
         one_step(lambda phase: None)
     timer.sync()
     warmup_seconds = time.perf_counter() - compile_start
-    per_step = []
+    for _ in range(warmup if theirs else 0):
+        theirs()
+    per_step, official_per_step = [], []
     for _ in range(repeats):
-        timer.start()
-        start = time.perf_counter()
-        for _ in range(steps):
-            one_step(lambda phase: None)
-        timer.sync()
-        per_step.append((time.perf_counter() - start) / steps)
+        per_step.append(timer.seconds_per_step(lambda: one_step(lambda phase: None), steps))
+        if theirs:
+            official_per_step.append(timer.seconds_per_step(theirs, steps))
     timer.start()
     for _ in range(steps):
         one_step(timer.mark)
@@ -187,6 +199,12 @@ def step_benchmark(cfg: RunConfig, steps: int, warmup: int, repeats: int, peak_t
     flops = step_flops(accelerator, cfg)
     achieved = flops / seconds / 1e12
     pairs = cfg.train.batch_size * accelerator.num_processes
+    comparison = {}
+    if theirs:
+        ratios = [o / ours for o, ours in zip(official_per_step, per_step)]
+        comparison = {"official_seconds_per_step": statistics.median(official_per_step),
+                      "official_seconds_per_step_runs": official_per_step,
+                      "speedup_vs_official": statistics.median(ratios), "speedup_vs_official_runs": ratios}
     return {
         "size": cfg.data.crop_size, "batch": cfg.train.batch_size, "precision": cfg.train.mixed_precision,
         "channels_last": cfg.perf.channels_last, "compile": cfg.perf.compile, "data": "shards" if use_shards else "synthetic",
@@ -195,15 +213,15 @@ def step_benchmark(cfg: RunConfig, steps: int, warmup: int, repeats: int, peak_t
         "breakdown_seconds_per_step": {k: v / steps for k, v in timer.totals.items()},
         "warmup_seconds": warmup_seconds, "peak_memory_gib": memory,
         "flops_per_step": flops, "achieved_tflops": achieved,
-        "mfu": achieved / peak_tflops if peak_tflops else None,
+        "mfu": achieved / peak_tflops if peak_tflops else None, **comparison,
     }
 
 
-def official_step_benchmark(checkout: Path, cfg: RunConfig, steps: int, warmup: int, repeats: int) -> dict:
-    """The official implementation's update (`CycleGANModel.optimize_parameters` of a local
-    checkout of junyanz/pytorch-CycleGAN-and-pix2pix, imported from there, never copied) with the
-    networks of `cfg`, timed as `step_benchmark` times ours: same synthetic batches, device, and
-    threads, fp32 (the official code has no mixed precision), median over repeats."""
+def official_stepper(checkout: Path, cfg: RunConfig) -> Callable[[], None]:
+    """One step of the official implementation's update (`CycleGANModel.optimize_parameters` of a
+    local checkout of junyanz/pytorch-CycleGAN-and-pix2pix, imported from there, never copied),
+    built with the networks of `cfg`, on the device ours uses, fed the same synthetic batches;
+    fp32 (the official code has no mixed precision)."""
     import sys
     from types import SimpleNamespace
 
@@ -227,30 +245,15 @@ def official_step_benchmark(checkout: Path, cfg: RunConfig, steps: int, warmup: 
         verbose=False, lr_policy="linear", epoch_count=1, n_epochs=t.epochs, n_epochs_decay=t.decay_epochs,
         niter=t.epochs, niter_decay=t.decay_epochs, lr_decay_iters=50)
     model = CycleGANModel(opt)
-    device = torch.device("cuda", 0) if cuda else torch.device("cpu")
     generator = torch.Generator().manual_seed(0)
     fixed = [{k: v.float().div(127.5).sub(1.0) for k, v in synthetic_batch(cfg, generator).items()} for _ in range(4)]
     batches = itertools.cycle(fixed)
-    timer = PhaseTimer(device)
 
     def one_step() -> None:
-        batch = next(batches)
-        model.set_input({**batch, "A_paths": [""] * t.batch_size, "B_paths": [""] * t.batch_size})
+        model.set_input({**next(batches), "A_paths": [""] * t.batch_size, "B_paths": [""] * t.batch_size})
         model.optimize_parameters()
 
-    for _ in range(warmup):
-        one_step()
-    per_step = []
-    for _ in range(repeats):
-        timer.start()
-        start = time.perf_counter()
-        for _ in range(steps):
-            one_step()
-        timer.sync()
-        per_step.append((time.perf_counter() - start) / steps)
-    seconds = statistics.median(per_step)
-    return {"seconds_per_step": seconds, "seconds_per_step_runs": per_step, "pairs_per_s": t.batch_size / seconds,
-            "precision": "fp32"}
+    return one_step
 
 
 SWEEP_AXES = ("precision", "layout", "compile", "adam")

@@ -133,7 +133,7 @@ def make_evaluator(accelerator: Accelerator, cfg: RunConfig, sources: DataSource
     have_weights = bool(e.inception_weights or os.environ.get(INCEPTION_ENV))
     features = load_inception(e.inception_weights) if wanted or have_weights else None
     split = load_test_split(sources, cfg.data.crop_size, accelerator.process_index, accelerator.num_processes,
-                            e.max_images, (cfg.model.input_nc, cfg.model.output_nc), cfg.data.normalize)
+                            e.max_images, (cfg.model.input_nc, cfg.model.output_nc), cfg.data.normalizations)
     evaluator = Evaluator(accelerator, split, features, e.batch_size, e.kid_subsets, e.kid_subset_size)
     if e.metric in ("l1", "psnr", "ssim") and not evaluator.paired:
         raise UserError(f"eval.metric={e.metric} needs a paired test split (the same names in test A and B)")

@@ -109,11 +109,14 @@ def translate_parser() -> argparse.ArgumentParser:
                         help="video only: temporal smoothing against flicker, 0 (off) to below 1")
     parser.add_argument("--normalize", default=None,
                         help="how deep inputs (16-bit, float, .npy) map onto [-1, 1]: dtype, range:LO,HI or "
-                             "percentile:P1,P99 (default: the run's data.normalize when --checkpoint is a run "
-                             "folder, else dtype); outputs get the inverse, at the input's type")
+                             "percentile:P1,P99 (default: the run's setting for the input's domain when --checkpoint "
+                             "is a run folder, else dtype)")
+    parser.add_argument("--normalize-output", default=None,
+                        help="the output domain's, inverted to write outputs at the input's type (default: the run's "
+                             "setting for that domain, else --normalize)")
     parser.add_argument("--output-range", choices=("window", "dtype"), default="window",
-                        help="deep outputs: the inverse of the normalisation (window), or [-1, 1] spread over the "
-                             "type's full range (dtype)")
+                        help="deep outputs: the inverse of the output domain's normalisation (window), or [-1, 1] "
+                             "spread over the type's full range (dtype)")
     return parser
 
 
@@ -124,7 +127,7 @@ def translate() -> None:
     from cyclegan.translate import run
 
     run(args.checkpoint, args.input, args.output, args.direction, args.load_size, args.batch_size, args.device,
-        args.precision, args.tile, args.smoothing, args.normalize, args.output_range)
+        args.precision, args.tile, args.smoothing, args.normalize, args.normalize_output, args.output_range)
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
@@ -147,8 +150,10 @@ def evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--kid-subset-size", type=int, default=100)
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--normalize", default=None,
-                        help="how samples map onto [-1, 1]: dtype, range:LO,HI or percentile:P1,P99 (default: the "
-                             "run's data.normalize when --checkpoint is a run folder, else dtype)")
+                        help="how samples map onto [-1, 1]: dtype, range:LO,HI or percentile:P1,P99, for both "
+                             "domains (default: the run's data.normalize and data.normalize_b when --checkpoint is a "
+                             "run folder, else dtype)")
+    parser.add_argument("--normalize-b", default=None, help="domain B's, where it differs from --normalize")
     return parser
 
 
@@ -170,12 +175,16 @@ def evaluate() -> None:
     features = None if args.paired_only else load_inception(args.inception_weights)
     g_ab, g_ba = (net.to(accelerator.device) for net in load_generator_pair(args.checkpoint))
     channels = (g_ab.spec.in_channels, g_ba.spec.in_channels)  # the test images take the generators' channels
-    normalize = args.normalize or run_normalize(args.checkpoint)
+    normalizations = run_normalize(args.checkpoint)
+    if args.normalize:
+        normalizations = (args.normalize, args.normalize_b or args.normalize)
+    elif args.normalize_b:
+        normalizations = (normalizations[0], args.normalize_b)
     if not isinstance(source, Path):
-        for warning in check_samples(source, channels, normalize):
+        for warning in check_samples(source, channels, normalizations):
             accelerator.print(f"warning: {warning}")
     split = load_test_split(source, args.size, accelerator.process_index, accelerator.num_processes, args.max_images,
-                            channels, normalize)
+                            channels, normalizations)
     evaluator = Evaluator(accelerator, split, features, args.batch_size, args.kid_subsets, args.kid_subset_size)
     results = evaluator(g_ab, g_ba)
     if accelerator.is_main_process:

@@ -74,8 +74,14 @@ class DataConfig:
     # range:-1000,1000 for CT in Hounsfield units) or "percentile:P1,P99" (each image's own);
     # translation inverts it. Float samples need range or percentile
     normalize: str = "dtype"
+    normalize_b: Optional[str] = None  # domain B's, where it differs from A's (e.g. CT in HU <-> MR); None: the same
     num_workers: int = 4  # loader processes per rank
     shuffle_buffer: int = 256  # samples mixed in memory on top of the shard shuffle
+
+    @property
+    def normalizations(self) -> tuple[str, str]:
+        """Domain A's and domain B's `normalize`."""
+        return self.normalize, self.normalize_b or self.normalize
 
 
 @dataclass
@@ -260,6 +266,8 @@ def validate(config: RunConfig) -> None:
         ("data.jpeg_draft", not (d.jpeg_draft and d.preprocess == "crop"),
          "applies to the resize modes only: data.preprocess=crop takes its window at the image's own resolution"),
         ("data.normalize", _parses(Normalize.parse, d.normalize), f"must be one of {NORMALIZE_FORMS}, with LO < HI"),
+        ("data.normalize_b", d.normalize_b is None or _parses(Normalize.parse, d.normalize_b),
+         f"must be null or one of {NORMALIZE_FORMS}, with LO < HI"),
         ("data.num_workers", d.num_workers >= 0, "must not be negative"),
         ("data.num_a", d.num_a >= 0, "must not be negative"),
         ("data.num_b", d.num_b >= 0, "must not be negative"),
@@ -311,16 +319,18 @@ def validate(config: RunConfig) -> None:
             raise ConfigError(f"config key '{key}' {message}")
 
 
-def run_normalize(checkpoint: Path) -> str:
-    """`data.normalize` of the run a checkpoint comes from (its folder, or a checkpoint inside it),
-    so that a translation reads and writes its data as training did; "dtype" when none is found."""
+def run_normalize(checkpoint: Path) -> tuple[str, str]:
+    """Domain A's and B's `normalize` of the run a checkpoint comes from (its folder, or a
+    checkpoint inside it), so that translation and evaluation read and write data as training did;
+    "dtype" when none is found."""
     path = Path(checkpoint)
     for folder in (path, *path.parents[:3]):
         config = folder / "config.yaml"
         if config.is_file():
             data = (OmegaConf.to_container(OmegaConf.load(config)) or {}).get("data") or {}
-            return str(data.get("normalize", "dtype"))
-    return "dtype"
+            normalize = str(data.get("normalize", "dtype"))
+            return normalize, str(data.get("normalize_b") or normalize)
+    return "dtype", "dtype"
 
 
 def save_config(config: RunConfig, path: Path) -> None:

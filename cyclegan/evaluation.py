@@ -105,17 +105,18 @@ def _folder_images(folder: Path, size: int, rank: int, world_size: int, limit: i
 
 
 def load_test_split(source: DataSources | Path, size: int, rank: int = 0, world_size: int = 1,
-                    limit: int | None = None, channels: tuple[int, int] = (3, 3), normalize: str = "dtype") -> EvalSplit:
+                    limit: int | None = None, channels: tuple[int, int] = (3, 3),
+                    normalizations: tuple[str, str] = ("dtype", "dtype")) -> EvalSplit:
     """From shards (the manifest's test split) or a folder with testA/ and testB/; the first
-    `limit` images of each domain, or all, with `channels` (A's, B's) bands."""
+    `limit` images of each domain, or all, with `channels` and `normalizations` (A's, B's)."""
     if isinstance(source, Path):
-        pairs = [list(_folder_images(source / f"test{d}", size, rank, world_size, limit, c, normalize))
-                 for d, c in zip("AB", channels)]
+        pairs = [list(_folder_images(source / f"test{d}", size, rank, world_size, limit, c, n))
+                 for d, c, n in zip("AB", channels, normalizations)]
     else:
         if not (source.test_a and source.test_b):
             raise UserError("the data has no test split (test/A and test/B): nothing to evaluate on")
-        pairs = [list(iter_test_images(s, size, rank, world_size, limit, c, normalize))
-                 for s, c in zip((source.test_a, source.test_b), channels)]
+        pairs = [list(iter_test_images(s, size, rank, world_size, limit, c, n))
+                 for s, c, n in zip((source.test_a, source.test_b), channels, normalizations)]
     (keys_a, images_a), (keys_b, images_b) = ([list(x) for x in zip(*p)] if p else ([], []) for p in pairs)
     return EvalSplit(keys_a, images_a, keys_b, images_b)
 

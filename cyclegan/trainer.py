@@ -51,7 +51,7 @@ def fixed_test_images(sources: DataSources, cfg: RunConfig) -> tuple[torch.Tenso
     if not (sources.test_a and sources.test_b) or n == 0:
         return None
     split = load_test_split(sources, cfg.data.crop_size, limit=n, channels=(cfg.model.input_nc, cfg.model.output_nc),
-                            normalize=cfg.data.normalize)
+                            normalizations=cfg.data.normalizations)
     return (torch.stack(split.images_a), torch.stack(split.images_b)) if split.images_a and split.images_b else None
 
 
@@ -93,7 +93,7 @@ class Trainer:
         self.cfg = cfg
         self.acc = acc = make_accelerator(cfg, log_with=tracker_name(cfg.tracking))
         self.sources = find_sources(cfg.data)
-        for warning in check_samples(self.sources, (cfg.model.input_nc, cfg.model.output_nc), cfg.data.normalize):
+        for warning in check_samples(self.sources, (cfg.model.input_nc, cfg.model.output_nc), cfg.data.normalizations):
             acc.print(f"warning: {warning}")
         self.plan = make_plan(cfg, self.sources, acc.num_processes)
         self.output = Path(cfg.output_dir)

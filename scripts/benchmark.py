@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from cyclegan.benchmark import SWEEP_AXES, loader_benchmark, official_step_benchmark, step_benchmark, step_sweep
+from cyclegan.benchmark import SWEEP_AXES, loader_benchmark, step_benchmark, step_sweep
 from cyclegan.config import load_config
 from cyclegan.quality import quality_experiment
 from cyclegan.translate.benchmark import translate_benchmark
@@ -90,11 +90,8 @@ def main() -> None:
                 parser.error(f"--sweep-axes takes a comma-separated list of {', '.join(SWEEP_AXES)}")
             result = step_sweep(cfg, args.steps, args.warmup, args.repeats, bool(args.data), axes)
         else:
-            result = step_benchmark(cfg, args.steps, args.warmup, args.repeats, args.peak_tflops, bool(args.data))
-            if args.official:
-                official = official_step_benchmark(args.official, cfg, args.steps, args.warmup, args.repeats)
-                result["official"] = official
-                result["speedup_vs_official"] = official["seconds_per_step"] / result["seconds_per_step"]
+            result = step_benchmark(cfg, args.steps, args.warmup, args.repeats, args.peak_tflops, bool(args.data),
+                                    args.official)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

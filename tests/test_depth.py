@@ -130,6 +130,10 @@ def test_translation_writes_what_came_in(deep_data, tmp_path):
     # the percentile window is the input's own: restored on it, the values come back too
     own = Translator(Identity(4), torch.device("cpu"), tile=0, normalize=Normalize.parse("percentile:0,100"))
     assert np.abs(own(bands(7)) - bands(7)).max() <= 1e-6 * 1.5
+    # the output domain's own window: domain B's data in 0..1000 here
+    other = Translator(Identity(1), torch.device("cpu"), tile=0, normalize=Normalize.parse("range:0,4095"),
+                       output_normalize=Normalize.parse("range:0,1000"))
+    assert np.array_equal(other(ct_slice(0)), np.rint(ct_slice(0) / 4095 * 1000).astype(np.uint16))
     # --output-range dtype: [-1, 1] spread over the type's range instead of the window
     spread = Translator(Identity(1), torch.device("cpu"), tile=0, normalize=Normalize.parse("range:0,4095"),
                         full_range=True)
@@ -140,7 +144,8 @@ def test_bands_and_16_bit_train_and_their_grids_show_three_bands(deep_data, tmp_
     out = tmp_path / "run"
     script("train.py", "--config", "configs/demo.yaml",
            *tiny(deep_data / "deep", out, "model.input_nc=1", "model.output_nc=4", "train.lambda_identity=0",
-                 "data.normalize=percentile:0.5,99.5", "data.load_size=36", "data.crop_size=32",
+                 "data.normalize=range:0,4095", "data.normalize_b=percentile:0.5,99.5", "data.load_size=36",
+                 "data.crop_size=32",
                  "train.max_steps=2", "tracking.mode=offline", "tracking.image_every=2", "tracking.num_images=2",
                  "tracking.display_bands=[3,1,0]"))
     grid = np.asarray(Image.open(out / "samples" / "step_0000002_BtoA.png"))
@@ -154,18 +159,19 @@ def test_bands_and_16_bit_train_and_their_grids_show_three_bands(deep_data, tmp_
     assert written.shape == (SIZE, SIZE, 4) and written.dtype == np.uint16, \
         "4 bands of the input's type (no image format holds them), normalised as the run was"
     settings = json.loads((translated / ".translation.json").read_text())
-    assert settings["normalize"] == "percentile:0.5,99.5"
+    assert (settings["normalize"], settings["normalize_output"]) == ("range:0,4095", "percentile:0.5,99.5"), \
+        "read as domain A was trained, written by domain B's normalisation"
 
 
 def test_impossible_data_settings_are_named(deep_data):
     sources = find_sources(DataConfig(root=str(deep_data / "deep")))
-    with pytest.raises(DataError, match="train domain B holds 6 float sample"):
-        check_samples(sources, (1, 4), "dtype")
+    with pytest.raises(DataError, match="train domain B holds 6 float sample.* set data.normalize_b to range"):
+        check_samples(sources, (1, 4), ("dtype", "dtype"))
     with pytest.raises(DataError, match=r"arrays of other band counts than model.output_nc=3 \(6 with 4\)"):
-        check_samples(sources, (1, 3), "range:0,1")
+        check_samples(sources, (1, 3), ("range:0,1", "range:0,1"))
     with pytest.raises(DataError, match="holds 6 image file\\(s\\), which have 1 or 3 channels, but model.input_nc=2"):
-        check_samples(sources, (2, 4), "range:0,1")
-    check_samples(sources, (1, 4), "range:0,1")
+        check_samples(sources, (2, 4), ("range:0,1", "range:0,1"))
+    assert check_samples(sources, (1, 4), ("range:0,4095", "range:-0.2,1.3")) == []
     for overrides, message in (
         (["data.normalize=range:5,1"], "'data.normalize' must be one of dtype, range:LO,HI or percentile:P1,P99"),
         (["data.normalize=window"], "'data.normalize' must be one of"),
@@ -211,10 +217,10 @@ def test_bad_deep_files_are_reported(tmp_path):
     manifest = write_shards(sources, tmp_path / "shards", workers=1, keep_depth=True)
     assert [s["reason"] for s in manifest["skipped"]] == [f"{tmp_path}/in/trainA/nan.tif: holds NaN or infinite values"]
     assert manifest["converted"]["16-bit colour PNG, read as 8 bits"] == 1
-    warnings = check_samples(find_sources(DataConfig(root=str(tmp_path / "shards"))), (1, 3), "range:-1000,1000")
-    assert warnings == [], "4095 of a window of 2000: no warning"
-    narrow = check_samples(find_sources(DataConfig(root=str(tmp_path / "shards"))), (1, 3), "range:0,1000000")
-    assert len(narrow) == 2 and "fill 0% of data.normalize=range:0,1000000" in narrow[0]
+    sources = find_sources(DataConfig(root=str(tmp_path / "shards")))
+    assert check_samples(sources, (1, 3), ("range:-1000,1000", "dtype")) == [], "values fill half the window"
+    narrow = check_samples(sources, (1, 3), ("range:0,1000000", "dtype"))
+    assert len(narrow) == 1 and "fill 0% of data.normalize=range:0,1000000" in narrow[0]
 
 
 def _png16_rgb(pixels: np.ndarray) -> bytes:

@@ -136,15 +136,16 @@ def find_sources(cfg: DataConfig) -> DataSources:
     )
 
 
-def check_samples(sources: DataSources, channels: tuple[int, int], normalize: str) -> list[str]:
+def check_samples(sources: DataSources, channels: tuple[int, int], normalizations: tuple[str, str]) -> list[str]:
     """Before any work, on every rank alike, from the manifest: samples that cannot fit their
     domain's channels (colour in a greyscale domain, arrays of another band count, image files
     where only arrays have that many bands), and float samples with `data.normalize=dtype`.
     Without a manifest, the loader refuses the first such sample it meets. Returns warnings: a
     `range:` window that the data's recorded values miss or fill less than a sixteenth of."""
     warnings = []
-    window = Normalize.parse(normalize)
-    for domain, n, key in (("A", channels[0], "model.input_nc"), ("B", channels[1], "model.output_nc")):
+    for domain, n, key, normalize, setting in zip("AB", channels, ("model.input_nc", "model.output_nc"),
+                                                  normalizations, ("data.normalize", "data.normalize_b")):
+        window = Normalize.parse(normalize)
         for split, shards in (("train", getattr(sources, f"train_{domain.lower()}")),
                               ("test", getattr(sources, f"test_{domain.lower()}"))):
             if shards is None:
@@ -167,13 +168,13 @@ def check_samples(sources: DataSources, channels: tuple[int, int], normalize: st
             floats = sum(c for dtype, c in (shards.dtypes or {}).items() if dtype.startswith("float"))
             if floats and normalize == "dtype":
                 raise DataError(f"{what} holds {floats} float sample(s), which have no type range to normalise by: "
-                                "set data.normalize to range:LO,HI (a fixed window) or percentile:P1,P99")
+                                f"set {setting} to range:LO,HI (a fixed window) or percentile:P1,P99")
             if window.kind == "range" and shards.value_range is not None:
                 low, high = shards.value_range
                 inside = min(high, window.high) - max(low, window.low)
                 if inside < (window.high - window.low) / 16:
                     warnings.append(f"{what} holds values from {low:g} to {high:g}, which fill "
-                                    f"{max(inside, 0) / (window.high - window.low):.0%} of data.normalize={normalize} "
+                                    f"{max(inside, 0) / (window.high - window.low):.0%} of {setting}={normalize} "
                                     "(were the shards made without --keep-depth?)")
     return warnings
 

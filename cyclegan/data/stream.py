@@ -201,8 +201,8 @@ class UnpairedStream(IterableDataset):
         channels: tuple[int, int] = (3, 3),
     ) -> None:
         self.sources, self.cfg = sources, cfg
-        self.decodings = {domain: Decoding.of(shards, n, cfg.normalize)
-                          for domain, shards, n in zip("AB", (sources.train_a, sources.train_b), channels)}
+        self.decodings = {domain: Decoding.of(shards, n, normalize) for domain, shards, n, normalize
+                          in zip("AB", (sources.train_a, sources.train_b), channels, cfg.normalizations)}
         self.batch_size, self.batches_per_epoch = batch_size, batches_per_epoch
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.lanes = max(1, cfg.num_workers)

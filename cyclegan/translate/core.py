@@ -24,6 +24,7 @@ from PIL import Image
 from torch import nn
 
 from cyclegan.arrays import Normalize, from_unit, is_deep, type_range
+from cyclegan.config import run_normalize
 from cyclegan.data.transforms import resize
 from cyclegan.errors import DataError, UserError
 from cyclegan.hardware import native_bf16
@@ -46,14 +47,13 @@ class ImageTooSmall(DataError):
 @dataclass
 class DeepInput:
     """A deep input normalised for the generator: `unit` (H x W x C float32 in [-1, 1]), and the
-    type and window its translation goes back to."""
+    input's values, whose type (and, for percentiles, whose window) its translation goes back to."""
 
     unit: np.ndarray
-    dtype: np.dtype
-    window: tuple[float, float]
+    values: np.ndarray
 
     def resized(self, size: int) -> DeepInput:
-        return DeepInput(resize(self.unit, (size, size)), self.dtype, self.window)
+        return DeepInput(resize(self.unit, (size, size)), self.values)
 
 
 def is_hub_id(source: str) -> bool:
@@ -123,6 +123,21 @@ class TranslateReport:
         return "\n".join(lines)
 
 
+def _normalizations(source: Path, direction: str, normalize: str | None,
+                    normalize_output: str | None) -> tuple[Normalize, Normalize]:
+    """The input's and the output's domain's normalisation: as given, else the run's, else dtype
+    (the output's defaults to the input's where no run says otherwise)."""
+    run = run_normalize(source) if source.exists() else None
+    if run is not None and direction == "BtoA":
+        run = run[::-1]
+    reading = normalize or (run[0] if run else "dtype")
+    writing = normalize_output or (run[1] if run else reading)
+    try:
+        return Normalize.parse(reading), Normalize.parse(writing)
+    except DataError as err:
+        raise UserError(f"normalize: {err}") from None
+
+
 class Translator:
     """A generator on a device, turning images into translations:
 
@@ -135,38 +150,38 @@ class Translator:
 
     def __init__(self, net: nn.Module, device: torch.device, bf16: bool = False, tile: int | None = None,
                  direction: str = "AtoB", normalize: Normalize = Normalize(), full_range: bool = False,
-                 deep_bf16: bool = False) -> None:
+                 deep_bf16: bool = False, output_normalize: Normalize | None = None) -> None:
         self.net, self.device, self.bf16, self.tile = net.eval().to(device), device, bf16, tile
         self.direction, self.normalize, self.full_range = direction, normalize, full_range
+        self.output_normalize = output_normalize or normalize  # the output domain's
         self.deep_bf16 = deep_bf16  # bf16 keeps 8 bits of mantissa: deep data only when asked for
 
     def deep_input(self, array: np.ndarray, name: str = "input") -> DeepInput:
         """An H x W x C array of the generator's input bands, normalised by `self.normalize`."""
-        unit, window = self.normalize.to_unit(array, name)
-        return DeepInput(unit, array.dtype, window)
+        return DeepInput(self.normalize.to_unit(array, name)[0], array)
 
     def restore(self, translated: np.ndarray, source: DeepInput) -> np.ndarray:
-        """A float32 [-1, 1] translation -> values of the input's type: on the input's window (the
-        inverse of the normalisation), or with `full_range` on the type's whole range."""
-        if self.full_range and not np.issubdtype(source.dtype, np.integer):
-            raise UserError(f"--output-range dtype spreads outputs over an integer type's range; {source.dtype} data "
+        """A float32 [-1, 1] translation -> values of the input's type, by the inverse of the output
+        domain's normalisation (its fixed window, the type's range, or the input's percentiles),
+        or with `full_range` on the type's whole range."""
+        dtype = source.values.dtype
+        if self.full_range and not np.issubdtype(dtype, np.integer):
+            raise UserError(f"--output-range dtype spreads outputs over an integer type's range; {dtype} data "
                             "has none: leave --output-range at window")
-        window = type_range(source.dtype) if self.full_range else source.window
-        return from_unit(translated, source.dtype, window)
+        window = type_range(dtype) if self.full_range else self.output_normalize.window(source.values, "the input")
+        return from_unit(translated, dtype, window)
 
     @classmethod
     def from_pretrained(cls, source: str | Path, direction: str | None = None, device: str | torch.device = "auto",
-                        precision: str = "auto", tile: int | None = None, normalize: str = "dtype",
-                        full_range: bool = False) -> Translator:
+                        precision: str = "auto", tile: int | None = None, normalize: str | None = None,
+                        normalize_output: str | None = None, full_range: bool = False) -> Translator:
         """From a run, export, checkpoint or official folder (`direction` picks the generator, AtoB
         by default), a Hugging Face folder or Hub id, an official `.pth`, a `.safetensors` export,
         or an `.onnx` model (run by onnxruntime on the CPU). A file or folder that says it
-        translates the other way than `direction` is refused. `normalize` (as `data.normalize`) and
-        `full_range` say how deep inputs are read and their translations written."""
-        try:
-            parsed = Normalize.parse(normalize)
-        except DataError as err:
-            raise UserError(f"normalize: {err}") from None
+        translates the other way than `direction` is refused. `normalize` and `normalize_output`
+        (as `data.normalize`, for the input's and the output's domain; None: the run's settings
+        when `source` is in a run folder, else "dtype") and `full_range` say how deep inputs are
+        read and their translations written."""
         path = Path(source)
         if is_hub_id(str(source)):
             path = from_hub(str(source))
@@ -176,13 +191,16 @@ class Translator:
             net = OnnxGenerator(path)
             if direction and net.direction and direction != net.direction:
                 raise UserError(f"{path} holds the {net.direction} generator, but {direction} was asked for")
-            return cls(net, torch.device("cpu"), tile=0, direction=net.direction or direction or "AtoB",
-                       normalize=parsed, full_range=full_range)
+            named = net.direction or direction or "AtoB"
+            reading, writing = _normalizations(path, named, normalize, normalize_output)
+            return cls(net, torch.device("cpu"), tile=0, direction=named, normalize=reading, full_range=full_range,
+                       output_normalize=writing)
         dev = device if isinstance(device, torch.device) else pick_device(device)
         weights = resolve_generator_path(path, direction)
         named = direction or generator_direction(path if path.is_dir() else weights) or "AtoB"
-        return cls(load_generator(weights), dev, use_bf16(precision, dev), tile, named, parsed, full_range,
-                   precision == "bf16")
+        reading, writing = _normalizations(path, named, normalize, normalize_output)
+        return cls(load_generator(weights), dev, use_bf16(precision, dev), tile, named, reading, full_range,
+                   precision == "bf16", writing)
 
     def __call__(self, images: Image.Image | np.ndarray | torch.Tensor) -> Image.Image | np.ndarray | torch.Tensor:
         """A PIL image -> its translation as a PIL image of the same size (tiled if need be); an

@@ -12,7 +12,6 @@ from accelerate import PartialState
 from accelerate.utils import gather_object, parse_flag_from_env
 from PIL import Image
 
-from cyclegan.config import run_normalize
 from cyclegan.data.shards import MANIFEST
 from cyclegan.errors import UserError
 from cyclegan.translate.core import TranslateReport, Translator, pick_device
@@ -52,9 +51,11 @@ def check_settings(output: Path, settings: dict, state: PartialState) -> None:
 
 def run(checkpoint: Path, source: str, output: Path, direction: str | None = None, load_size: int | None = None,
         batch_size: int = 4, device: str = "auto", precision: str = "auto", tile: int | None = None,
-        smoothing: float = 0.0, normalize: str | None = None, output_range: str = "window") -> TranslateReport:
+        smoothing: float = 0.0, normalize: str | None = None, normalize_output: str | None = None,
+        output_range: str = "window") -> TranslateReport:
     """Translate `source` into `output`, print a summary once; returns the report of all ranks.
-    `normalize` None takes the run's `data.normalize` (see `run_normalize`)."""
+    `normalize` and `normalize_output` (the input's and output's domains) None take the run's
+    settings for those domains (see `run_normalize`)."""
     if batch_size < 1 or (tile is not None and tile < 0) or not 0 <= smoothing < 1:
         raise UserError("--batch-size must be at least 1, --tile at least 0, --smoothing in [0, 1)")
     kind = input_kind(source)
@@ -67,7 +68,7 @@ def run(checkpoint: Path, source: str, output: Path, direction: str | None = Non
                          timeout=timedelta(days=7))
     try:
         return _translate(state, kind, checkpoint, source, output, direction, load_size, batch_size, device,
-                          precision, tile, smoothing, normalize or run_normalize(checkpoint), output_range)
+                          precision, tile, smoothing, normalize, normalize_output, output_range)
     finally:
         if started_here:  # a gloo group left to the interpreter's exit can abort it (SIGABRT)
             state.destroy_process_group()
@@ -75,10 +76,11 @@ def run(checkpoint: Path, source: str, output: Path, direction: str | None = Non
 
 def _translate(state: PartialState, kind: str, checkpoint: Path, source: str, output: Path, direction: str | None,
                load_size: int | None, batch_size: int, device: str, precision: str, tile: int | None,
-               smoothing: float, normalize: str, output_range: str) -> TranslateReport:
+               smoothing: float, normalize: str | None, normalize_output: str | None,
+               output_range: str) -> TranslateReport:
     """`run`'s work, between setting up the ranks and tearing them down."""
     dev = state.device if device == "auto" else pick_device(device)
-    translator = Translator.from_pretrained(checkpoint, direction, dev, precision, tile, normalize,
+    translator = Translator.from_pretrained(checkpoint, direction, dev, precision, tile, normalize, normalize_output,
                                             output_range == "dtype")
     bf16, direction = translator.bf16, translator.direction
     Image.MAX_IMAGE_PIXELS = None  # one's own 20,000 px scene is no decompression bomb; tiles handle its size
@@ -96,7 +98,8 @@ def _translate(state: PartialState, kind: str, checkpoint: Path, source: str, ou
         state.wait_for_everyone()
         return report
     settings = {"checkpoint": str(Path(checkpoint).resolve()), "direction": direction, "input": source,
-                "precision": "bf16" if bf16 else "fp32", "load_size": load_size, "normalize": normalize,
+                "precision": "bf16" if bf16 else "fp32", "load_size": load_size,
+                "normalize": str(translator.normalize), "normalize_output": str(translator.output_normalize),
                 "output_range": output_range}
     check_settings(output, settings, state)
     if kind == "shards":
