@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import sys
 import multiprocessing
 import resource
 import statistics
@@ -178,24 +180,27 @@ def step_benchmark(cfg: RunConfig, steps: int, warmup: int, repeats: int, peak_t
         train_step(accelerator, nets, opts, pools, batch_to_device(batch, device, cfg.perf.channels_last),
                    cfg.train, mark)
 
-    theirs = official_stepper(official, cfg) if official else None
     compile_start = time.perf_counter()
     for _ in range(warmup):
         one_step(lambda phase: None)
     timer.sync()
     warmup_seconds = time.perf_counter() - compile_start
+    memory = peak_memory_gib(device)  # before the official model exists: ours alone
+    theirs = official_stepper(official, cfg) if official else None
     for _ in range(warmup if theirs else 0):
         theirs()
     per_step, official_per_step = [], []
-    for _ in range(repeats):
+    for repeat in range(repeats):  # with the official code: interleaved, each first in turn
+        ours_first = repeat % 2 == 0 or theirs is None
+        if not ours_first:
+            official_per_step.append(timer.seconds_per_step(theirs, steps))
         per_step.append(timer.seconds_per_step(lambda: one_step(lambda phase: None), steps))
-        if theirs:
+        if theirs and ours_first:
             official_per_step.append(timer.seconds_per_step(theirs, steps))
     timer.start()
     for _ in range(steps):
         one_step(timer.mark)
     seconds = statistics.median(per_step)
-    memory = peak_memory_gib(device)
     flops = step_flops(accelerator, cfg)
     achieved = flops / seconds / 1e12
     pairs = cfg.train.batch_size * accelerator.num_processes
@@ -222,7 +227,6 @@ def official_stepper(checkout: Path, cfg: RunConfig) -> Callable[[], None]:
     local checkout of junyanz/pytorch-CycleGAN-and-pix2pix, imported from there, never copied),
     built with the networks of `cfg`, on the device ours uses, fed the same synthetic batches;
     fp32 (the official code has no mixed precision)."""
-    import sys
     from types import SimpleNamespace
 
     if not (checkout / "models" / "cycle_gan_model.py").is_file():
@@ -244,7 +248,8 @@ def official_stepper(checkout: Path, cfg: RunConfig) -> Callable[[], None]:
         name="benchmark", preprocess="resize_and_crop", continue_train=False, load_iter=0, epoch="latest",
         verbose=False, lr_policy="linear", epoch_count=1, n_epochs=t.epochs, n_epochs_decay=t.decay_epochs,
         niter=t.epochs, niter_decay=t.decay_epochs, lr_decay_iters=50)
-    model = CycleGANModel(opt)
+    with contextlib.redirect_stdout(sys.stderr):  # it prints as it builds; stdout carries our JSON
+        model = CycleGANModel(opt)
     generator = torch.Generator().manual_seed(0)
     fixed = [{k: v.float().div(127.5).sub(1.0) for k, v in synthetic_batch(cfg, generator).items()} for _ in range(4)]
     batches = itertools.cycle(fixed)

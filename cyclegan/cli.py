@@ -150,10 +150,10 @@ def evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--kid-subset-size", type=int, default=100)
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--normalize", default=None,
-                        help="how samples map onto [-1, 1]: dtype, range:LO,HI or percentile:P1,P99, for both "
-                             "domains (default: the run's data.normalize and data.normalize_b when --checkpoint is a "
-                             "run folder, else dtype)")
-    parser.add_argument("--normalize-b", default=None, help="domain B's, where it differs from --normalize")
+                        help="how domain A's samples map onto [-1, 1]: dtype, range:LO,HI or percentile:P1,P99 "
+                             "(default: the run's data.normalize when --checkpoint is in a run folder, else dtype)")
+    parser.add_argument("--normalize-b", default=None,
+                        help="domain B's (default: the run's setting for B, else --normalize)")
     return parser
 
 
@@ -175,11 +175,9 @@ def evaluate() -> None:
     features = None if args.paired_only else load_inception(args.inception_weights)
     g_ab, g_ba = (net.to(accelerator.device) for net in load_generator_pair(args.checkpoint))
     channels = (g_ab.spec.in_channels, g_ba.spec.in_channels)  # the test images take the generators' channels
-    normalizations = run_normalize(args.checkpoint)
-    if args.normalize:
-        normalizations = (args.normalize, args.normalize_b or args.normalize)
-    elif args.normalize_b:
-        normalizations = (normalizations[0], args.normalize_b)
+    run = run_normalize(args.checkpoint)
+    normalize = args.normalize or (run[0] if run else "dtype")
+    normalizations = (normalize, args.normalize_b or (run[1] if run else normalize))
     if not isinstance(source, Path):
         for warning in check_samples(source, channels, normalizations):
             accelerator.print(f"warning: {warning}")

@@ -319,18 +319,20 @@ def validate(config: RunConfig) -> None:
             raise ConfigError(f"config key '{key}' {message}")
 
 
-def run_normalize(checkpoint: Path) -> tuple[str, str]:
-    """Domain A's and B's `normalize` of the run a checkpoint comes from (its folder, or a
-    checkpoint inside it), so that translation and evaluation read and write data as training did;
-    "dtype" when none is found."""
-    path = Path(checkpoint)
+def run_normalize(checkpoint: Path) -> tuple[str, str] | None:
+    """Domain A's and B's `normalize` of the run a checkpoint comes from (its run folder, or an
+    export or checkpoint inside it: a folder holding the run's config.yaml and run.json), so that
+    translation and evaluation read and write data as training did; None when there is no run."""
+    path = Path(checkpoint).resolve()
     for folder in (path, *path.parents[:3]):
-        config = folder / "config.yaml"
-        if config.is_file():
-            data = (OmegaConf.to_container(OmegaConf.load(config)) or {}).get("data") or {}
-            normalize = str(data.get("normalize", "dtype"))
+        if (folder / "config.yaml").is_file() and (folder / "run.json").is_file():
+            try:
+                data = OmegaConf.to_container(OmegaConf.load(folder / "config.yaml")).get("data") or {}
+            except Exception:  # not a run's config after all (YAML errors come in many classes)
+                return None
+            normalize = str(data.get("normalize") or "dtype")
             return normalize, str(data.get("normalize_b") or normalize)
-    return "dtype", "dtype"
+    return None
 
 
 def save_config(config: RunConfig, path: Path) -> None:

@@ -84,6 +84,8 @@ def main() -> None:
         if args.data:
             overrides.append(f"data.root={args.data}")
         cfg = load_config(args.config, [*overrides, *args.overrides])
+        if args.official and (args.sweep or args.data):
+            parser.error("--official times both updates on the same synthetic batches: not with --sweep or --data")
         if args.sweep:
             axes = tuple(a.strip() for a in args.sweep_axes.split(",") if a.strip())
             if not axes or set(axes) - set(SWEEP_AXES):

@@ -166,7 +166,7 @@ def test_bands_and_16_bit_train_and_their_grids_show_three_bands(deep_data, tmp_
 def test_impossible_data_settings_are_named(deep_data):
     sources = find_sources(DataConfig(root=str(deep_data / "deep")))
     with pytest.raises(DataError, match="train domain B holds 6 float sample.* set data.normalize_b to range"):
-        check_samples(sources, (1, 4), ("dtype", "dtype"))
+        check_samples(sources, (1, 4), ("range:0,4095", "dtype"))
     with pytest.raises(DataError, match=r"arrays of other band counts than model.output_nc=3 \(6 with 4\)"):
         check_samples(sources, (1, 3), ("range:0,1", "range:0,1"))
     with pytest.raises(DataError, match="holds 6 image file\\(s\\), which have 1 or 3 channels, but model.input_nc=2"):
@@ -235,3 +235,47 @@ def _png16_rgb(pixels: np.ndarray) -> bytes:
     rows = b"".join(b"\x00" + pixels[y].astype(">u2").tobytes() for y in range(height))
     header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def test_tiffs_of_any_depth_and_bands_keep_it_through_shards_loader_and_translation(tmp_path):
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    colour16 = rng.integers(0, 65536, (SIZE, SIZE, 3), dtype=np.uint16)
+    planar = rng.uniform(0, 1, (5, SIZE, SIZE)).astype(np.float32)  # 5 bands stored band after band
+    for domain, image, options in (("A", colour16, {"photometric": "rgb"}),
+                                   ("B", planar, {"photometric": "minisblack", "planarconfig": "separate"})):
+        (tmp_path / "in" / f"train{domain}").mkdir(parents=True)
+        tifffile.imwrite(tmp_path / "in" / f"train{domain}" / "x.tif", image, **options)
+    sources = {("train", d): tmp_path / "in" / f"train{d}" for d in "AB"}
+    splits = write_shards(sources, tmp_path / "shards", workers=1, keep_depth=True)["splits"]["train"]
+    assert (splits["A"]["dtypes"], splits["A"]["array_bands"]) == ({"uint16": 1}, {})
+    assert (splits["B"]["dtypes"], splits["B"]["array_bands"]) == ({"float32": 1}, {"5": 1})
+    colour_only = {("train", d): tmp_path / "in" / "trainA" for d in "AB"}
+    quantised = write_shards(colour_only, tmp_path / "eight", workers=1)["splits"]["train"]["A"]["dtypes"]
+    assert quantised == {"uint8": 1}, "the negative control: without --keep-depth, 8 bits (as Pillow reads it)"
+
+    cfg = DataConfig(root=str(tmp_path / "shards"), preprocess="crop", crop_size=SIZE, load_size=SIZE, flip=False,
+                     num_workers=0, normalize="dtype", normalize_b="range:0,1")
+    sample = next(iter(UnpairedStream(find_sources(cfg), cfg, 1, 1, seed=0, channels=(3, 5))))
+    assert np.array_equal(from_unit(sample["A"].numpy().transpose(1, 2, 0), np.uint16, (0, 65535)), colour16)
+    assert np.abs(sample["B"].numpy() - (planar * 2 - 1)).max() < 1e-6, "planar bands come out as bands"
+
+    ct = Translator(Identity(3), torch.device("cpu"), tile=0)
+    translate_files(ct, tmp_path / "in" / "trainA", tmp_path / "out")
+    assert np.array_equal(tifffile.imread(tmp_path / "out" / "x.tif"), colour16), "a 16-bit colour TIFF, bit for bit"
+
+
+def test_outputs_take_a_type_that_holds_the_output_domains_window(tmp_path):
+    mr = (np.arange(SIZE * SIZE, dtype=np.uint16).reshape(SIZE, SIZE) * 15)
+    to_ct = Translator(Identity(1), torch.device("cpu"), tile=0, normalize=Normalize.parse("dtype"),
+                       output_normalize=Normalize.parse("range:-1000,1000"))
+    hounsfield = to_ct(mr)
+    assert hounsfield.dtype == np.float32 and hounsfield.min() == -1000 and hounsfield.max() > 0, \
+        "uint16 cannot hold -1000 HU: float32, not values clipped at 0"
+    from cyclegan.translate.core import _normalizations
+
+    export = tmp_path / "g.safetensors"
+    export.touch()
+    assert [str(n) for n in _normalizations(export, "AtoB", "range:-1000,1000", None)] == \
+        ["range:-1000,1000", "range:-1000,1000"], "no run folder: the output is normalised as the input"

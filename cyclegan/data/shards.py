@@ -28,7 +28,7 @@ import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
-from cyclegan.arrays import describe, image_array, load_npy, npy_bytes
+from cyclegan.arrays import cast, describe, encode, image_array, is_grey, is_tiff, load_npy, npy_bytes, tiff_array
 from cyclegan.errors import DataError
 from cyclegan.images import ARRAY_EXTENSIONS, HIGH_DEPTH_MODES, ImageDecodeError, is_greyscale, list_images, open_image, to_rgb
 
@@ -75,10 +75,15 @@ def prepare_image(job: tuple[Path, Path, int | None, bool]) -> Prepared:
             prepared.ext, prepared.data = "npy", npy_bytes(array)
             prepared.content = {**describe(array), "array": True}
             return prepared
+        if keep_depth and is_tiff(path):
+            array = tiff_array(path, str(path))
+            if array.dtype != np.uint8 or array.shape[2] not in (1, 3):
+                return _deep(prepared, array, path, "tif", max_side)
         image = open_image(path, name=str(path))
         too_big = max_side is not None and max(image.size) > max_side
         if keep_depth and image.mode in HIGH_DEPTH_MODES:
-            return _deep_image(prepared, image, str(path), max_side if too_big else None)
+            return _deep(prepared, image_array(image, str(path)), path if image.format == "PNG" else None, "png",
+                         max_side)
     except ImageDecodeError as err:
         prepared.error = str(err)
         return prepared
@@ -114,24 +119,25 @@ def png_bit_depth(path: Path) -> int:
     return header[24] if len(header) == 25 else 8
 
 
-def _deep_image(prepared: Prepared, image: Image.Image, name: str, max_side: int | None) -> Prepared:
-    """A 16-bit or float greyscale image kept at its depth: a 16-bit PNG, or a float TIFF."""
-    array = image_array(image, name)[:, :, 0]
-    if max_side is not None:
-        scale = max_side / max(array.shape)
+def _deep(prepared: Prepared, array: np.ndarray, source: Path | None, fmt: str, max_side: int | None) -> Prepared:
+    """A sample kept at its depth: the file's own bytes (`source`), or, when it has to be
+    shrunk or re-encoded, the array as a `fmt` file (16-bit PNG, or a TIFF of any type)."""
+    if max_side is not None and max(array.shape[:2]) > max_side:
+        scale = max_side / max(array.shape[:2])
         size = (max(1, round(array.shape[1] * scale)), max(1, round(array.shape[0] * scale)))
-        resized = np.asarray(Image.fromarray(array.astype(np.float32), mode="F").resize(size, Image.LANCZOS))
-        array = (np.clip(np.rint(resized), 0, 65535).astype(np.uint16) if array.dtype == np.uint16 else resized)
-    prepared.converted_from = f"{image.mode} (depth kept)"
-    prepared.content = {**describe(array[:, :, None]), "array": False}
-    buffer = io.BytesIO()
-    if array.dtype == np.uint16:
-        Image.fromarray(array).save(buffer, format="PNG")
-        prepared.ext = "png"
-    else:
-        Image.fromarray(array.astype(np.float32), mode="F").save(buffer, format="TIFF")
-        prepared.ext = "tif"
-    prepared.data = buffer.getvalue()
+        bands = [np.asarray(Image.fromarray(array[:, :, c].astype(np.float32), mode="F").resize(size, Image.LANCZOS))
+                 for c in range(array.shape[2])]
+        array, source = cast(np.stack(bands, axis=2), array.dtype), None
+    bands = array.shape[2]
+    prepared.converted_from = f"{array.dtype.name} with {bands} band(s) (depth kept)"
+    prepared.colour = bands == 3 and not is_grey(array)
+    prepared.content = {**describe(array), "array": bands not in (1, 3)}
+    if bands == 3 and not prepared.colour:
+        prepared.content["bands"] = 1
+    if source is None and fmt == "png" and not (bands == 1 and array.dtype == np.uint16):
+        fmt = "tif"  # what a PNG cannot hold
+    prepared.ext = fmt
+    prepared.data = source.read_bytes() if source is not None else encode(array, fmt)
     return prepared
 
 

@@ -143,8 +143,9 @@ def check_samples(sources: DataSources, channels: tuple[int, int], normalization
     Without a manifest, the loader refuses the first such sample it meets. Returns warnings: a
     `range:` window that the data's recorded values miss or fill less than a sixteenth of."""
     warnings = []
+    settings = ("data.normalize", "data.normalize_b" if normalizations[1] != normalizations[0] else "data.normalize")
     for domain, n, key, normalize, setting in zip("AB", channels, ("model.input_nc", "model.output_nc"),
-                                                  normalizations, ("data.normalize", "data.normalize_b")):
+                                                  normalizations, settings):
         window = Normalize.parse(normalize)
         for split, shards in (("train", getattr(sources, f"train_{domain.lower()}")),
                               ("test", getattr(sources, f"test_{domain.lower()}"))):

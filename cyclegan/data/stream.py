@@ -34,7 +34,7 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from cyclegan.arrays import Normalize, fit_bands, read_array
+from cyclegan.arrays import Normalize, fit_bands, open_sample, read_array
 from cyclegan.config import DataConfig
 from cyclegan.data.sources import DataSources, ShardSet
 from cyclegan.data.transforms import draft_size, test_transform, train_transform
@@ -167,8 +167,8 @@ def decode_source(source: bytes | Path, name: str, is_npy: bool, decoding: Decod
     if decoding.deep:
         array = fit_bands(read_array(source, name, is_npy), decoding.channels, name, not is_npy)
         return decoding.normalize.to_unit(array, name)[0]
-    image = None if is_npy else open_image(source, name=name, draft=draft)
-    if image is None or image.mode in HIGH_DEPTH_MODES:
+    image = open_sample(source, name, is_npy) if is_npy or draft is None else open_image(source, name=name, draft=draft)
+    if not isinstance(image, Image.Image) or image.mode in HIGH_DEPTH_MODES:
         raise DataError(f"{name} is deeper than 8 bits (a .npy array, or a 16-bit or float image), but its shards' "
                         "manifest does not say so: give the shards with the manifest scripts/make_shards.py wrote "
                         "(data.root), or set data.normalize")

@@ -127,7 +127,7 @@ def _normalizations(source: Path, direction: str, normalize: str | None,
                     normalize_output: str | None) -> tuple[Normalize, Normalize]:
     """The input's and the output's domain's normalisation: as given, else the run's, else dtype
     (the output's defaults to the input's where no run says otherwise)."""
-    run = run_normalize(source) if source.exists() else None
+    run = run_normalize(source)
     if run is not None and direction == "BtoA":
         run = run[::-1]
     reading = normalize or (run[0] if run else "dtype")
@@ -160,14 +160,29 @@ class Translator:
         """An H x W x C array of the generator's input bands, normalised by `self.normalize`."""
         return DeepInput(self.normalize.to_unit(array, name)[0], array)
 
+    def output_dtype(self, dtype: np.dtype) -> np.dtype:
+        """The type a translation of `dtype` input is written in: the input's, unless the output
+        domain's fixed window does not fit in it (MR in uint16 to CT in Hounsfield units, say):
+        then float32."""
+        dtype = np.dtype(dtype)
+        norm = self.output_normalize
+        if self.full_range or norm.kind != "range" or not np.issubdtype(dtype, np.integer):
+            return dtype
+        info = np.iinfo(dtype)
+        return dtype if info.min <= norm.low and norm.high <= info.max else np.dtype(np.float32)
+
     def restore(self, translated: np.ndarray, source: DeepInput) -> np.ndarray:
-        """A float32 [-1, 1] translation -> values of the input's type, by the inverse of the output
+        """A float32 [-1, 1] translation -> values of `output_dtype`, by the inverse of the output
         domain's normalisation (its fixed window, the type's range, or the input's percentiles),
         or with `full_range` on the type's whole range."""
-        dtype = source.values.dtype
-        if self.full_range and not np.issubdtype(dtype, np.integer):
+        dtype = self.output_dtype(source.values.dtype)
+        integer = np.issubdtype(dtype, np.integer)
+        if self.full_range and not integer:
             raise UserError(f"--output-range dtype spreads outputs over an integer type's range; {dtype} data "
                             "has none: leave --output-range at window")
+        if not self.full_range and self.output_normalize.is_default and not integer:
+            raise UserError(f"{dtype} input, and the output domain's normalisation is dtype, which has no range for "
+                            "float data: give --normalize-output range:LO,HI or percentile:P1,P99")
         window = type_range(dtype) if self.full_range else self.output_normalize.window(source.values, "the input")
         return from_unit(translated, dtype, window)
 

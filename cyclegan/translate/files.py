@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from cyclegan.arrays import encode, fit_bands, is_deep, output_format, read_array
+from cyclegan.arrays import encode, fit_bands, is_deep, is_tiff, output_format, read_array, tiff_header
 from cyclegan.errors import DataError, UserError
 from cyclegan.images import (
     ARRAY_EXTENSIONS,
@@ -64,12 +64,17 @@ def inspect(path: Path, translator: Translator) -> tuple[tuple[int, int], str | 
         if len(shape) not in (2, 3):
             raise ValueError(f"an array of shape {shape} is no image")
         return (shape[1], shape[0]), "npy", True
+    channels = translator.in_channels, translator.out_channels
+    if is_tiff(path):
+        size, bands, dtype = tiff_header(path)
+        deep = dtype != np.uint8 or bands not in (1, 3) or is_deep(False, None, translator.normalize, *channels)
+        return size, "tif" if deep else None, deep
     with Image.open(path) as image:
         size, mode, fmt = image.size, image.mode, image.format
-    if not is_deep(False, mode, translator.normalize, translator.in_channels, translator.out_channels):
+    if not is_deep(False, mode, translator.normalize, *channels):
         return size, None, False
     dtype = np.uint16 if mode.startswith("I;16") else np.float32 if mode in ("F", "I") else np.uint8
-    return size, output_format(False, fmt, dtype, translator.out_channels), True
+    return size, output_format(False, fmt, translator.output_dtype(dtype), translator.out_channels), True
 
 
 def load_pixels(path: Path, load_size: int | None, channels: int, report: TranslateReport) -> np.ndarray | None:

@@ -18,14 +18,15 @@ from pathlib import Path
 
 import numpy as np
 import webdataset as wds
+from PIL import Image
 from tqdm import tqdm
 
-from cyclegan.arrays import fit_bands, image_array, is_deep, load_npy, npy_bytes
+from cyclegan.arrays import fit_bands, image_array, is_deep, npy_bytes, open_sample
 from cyclegan.data.shards import MANIFEST
 from cyclegan.data.sources import check_shards, count_samples, expand_urls, is_local
 from cyclegan.data.stream import IMAGE_FIELDS
 from cyclegan.errors import DataError
-from cyclegan.images import ChannelMismatch, ImageDecodeError, open_image, to_image, to_pixels
+from cyclegan.images import ChannelMismatch, ImageDecodeError, to_image, to_pixels
 from cyclegan.translate.core import DeepInput, ImageTooSmall, TranslateReport, Translator
 
 REPORTS = ".reports"  # per-shard reports, beside the output shards
@@ -78,11 +79,11 @@ def sample_input(sample: dict, translator: Translator) -> tuple[np.ndarray, Deep
     if field is None:
         raise ImageDecodeError(f"{name} has no image (fields: {', '.join(k for k in sample if not k.startswith('__'))})")
     is_npy = field == "npy"
-    image = None if is_npy else open_image(sample[field], name=name)
-    if not is_deep(is_npy, image and image.mode, translator.normalize, translator.in_channels,
-                   translator.out_channels):
-        return to_pixels(image, translator.in_channels, name), None
-    array = load_npy(sample[field], name) if is_npy else image_array(image, name)
+    opened = open_sample(sample[field], name, is_npy)
+    if isinstance(opened, Image.Image) and not is_deep(False, opened.mode, translator.normalize,
+                                                       translator.in_channels, translator.out_channels):
+        return to_pixels(opened, translator.in_channels, name), None
+    array = opened if isinstance(opened, np.ndarray) else image_array(opened, name)
     deep = translator.deep_input(fit_bands(array, translator.in_channels, name, not is_npy), name)
     return deep.unit, deep
 
