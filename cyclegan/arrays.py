@@ -9,18 +9,22 @@ band count, or any data with a `range:` or `percentile:` normalisation) goes thr
 from __future__ import annotations
 
 import io
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import png
 import tifffile
 from PIL import Image
 
 from cyclegan.errors import DataError
 from cyclegan.images import GREY_TOLERANCE, HIGH_DEPTH_MODES, ChannelMismatch, ImageDecodeError, open_image, to_rgb
 
+logging.getLogger("tifffile").setLevel(logging.CRITICAL)  # a damaged file gets one message, ours, not its warnings
 ARRAY_DTYPES = ("uint8", "uint16", "int16", "float32")  # what `.npy` and TIFF samples may hold
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic TIFF and BigTIFF, either byte order
 NORMALIZE_FORMS = "dtype, range:LO,HI or percentile:P1,P99"
 
@@ -110,32 +114,88 @@ def image_array(image: Image.Image, name: str = "image") -> np.ndarray:
     return np.asarray(rgb, dtype=np.uint8)
 
 
-def is_tiff(source: Path | bytes) -> bool:
-    """Whether a file or its bytes are a TIFF (by their first four bytes)."""
+def head(source: Path | bytes, size: int) -> bytes:
+    """The first `size` bytes of a file or of its bytes."""
     if isinstance(source, Path):
         with source.open("rb") as file:
-            head = file.read(4)
-    else:
-        head = source[:4]
-    return head in TIFF_MAGIC
+            return file.read(size)
+    return source[:size]
+
+
+def is_tiff(source: Path | bytes) -> bool:
+    """Whether a file or its bytes are a TIFF (by their first four bytes)."""
+    return head(source, 4) in TIFF_MAGIC
+
+
+def is_deep_png(source: Path | bytes) -> bool:
+    """A 16-bit PNG with colour or alpha (its header says), which Pillow would read as 8 bits."""
+    start = head(source, 26)
+    return (len(start) == 26 and start[:8] == PNG_SIGNATURE and start[12:16] == b"IHDR" and start[24] == 16
+            and start[25] in (2, 4, 6))
+
+
+def png_array(source: Path | bytes, name: str) -> np.ndarray:
+    """A 16-bit colour (or grey with alpha) PNG as H x W x C uint16, read by pypng; alpha dropped,
+    as for every image."""
+    try:
+        reader = png.Reader(filename=str(source)) if isinstance(source, Path) else png.Reader(bytes=source)
+        width, height, rows, info = reader.asDirect()
+        array = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, info["planes"])
+    except (png.Error, ValueError, OSError, EOFError) as err:
+        raise ImageDecodeError(f"{name}: cannot be decoded as a 16-bit PNG ({err})") from None
+    return checked(array[:, :, :-1] if info["alpha"] else array, name)
+
+
+@dataclass(frozen=True)
+class TiffHeader:
+    """What a TIFF's first page says of its pixels: size, bands (alpha left out), type, and
+    whether Pillow reads them faithfully (8-bit images of any kind, 1-bit, palette, grey of any
+    depth) or tifffile must (16-bit or float colour, more bands than RGB with alpha)."""
+
+    size: tuple[int, int]
+    bands: int
+    alpha: bool
+    dtype: np.dtype
+    pages: int
+
+    @property
+    def for_pillow(self) -> bool:
+        samples = self.bands + self.alpha
+        return samples == 1 or (self.dtype == np.uint8 and self.bands in (1, 3) and samples <= 4)
+
+
+def tiff_header(source: Path | bytes, name: str = "image") -> TiffHeader:
+    """A TIFF's header (no pixels decoded, so any compression will do)."""
+    try:
+        with tifffile.TiffFile(source if isinstance(source, Path) else io.BytesIO(source)) as tif:
+            page, pages = tif.pages.first, len(tif.pages)
+            samples, extras = page.samplesperpixel, tuple(page.extrasamples or ())
+            alpha = bool(extras) and int(extras[-1]) in (1, 2)  # associated or unassociated alpha
+            return TiffHeader((page.imagewidth, page.imagelength), samples - alpha, alpha, np.dtype(page.dtype),
+                              pages)
+    except Exception as err:  # tifffile raises many kinds for a damaged file
+        raise ImageDecodeError(f"{name}: cannot be read as a TIFF ({str(err).splitlines()[0] if str(err) else err})") \
+            from None
 
 
 def tiff_array(source: Path | bytes, name: str) -> np.ndarray:
-    """A TIFF as H x W x C at its own depth and band count, read by tifffile (Pillow reads 16-bit
-    colour as 8 bits and cannot open multi-band or float colour TIFFs). One 2-D image per file:
-    its samples or channels, interleaved or planar, become the bands."""
+    """A TIFF that Pillow cannot read at its depth (see `TiffHeader.for_pillow`) as H x W x C, read
+    by tifffile: one 2-D image per file, its samples, interleaved or planar, as the bands, alpha
+    dropped as for every image."""
+    header = tiff_header(source, name)
     try:
         with tifffile.TiffFile(source if isinstance(source, Path) else io.BytesIO(source)) as tif:
-            series = tif.series[0]
-            axes, array = series.axes, series.asarray()
-    except Exception as err:  # tifffile raises many kinds for a damaged file
-        raise ImageDecodeError(f"{name}: cannot be decoded as a TIFF ({str(err).splitlines()[0] if str(err) else err})") from None
-    bands = [i for i, axis in enumerate(axes) if axis in "SC"]
-    if set(axes) - set("YXSC") or len(bands) > 1 or "Y" not in axes or "X" not in axes:
-        raise ImageDecodeError(f"{name}: a TIFF of shape {array.shape} (axes {axes}); samples are 2-D images with "
-                               "bands, one per file")
-    array = np.moveaxis(array, bands[0], -1) if bands else array[:, :, None]
-    return checked(array, name)
+            array = tif.pages.first.asarray()
+    except Exception as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        hint = "; pip install imagecodecs for its compression" if "imagecodecs" in reason else ""
+        raise ImageDecodeError(f"{name}: cannot be decoded as a TIFF ({reason}){hint}") from None
+    if array.ndim == 3 and array.shape[0] == header.bands + header.alpha and array.shape[-1] != array.shape[0]:
+        array = np.moveaxis(array, 0, -1)  # planar: band after band
+    array = array[:, :, None] if array.ndim == 2 else array
+    if array.ndim != 3 or array.shape[:2] != header.size[::-1]:
+        raise ImageDecodeError(f"{name}: a TIFF of shape {array.shape}; samples are 2-D images with bands")
+    return checked(array[:, :, :header.bands], name)
 
 
 def checked(array: np.ndarray, name: str) -> np.ndarray:
@@ -163,36 +223,28 @@ def load_npy(source: Path | bytes, name: str) -> np.ndarray:
     return checked(array, name)
 
 
-def tiff_header(path: Path) -> tuple[tuple[int, int], int, np.dtype]:
-    """(width, height), bands and type of a TIFF file, from its header alone."""
-    with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
-        shape, axes, dtype = series.shape, series.axes, series.dtype
-    bands = next((shape[axes.index(axis)] for axis in "SC" if axis in axes), 1)
-    return (shape[axes.index("X")], shape[axes.index("Y")]), bands, np.dtype(dtype)
-
-
 def open_sample(source: Path | bytes, name: str, is_npy: bool) -> Image.Image | np.ndarray:
     """A sample as a PIL image when it is an 8-bit image the official path takes, else as an
-    H x W x C array at its own depth: `.npy` arrays, TIFFs other than 8-bit grey or colour, and
-    16-bit or float images."""
+    H x W x C array at its own depth: `.npy` arrays, TIFFs Pillow cannot read at their depth
+    (tifffile), 16-bit colour PNGs (pypng), and 16-bit or float images."""
     if is_npy:
         return load_npy(source, name)
+    if is_deep_png(source):
+        return png_array(source, name)
     if is_tiff(source):
-        array = tiff_array(source, name)
-        if array.dtype != np.uint8 or array.shape[2] not in (1, 3):
-            return array
+        header = tiff_header(source, name)
+        if header.pages > 1:
+            raise ImageDecodeError(f"{name}: a TIFF of {header.pages} pages; samples are single 2-D images")
+        if not header.for_pillow:
+            return tiff_array(source, name)
     image = open_image(source, name=name)
     return image_array(image, name) if image.mode in HIGH_DEPTH_MODES else image
 
 
 def read_array(source: Path | bytes, name: str, is_npy: bool) -> np.ndarray:
-    """A file's or sample's bytes as an H x W x C array of its own depth (TIFFs by tifffile)."""
-    if is_npy:
-        return load_npy(source, name)
-    if is_tiff(source):
-        return tiff_array(source, name)
-    return image_array(open_image(source, name=name), name)
+    """A file's or sample's bytes as an H x W x C array of its own depth."""
+    opened = open_sample(source, name, is_npy)
+    return opened if isinstance(opened, np.ndarray) else image_array(opened, name)
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -243,22 +295,14 @@ def is_deep(is_npy: bool, mode: str | None, normalize: Normalize, *channels: int
     return is_npy or mode in HIGH_DEPTH_MODES or not normalize.is_default or any(c not in (1, 3) for c in channels)
 
 
-def output_format(is_npy: bool, source_format: str | None, dtype: np.dtype, bands: int) -> str:
-    """The file format that holds a translation at the input's depth: `.npy` for `.npy` inputs; a
-    TIFF (any type and band count) for TIFF inputs; for other images a 16-bit greyscale or 8-bit
-    PNG, or `.npy` where a PNG cannot hold the result (16-bit colour, other band counts)."""
-    dtype = np.dtype(dtype)
-    if is_npy:
-        return "npy"
-    if source_format == "TIFF":
-        return "tif"
-    if (bands == 1 and dtype == np.uint16) or (dtype == np.uint8 and bands in (1, 3)):
-        return "png"
-    return "npy"
+def fits_png(dtype: np.dtype, bands: int) -> bool:
+    """Whether a PNG holds an array of this type and band count (8- or 16-bit, grey or colour)."""
+    return dtype in (np.uint8, np.uint16) and bands in (1, 3)
 
 
 def encode(array: np.ndarray, fmt: str) -> bytes:
-    """An H x W x C array as the bytes of a `fmt` file (see `output_format`)."""
+    """An H x W x C array as the bytes of a `fmt` file: npy, tif (any type and band count) or png
+    (see `fits_png`)."""
     if fmt == "npy":
         return npy_bytes(array)
     buffer = io.BytesIO()
@@ -266,6 +310,9 @@ def encode(array: np.ndarray, fmt: str) -> bytes:
     if fmt == "tif":
         tifffile.imwrite(buffer, array[:, :, 0] if bands == 1 else array, photometric="rgb" if bands == 3 else
                          "minisblack", planarconfig="contig" if bands > 1 else None)
+    elif array.dtype == np.uint16 and bands == 3:  # Pillow has no 16-bit colour mode
+        png.Writer(array.shape[1], array.shape[0], greyscale=False, bitdepth=16).write(
+            buffer, array.reshape(array.shape[0], -1))
     else:
         Image.fromarray(array[:, :, 0] if bands == 1 else array).save(buffer, format="PNG")
     return buffer.getvalue()

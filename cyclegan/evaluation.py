@@ -24,7 +24,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from cyclegan.arrays import is_tiff, tiff_header
+from cyclegan.arrays import is_deep_png, is_tiff, tiff_header
 from cyclegan.data.shards import sample_key
 from cyclegan.data.sources import DataSources
 from cyclegan.data.stream import Decoding, decode_source, iter_test_images, to_unit_tensor
@@ -81,9 +81,11 @@ def is_deep_file(path: Path) -> bool:
     if path.suffix.lower() in ARRAY_EXTENSIONS:
         return True
     try:
+        if is_deep_png(path):
+            return True
         if is_tiff(path):
-            _, bands, dtype = tiff_header(path)
-            return dtype != np.uint8 or bands not in (1, 3)
+            header = tiff_header(path, str(path))
+            return not header.for_pillow or header.dtype not in (np.uint8, np.bool_)
         with Image.open(path) as image:
             return image.mode in HIGH_DEPTH_MODES
     except Exception:  # PIL raises many kinds for a bad header; the decode reports it

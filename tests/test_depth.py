@@ -205,18 +205,27 @@ def test_deep_translation_keeps_fp32_and_8_bit_input_to_many_bands_gets_arrays(t
     assert written.shape == (SIZE, SIZE, 4) and written.dtype == np.uint8, "4 bands do not fit a PNG"
 
 
-def test_bad_deep_files_are_reported(tmp_path):
+def test_16_bit_colour_pngs_keep_their_depth_and_bad_files_are_reported(tmp_path):
     for domain in "AB":
         (tmp_path / "in" / f"train{domain}").mkdir(parents=True)
         Image.fromarray(ct_slice(0)).save(tmp_path / "in" / f"train{domain}" / "good.png")
     nan = np.full((8, 8), np.nan, dtype=np.float32)
     Image.fromarray(nan).save(tmp_path / "in" / "trainA" / "nan.tif")
     colour16 = tmp_path / "in" / "trainB" / "colour16.png"
-    colour16.write_bytes(_png16_rgb(np.random.default_rng(0).integers(0, 65536, (8, 8, 3), dtype=np.uint16)))
+    pixels = np.random.default_rng(0).integers(0, 65536, (SIZE, SIZE, 3), dtype=np.uint16)
+    colour16.write_bytes(_png16_rgb(pixels))
     sources = {("train", d): tmp_path / "in" / f"train{d}" for d in "AB"}
     manifest = write_shards(sources, tmp_path / "shards", workers=1, keep_depth=True)
     assert [s["reason"] for s in manifest["skipped"]] == [f"{tmp_path}/in/trainA/nan.tif: holds NaN or infinite values"]
-    assert manifest["converted"]["16-bit colour PNG, read as 8 bits"] == 1
+    assert manifest["splits"]["train"]["B"]["dtypes"] == {"uint16": 2} and manifest["splits"]["train"]["B"]["colour_samples"] == 1
+    eight = write_shards(sources, tmp_path / "eight", workers=1)
+    assert eight["converted"]["16-bit or float colour PNG, read as 8 bits"] == 1, "without --keep-depth: reported"
+    translate_files(Translator(Identity(3), torch.device("cpu"), tile=0), tmp_path / "in" / "trainB", tmp_path / "out")
+    import png
+
+    width, height, rows, info = png.Reader(filename=str(tmp_path / "out" / "colour16.png")).asDirect()
+    assert info["bitdepth"] == 16 and np.array_equal(np.vstack(list(rows)).reshape(height, width, 3), pixels), \
+        "a 16-bit colour PNG in, the same out"
     sources = find_sources(DataConfig(root=str(tmp_path / "shards")))
     assert check_samples(sources, (1, 3), ("range:-1000,1000", "dtype")) == [], "values fill half the window"
     narrow = check_samples(sources, (1, 3), ("range:0,1000000", "dtype"))
@@ -279,3 +288,30 @@ def test_outputs_take_a_type_that_holds_the_output_domains_window(tmp_path):
     export.touch()
     assert [str(n) for n in _normalizations(export, "AtoB", "range:-1000,1000", None)] == \
         ["range:-1000,1000", "range:-1000,1000"], "no run folder: the output is normalised as the input"
+
+
+def test_tiffs_pillow_reads_stay_on_its_path_and_the_rest_is_told_apart(tmp_path):
+    import tifffile
+
+    from cyclegan.data.shards import prepare_image
+
+    rng = np.random.default_rng(0)
+    rgba8 = rng.integers(0, 256, (8, 9, 4), dtype=np.uint8)
+    Image.fromarray(rgba8, "RGBA").save(tmp_path / "rgba8.tif", compression="tiff_lzw")
+    tifffile.imwrite(tmp_path / "rgba16.tif", rng.integers(0, 65536, (8, 9, 4), dtype=np.uint16), photometric="rgb",
+                     extrasamples=["unassalpha"])
+    tifffile.imwrite(tmp_path / "bands.tif", rng.integers(0, 65536, (8, 9, 4), dtype=np.uint16),
+                     photometric="minisblack", planarconfig="contig")
+    tifffile.imwrite(tmp_path / "stack.tif", rng.integers(0, 256, (5, 8, 9), dtype=np.uint8), photometric="minisblack")
+
+    def prepared(name, keep):
+        return prepare_image((tmp_path / name, tmp_path, None, keep))
+
+    official = prepared("rgba8.tif", False)
+    assert official.data == prepared("rgba8.tif", True).data and official.ext == "png", \
+        "an 8-bit RGBA TIFF (LZW) takes Pillow's path, alpha dropped, with or without --keep-depth"
+    kept = prepared("rgba16.tif", True)
+    assert (kept.ext, kept.content["dtype"], kept.content["bands"], kept.content["array"]) == ("tif", "uint16", 3, False)
+    assert prepared("rgba16.tif", False).converted_from == "16-bit or float colour TIFF, read as 8 bits"
+    assert prepared("bands.tif", True).content["array"] and "only --keep-depth keeps" in prepared("bands.tif", False).error
+    assert "a TIFF of 5 pages" in prepared("stack.tif", True).error and "5 pages" in prepared("stack.tif", False).error

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
+from cyclegan.arrays import read_array
 from cyclegan.models import GeneratorSpec, ResnetGenerator
 from cyclegan.models.loading import export_generator
 from cyclegan.translate.tiles import translate_tiled
@@ -46,10 +47,10 @@ def test_folder_keeps_sizes_names_and_reports_bad_files(tmp_path):
                     "--output", tmp_path / "out", "--device", "cpu", "--precision", "fp32")
     assert "tiny.png: 3 x 3 px is too small to translate" in result.stdout
     written = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png"))
-    assert "nested/inner.v2.png" in written and "odd.png" in written
-    assert len(written) == 11 and "rgb.png" in written and "rgb.jpg.png" in written and "rgb.tiff.png" in written
-    deep = np.load(tmp_path / "out" / "deep16.npy")
-    assert deep.shape == (40, 48, 3) and deep.dtype == np.uint16, "16-bit in, 16-bit out (no image format for RGB)"
+    assert "nested/inner.v2.png" in written and "odd.png" in written and "deep16.png" in written
+    assert len(written) == 12 and "rgb.png" in written and "rgb.jpg.png" in written and "rgb.tiff.png" in written
+    deep = read_array(tmp_path / "out" / "deep16.png", "deep16.png", is_npy=False)
+    assert deep.shape == (40, 48, 3) and deep.dtype == np.uint16, "16-bit in, 16-bit (colour) out"
     with Image.open(tmp_path / "out" / "odd.png") as out:
         assert out.size == (50, 37) and out.mode == "RGB"
     assert "skipped 4 item(s) (unreadable, too small, or colour for a greyscale generator)" in result.stdout

@@ -28,7 +28,21 @@ import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
-from cyclegan.arrays import cast, describe, encode, image_array, is_grey, is_tiff, load_npy, npy_bytes, tiff_array
+from cyclegan.arrays import (
+    cast,
+    describe,
+    encode,
+    fits_png,
+    image_array,
+    is_deep_png,
+    is_grey,
+    is_tiff,
+    load_npy,
+    npy_bytes,
+    png_array,
+    tiff_array,
+    tiff_header,
+)
 from cyclegan.errors import DataError
 from cyclegan.images import ARRAY_EXTENSIONS, HIGH_DEPTH_MODES, ImageDecodeError, is_greyscale, list_images, open_image, to_rgb
 
@@ -75,10 +89,15 @@ def prepare_image(job: tuple[Path, Path, int | None, bool]) -> Prepared:
             prepared.ext, prepared.data = "npy", npy_bytes(array)
             prepared.content = {**describe(array), "array": True}
             return prepared
-        if keep_depth and is_tiff(path):
-            array = tiff_array(path, str(path))
-            if array.dtype != np.uint8 or array.shape[2] not in (1, 3):
-                return _deep(prepared, array, path, "tif", max_side)
+        header = tiff_header(path, str(path)) if is_tiff(path) else None
+        if header is not None and header.pages > 1:
+            raise ImageDecodeError(f"{path}: a TIFF of {header.pages} pages; samples are single 2-D images")
+        beyond_pillow = is_deep_png(path) or (header is not None and not header.for_pillow)
+        if beyond_pillow and keep_depth:
+            array = tiff_array(path, str(path)) if header else png_array(path, str(path))
+            return _deep(prepared, array, path, "tif" if header else "png", max_side)
+        if beyond_pillow and header is not None and header.bands not in (1, 3):
+            raise ImageDecodeError(f"{path}: a TIFF of {header.bands} bands, which only --keep-depth keeps")
         image = open_image(path, name=str(path))
         too_big = max_side is not None and max(image.size) > max_side
         if keep_depth and image.mode in HIGH_DEPTH_MODES:
@@ -89,9 +108,8 @@ def prepare_image(job: tuple[Path, Path, int | None, bool]) -> Prepared:
         return prepared
     fmt = image.format
     rgb, mode = to_rgb(image)
-    if fmt == "PNG" and image.mode in ("RGB", "RGBA") and png_bit_depth(path) == 16:
-        # Pillow has no 16-bit colour mode: said in the report; .npy arrays keep the depth
-        mode = prepared.converted_from = "16-bit colour PNG, read as 8 bits"
+    if beyond_pillow:  # Pillow has no 16-bit or float colour mode; --keep-depth keeps the depth
+        mode = prepared.converted_from = f"16-bit or float colour {fmt}, read as 8 bits"
     prepared.colour = not is_greyscale(rgb)
     low, high = min(band[0] for band in rgb.getextrema()), max(band[1] for band in rgb.getextrema())
     prepared.content = {"dtype": "uint8", "bands": 3 if prepared.colour else 1, "min": low, "max": high, "array": False}
@@ -112,13 +130,6 @@ def prepare_image(job: tuple[Path, Path, int | None, bool]) -> Prepared:
     return prepared
 
 
-def png_bit_depth(path: Path) -> int:
-    """The bit depth in a PNG's header (IHDR: byte 24)."""
-    with path.open("rb") as file:
-        header = file.read(25)
-    return header[24] if len(header) == 25 else 8
-
-
 def _deep(prepared: Prepared, array: np.ndarray, source: Path | None, fmt: str, max_side: int | None) -> Prepared:
     """A sample kept at its depth: the file's own bytes (`source`), or, when it has to be
     shrunk or re-encoded, the array as a `fmt` file (16-bit PNG, or a TIFF of any type)."""
@@ -129,14 +140,15 @@ def _deep(prepared: Prepared, array: np.ndarray, source: Path | None, fmt: str, 
                  for c in range(array.shape[2])]
         array, source = cast(np.stack(bands, axis=2), array.dtype), None
     bands = array.shape[2]
-    prepared.converted_from = f"{array.dtype.name} with {bands} band(s) (depth kept)"
     prepared.colour = bands == 3 and not is_grey(array)
     prepared.content = {**describe(array), "array": bands not in (1, 3)}
     if bands == 3 and not prepared.colour:
         prepared.content["bands"] = 1
-    if source is None and fmt == "png" and not (bands == 1 and array.dtype == np.uint16):
+    if source is None and fmt == "png" and not fits_png(array.dtype, bands):
         fmt = "tif"  # what a PNG cannot hold
     prepared.ext = fmt
+    if source is None:
+        prepared.converted_from = f"{array.dtype.name} with {bands} band(s) (depth kept)"
     prepared.data = source.read_bytes() if source is not None else encode(array, fmt)
     return prepared
 

@@ -1,6 +1,7 @@
 """Image files in, PNG files out, split across ranks: rank r translates every world-th file.
 Deeper inputs (16-bit or float images, `.npy` arrays, or any input under a `range:` or
-`percentile:` normalisation) come out at their own depth: see `cyclegan.arrays.output_format`.
+`percentile:` normalisation) come out at their own depth: a TIFF for a TIFF, a PNG for a PNG
+where one holds them (`cyclegan.arrays.fits_png`), `.npy` otherwise.
 
 Each output is written under a temporary name and renamed when complete, so a rerun of an
 interrupted job keeps the outputs it finds and translates only the rest.
@@ -16,7 +17,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from cyclegan.arrays import encode, fit_bands, is_deep, is_tiff, output_format, read_array, tiff_header
+from cyclegan.arrays import encode, fit_bands, fits_png, is_deep, is_deep_png, is_tiff, read_array, tiff_header
 from cyclegan.errors import DataError, UserError
 from cyclegan.images import (
     ARRAY_EXTENSIONS,
@@ -65,16 +66,27 @@ def inspect(path: Path, translator: Translator) -> tuple[tuple[int, int], str | 
             raise ValueError(f"an array of shape {shape} is no image")
         return (shape[1], shape[0]), "npy", True
     channels = translator.in_channels, translator.out_channels
+    if is_deep_png(path):
+        with Image.open(path) as image:
+            size = image.size
+        return size, png_or_npy(translator.output_dtype(np.uint16), translator.out_channels), True
     if is_tiff(path):
-        size, bands, dtype = tiff_header(path)
-        deep = dtype != np.uint8 or bands not in (1, 3) or is_deep(False, None, translator.normalize, *channels)
-        return size, "tif" if deep else None, deep
+        header = tiff_header(path, str(path))
+        if header.pages > 1:
+            raise ValueError(f"a TIFF of {header.pages} pages; inputs are single 2-D images")
+        deep = not header.for_pillow or is_deep(False, None, translator.normalize, *channels) or (
+            header.dtype not in (np.uint8, np.bool_))
+        return header.size, "tif" if deep else None, deep
     with Image.open(path) as image:
-        size, mode, fmt = image.size, image.mode, image.format
+        size, mode = image.size, image.mode
     if not is_deep(False, mode, translator.normalize, *channels):
         return size, None, False
     dtype = np.uint16 if mode.startswith("I;16") else np.float32 if mode in ("F", "I") else np.uint8
-    return size, output_format(False, fmt, translator.output_dtype(dtype), translator.out_channels), True
+    return size, png_or_npy(translator.output_dtype(dtype), translator.out_channels), True
+
+
+def png_or_npy(dtype: np.dtype, bands: int) -> str:
+    return "png" if fits_png(np.dtype(dtype), bands) else "npy"
 
 
 def load_pixels(path: Path, load_size: int | None, channels: int, report: TranslateReport) -> np.ndarray | None:
