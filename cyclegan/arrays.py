@@ -20,7 +20,15 @@ import tifffile
 from PIL import Image
 
 from cyclegan.errors import DataError
-from cyclegan.images import GREY_TOLERANCE, HIGH_DEPTH_MODES, ChannelMismatch, ImageDecodeError, open_image, to_rgb
+from cyclegan.images import (
+    ARRAY_EXTENSIONS,
+    GREY_TOLERANCE,
+    HIGH_DEPTH_MODES,
+    ChannelMismatch,
+    ImageDecodeError,
+    open_image,
+    to_rgb,
+)
 
 logging.getLogger("tifffile").setLevel(logging.CRITICAL)  # a damaged file gets one message, ours, not its warnings
 ARRAY_DTYPES = ("uint8", "uint16", "int16", "float32")  # what `.npy` and TIFF samples may hold
@@ -148,20 +156,23 @@ def png_array(source: Path | bytes, name: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class TiffHeader:
-    """What a TIFF's first page says of its pixels: size, bands (alpha left out), type, and
-    whether Pillow reads them faithfully (8-bit images of any kind, 1-bit, palette, grey of any
-    depth) or tifffile must (16-bit or float colour, more bands than RGB with alpha)."""
+    """What a TIFF's first page says of its pixels: size, samples (bands, and alpha or not), type,
+    CMYK or not, and so whether Pillow reads them faithfully (8-bit grey, colour, CMYK, palette,
+    1-bit, with alpha or without; 16-bit and float32 grey) or tifffile must (16-bit or float
+    colour, other band counts, other grey types)."""
 
     size: tuple[int, int]
     bands: int
     alpha: bool
     dtype: np.dtype
     pages: int
+    cmyk: bool = False
 
     @property
     def for_pillow(self) -> bool:
-        samples = self.bands + self.alpha
-        return samples == 1 or (self.dtype == np.uint8 and self.bands in (1, 3) and samples <= 4)
+        if self.dtype in (np.uint8, np.bool_):
+            return self.cmyk or (self.bands in (1, 3) and self.bands + self.alpha <= 4)
+        return self.bands + self.alpha == 1 and self.dtype in (np.uint16, np.float32)
 
 
 def tiff_header(source: Path | bytes, name: str = "image") -> TiffHeader:
@@ -171,8 +182,9 @@ def tiff_header(source: Path | bytes, name: str = "image") -> TiffHeader:
             page, pages = tif.pages.first, len(tif.pages)
             samples, extras = page.samplesperpixel, tuple(page.extrasamples or ())
             alpha = bool(extras) and int(extras[-1]) in (1, 2)  # associated or unassociated alpha
+            cmyk = int(page.photometric) == 5  # SEPARATED (ink planes)
             return TiffHeader((page.imagewidth, page.imagelength), samples - alpha, alpha, np.dtype(page.dtype),
-                              pages)
+                              pages, cmyk)
     except Exception as err:  # tifffile raises many kinds for a damaged file
         raise ImageDecodeError(f"{name}: cannot be read as a TIFF ({str(err).splitlines()[0] if str(err) else err})") \
             from None
@@ -223,10 +235,11 @@ def load_npy(source: Path | bytes, name: str) -> np.ndarray:
     return checked(array, name)
 
 
-def open_sample(source: Path | bytes, name: str, is_npy: bool) -> Image.Image | np.ndarray:
+def open_sample(source: Path | bytes, name: str, is_npy: bool,
+                draft: tuple[int, int] | None = None) -> Image.Image | np.ndarray:
     """A sample as a PIL image when it is an 8-bit image the official path takes, else as an
     H x W x C array at its own depth: `.npy` arrays, TIFFs Pillow cannot read at their depth
-    (tifffile), 16-bit colour PNGs (pypng), and 16-bit or float images."""
+    (tifffile), 16-bit colour PNGs (pypng), and 16-bit or float images. `draft` as `open_image`."""
     if is_npy:
         return load_npy(source, name)
     if is_deep_png(source):
@@ -237,7 +250,7 @@ def open_sample(source: Path | bytes, name: str, is_npy: bool) -> Image.Image | 
             raise ImageDecodeError(f"{name}: a TIFF of {header.pages} pages; samples are single 2-D images")
         if not header.for_pillow:
             return tiff_array(source, name)
-    image = open_image(source, name=name)
+    image = open_image(source, name=name, draft=draft)
     return image_array(image, name) if image.mode in HIGH_DEPTH_MODES else image
 
 
@@ -245,6 +258,13 @@ def read_array(source: Path | bytes, name: str, is_npy: bool) -> np.ndarray:
     """A file's or sample's bytes as an H x W x C array of its own depth."""
     opened = open_sample(source, name, is_npy)
     return opened if isinstance(opened, np.ndarray) else image_array(opened, name)
+
+
+def resize_bands(array: np.ndarray, size: tuple[int, int], resample: int) -> np.ndarray:
+    """An H x W x C array resized to (width, height) band by band in 32-bit float, by a PIL filter
+    (the same kernel as for 8-bit images); float32 out."""
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(array[:, :, c], dtype=np.float32), mode="F")
+                                .resize(size, resample)) for c in range(array.shape[2])], axis=2)
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -288,11 +308,63 @@ def describe(array: np.ndarray) -> dict:
             "min": float(array.min()), "max": float(array.max())}
 
 
-def is_deep(is_npy: bool, mode: str | None, normalize: Normalize, *channels: int) -> bool:
-    """Whether a sample takes this module's path rather than the official 8-bit one: an array, an
-    image deeper than 8 bits, a normalisation other than the type's range, or (in or out) a band
+def is_deep(mode: str | None, normalize: Normalize, *channels: int) -> bool:
+    """Whether an image takes this module's path rather than the official 8-bit one: a Pillow
+    mode deeper than 8 bits, a normalisation other than the type's range, or (in or out) a band
     count no image file has."""
-    return is_npy or mode in HIGH_DEPTH_MODES or not normalize.is_default or any(c not in (1, 3) for c in channels)
+    return mode in HIGH_DEPTH_MODES or not normalize.is_default or any(c not in (1, 3) for c in channels)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What a file's header says: (width, height), its kind ("npy", "tif", "png" or another
+    image format), value type, bands (alpha left out), and whether only this module reads it at
+    its depth (arrays, 16-bit colour PNGs, TIFFs beyond Pillow)."""
+
+    size: tuple[int, int]
+    kind: str
+    dtype: np.dtype
+    bands: int
+    beyond_pillow: bool
+
+    @property
+    def deep(self) -> bool:
+        """Off the official 8-bit path whatever the settings: beyond Pillow, or deeper than 8 bits."""
+        return self.beyond_pillow or self.dtype not in (np.uint8, np.bool_)
+
+
+def probe(path: Path) -> Probe:
+    """A file's `Probe`, from its header alone; ImageDecodeError for what cannot be a sample (a
+    damaged header, a multi-page TIFF, an array of other than 2 or 3 dimensions)."""
+    name = str(path)
+    if path.stat().st_size == 0:
+        raise ImageDecodeError(f"{name}: empty file (0 bytes)")
+    if path.suffix.lower() in ARRAY_EXTENSIONS:
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+            shape, dtype = array.shape, array.dtype
+        except (OSError, ValueError) as err:
+            raise ImageDecodeError(f"{name}: cannot be read as a .npy array ({err})") from None
+        if len(shape) not in (2, 3):
+            raise ImageDecodeError(f"{name}: a .npy sample must be H x W or H x W x C, not of shape {shape}")
+        return Probe((shape[1], shape[0]), "npy", dtype, shape[2] if len(shape) == 3 else 1, True)
+    if is_deep_png(path):
+        start = head(path, 26)
+        size = (int.from_bytes(start[16:20], "big"), int.from_bytes(start[20:24], "big"))
+        return Probe(size, "png", np.dtype(np.uint16), 1 if start[25] == 4 else 3, True)
+    if is_tiff(path):
+        header = tiff_header(path, name)
+        if header.pages > 1:
+            raise ImageDecodeError(f"{name}: a TIFF of {header.pages} pages; samples are single 2-D images")
+        return Probe(header.size, "tif", header.dtype, 3 if header.cmyk else header.bands, not header.for_pillow)
+    try:
+        with Image.open(path) as image:
+            size, mode, fmt = image.size, image.mode, image.format
+    except Exception as err:  # PIL raises many kinds for a bad header
+        raise ImageDecodeError(f"{name}: cannot be decoded ({err})") from None
+    dtype = np.uint16 if mode.startswith("I;16") else np.float32 if mode in ("F", "I") else np.uint8
+    bands = 1 if mode in ("1", "L", "LA", "I", "F") or mode.startswith("I;16") else 3
+    return Probe(size, (fmt or "image").lower(), np.dtype(dtype), bands, False)
 
 
 def fits_png(dtype: np.dtype, bands: int) -> bool:

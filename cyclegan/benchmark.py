@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import sys
 import multiprocessing
 import resource
@@ -212,6 +213,7 @@ def step_benchmark(cfg: RunConfig, steps: int, warmup: int, repeats: int, peak_t
                       "speedup_vs_official": statistics.median(ratios), "speedup_vs_official_runs": ratios}
     return {
         "size": cfg.data.crop_size, "batch": cfg.train.batch_size, "precision": cfg.train.mixed_precision,
+        "processes": accelerator.num_processes,
         "channels_last": cfg.perf.channels_last, "compile": cfg.perf.compile, "data": "shards" if use_shards else "synthetic",
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else machine(),
         "pairs_per_s": pairs / seconds, "seconds_per_step": seconds, "seconds_per_step_runs": per_step,
@@ -259,6 +261,34 @@ def official_stepper(checkout: Path, cfg: RunConfig) -> Callable[[], None]:
         model.optimize_parameters()
 
     return one_step
+
+
+def results_table(folder: Path) -> list[str]:
+    """Markdown rows of the step and loader results in `folder` (scripts/gpu_benchmark.sh's
+    files): each step with its speed-up against the official update where it was timed, the
+    scaling over the node's GPUs, and the loader's headroom over the fastest step's demand."""
+    steps = {path.stem: json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))
+             if path.stem != "loader"}
+    lines = ["| setting | device | s/step | pairs/s | TFLOP/s | MFU | vs official | peak memory |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in steps.items():
+        mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "-"
+        versus = f"{r['speedup_vs_official']:.2f}x" if "speedup_vs_official" in r else "-"
+        lines.append(f"| {name} | {r['device']} | {r['seconds_per_step']:.4f} | {r['pairs_per_s']:.2f} | "
+                     f"{r['achieved_tflops']:.1f} | {mfu} | {versus} | {r['peak_memory_gib']:.1f} GiB |")
+    scaled = [name for name in steps if "-x" in name]
+    for name in scaled:
+        single, gpus = name.split("-x")[0], int(name.split("-x")[1])
+        if single in steps:
+            efficiency = steps[name]["pairs_per_s"] / (gpus * steps[single]["pairs_per_s"])
+            lines.append(f"\nScaling, {single} on {gpus} GPUs: {efficiency:.0%} of {gpus} x one GPU.")
+    loader = folder / "loader.json"
+    if loader.is_file() and steps:
+        rate = json.loads(loader.read_text())["results"][0]
+        demand = 2 * max(r["pairs_per_s"] / int(r.get("processes", 1)) for r in steps.values())
+        lines.append(f"\nLoader, one rank with {rate['workers']} workers: {rate['images_per_s']:.0f} images/s against "
+                     f"{demand:.0f} images/s asked by the fastest step per GPU: {rate['images_per_s'] / demand:.1f}x.")
+    return lines
 
 
 SWEEP_AXES = ("precision", "layout", "compile", "adam")

@@ -14,23 +14,21 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
-from PIL import Image
 from torch import nn
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from cyclegan.arrays import is_deep_png, is_tiff, tiff_header
+from cyclegan.arrays import probe
 from cyclegan.data.shards import sample_key
 from cyclegan.data.sources import DataSources
 from cyclegan.data.stream import Decoding, decode_source, iter_test_images, to_unit_tensor
 from cyclegan.data.transforms import test_transform
 from cyclegan.errors import CheckpointError, UserError
-from cyclegan.images import ARRAY_EXTENSIONS, HIGH_DEPTH_MODES, ImageDecodeError, list_images, to_uint8
+from cyclegan.images import ARRAY_EXTENSIONS, ImageDecodeError, list_images, to_uint8
 from cyclegan.models.loading import read_state_dict
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -77,18 +75,10 @@ class EvalSplit:
 
 
 def is_deep_file(path: Path) -> bool:
-    """A .npy array, or an image deeper than 8 bits (its header says)."""
-    if path.suffix.lower() in ARRAY_EXTENSIONS:
-        return True
+    """A file off the official 8-bit path, by its header (an unreadable one is reported when decoded)."""
     try:
-        if is_deep_png(path):
-            return True
-        if is_tiff(path):
-            header = tiff_header(path, str(path))
-            return not header.for_pillow or header.dtype not in (np.uint8, np.bool_)
-        with Image.open(path) as image:
-            return image.mode in HIGH_DEPTH_MODES
-    except Exception:  # PIL raises many kinds for a bad header; the decode reports it
+        return probe(path).deep
+    except ImageDecodeError:
         return False
 
 

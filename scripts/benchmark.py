@@ -7,13 +7,15 @@
     python scripts/benchmark.py step --size 256 --sweep          # the fastest setting for this machine
     python scripts/benchmark.py translate --workdir /tmp/bench-translate --precision fp32
     python scripts/benchmark.py quality --workdir /tmp/quality --seeds 0 1 2 --jobs 2
+    python scripts/benchmark.py summary OUT                      # the table of scripts/gpu_benchmark.sh's OUT
 """
 
 import argparse
 import json
+import os
 from pathlib import Path
 
-from cyclegan.benchmark import SWEEP_AXES, loader_benchmark, step_benchmark, step_sweep
+from cyclegan.benchmark import SWEEP_AXES, loader_benchmark, results_table, step_benchmark, step_sweep
 from cyclegan.config import load_config
 from cyclegan.quality import quality_experiment
 from cyclegan.translate.benchmark import translate_benchmark
@@ -68,7 +70,12 @@ def main() -> None:
     quality.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     quality.add_argument("--steps", type=int, default=400, help="optimizer steps per run, on every task")
     quality.add_argument("--jobs", type=int, default=1, help="training runs at a time (the cores are shared out)")
+    summary = sub.add_parser("summary", help="the markdown table of a folder of step and loader results")
+    summary.add_argument("folder", type=Path)
     args = parser.parse_args()
+    if args.mode == "summary":
+        print("\n".join(results_table(args.folder)))
+        return
     if args.mode == "quality":
         result = quality_experiment(args.workdir, args.seeds, args.steps, args.jobs)
     elif args.mode == "translate":
@@ -94,6 +101,8 @@ def main() -> None:
         else:
             result = step_benchmark(cfg, args.steps, args.warmup, args.repeats, args.peak_tflops, bool(args.data),
                                     args.official)
+    if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch: every rank timed, one reports
+        return
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

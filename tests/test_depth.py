@@ -217,7 +217,8 @@ def test_16_bit_colour_pngs_keep_their_depth_and_bad_files_are_reported(tmp_path
     sources = {("train", d): tmp_path / "in" / f"train{d}" for d in "AB"}
     manifest = write_shards(sources, tmp_path / "shards", workers=1, keep_depth=True)
     assert [s["reason"] for s in manifest["skipped"]] == [f"{tmp_path}/in/trainA/nan.tif: holds NaN or infinite values"]
-    assert manifest["splits"]["train"]["B"]["dtypes"] == {"uint16": 2} and manifest["splits"]["train"]["B"]["colour_samples"] == 1
+    domain_b = manifest["splits"]["train"]["B"]
+    assert domain_b["dtypes"] == {"uint16": 2} and domain_b["colour_samples"] == 1
     eight = write_shards(sources, tmp_path / "eight", workers=1)
     assert eight["converted"]["16-bit or float colour PNG, read as 8 bits"] == 1, "without --keep-depth: reported"
     translate_files(Translator(Identity(3), torch.device("cpu"), tile=0), tmp_path / "in" / "trainB", tmp_path / "out")
@@ -311,7 +312,23 @@ def test_tiffs_pillow_reads_stay_on_its_path_and_the_rest_is_told_apart(tmp_path
     assert official.data == prepared("rgba8.tif", True).data and official.ext == "png", \
         "an 8-bit RGBA TIFF (LZW) takes Pillow's path, alpha dropped, with or without --keep-depth"
     kept = prepared("rgba16.tif", True)
-    assert (kept.ext, kept.content["dtype"], kept.content["bands"], kept.content["array"]) == ("tif", "uint16", 3, False)
+    assert (kept.ext, kept.content["dtype"], kept.content["bands"], kept.content["array"]) == \
+        ("tif", "uint16", 3, False)
     assert prepared("rgba16.tif", False).converted_from == "16-bit or float colour TIFF, read as 8 bits"
-    assert prepared("bands.tif", True).content["array"] and "only --keep-depth keeps" in prepared("bands.tif", False).error
+    assert prepared("bands.tif", True).content["array"]
+    assert "only --keep-depth keeps" in prepared("bands.tif", False).error
     assert "a TIFF of 5 pages" in prepared("stack.tif", True).error and "5 pages" in prepared("stack.tif", False).error
+
+
+def test_cmyk_and_single_band_tiffs_go_where_they_are_read_faithfully(tmp_path):
+    import tifffile
+
+    from cyclegan.arrays import read_array
+    from cyclegan.data.shards import prepare_image
+
+    Image.new("CMYK", (9, 8), (0, 255, 255, 0)).save(tmp_path / "cmyk.tif")
+    cmyk = prepare_image((tmp_path / "cmyk.tif", tmp_path, None, True))
+    assert (cmyk.ext, cmyk.content["dtype"], cmyk.colour) == ("png", "uint8", True), "CMYK: Pillow, to RGB"
+    hounsfield = np.random.default_rng(0).integers(-1024, 3000, (8, 9), dtype=np.int16)
+    tifffile.imwrite(tmp_path / "ct.tif", hounsfield)
+    assert read_array(tmp_path / "ct.tif", "ct.tif", False).dtype == np.int16, "int16 stays int16 (tifffile)"

@@ -34,17 +34,23 @@ from cyclegan.arrays import (
     encode,
     fits_png,
     image_array,
-    is_deep_png,
     is_grey,
-    is_tiff,
     load_npy,
     npy_bytes,
-    png_array,
-    tiff_array,
-    tiff_header,
+    probe,
+    read_array,
+    resize_bands,
 )
 from cyclegan.errors import DataError
-from cyclegan.images import ARRAY_EXTENSIONS, HIGH_DEPTH_MODES, ImageDecodeError, is_greyscale, list_images, open_image, to_rgb
+from cyclegan.images import (
+    ARRAY_EXTENSIONS,
+    HIGH_DEPTH_MODES,
+    ImageDecodeError,
+    is_greyscale,
+    list_images,
+    open_image,
+    to_rgb,
+)
 
 MANIFEST = "manifest.json"
 SPLIT_FOLDERS = {("train", "A"): "trainA", ("train", "B"): "trainB", ("test", "A"): "testA", ("test", "B"): "testB"}
@@ -89,15 +95,11 @@ def prepare_image(job: tuple[Path, Path, int | None, bool]) -> Prepared:
             prepared.ext, prepared.data = "npy", npy_bytes(array)
             prepared.content = {**describe(array), "array": True}
             return prepared
-        header = tiff_header(path, str(path)) if is_tiff(path) else None
-        if header is not None and header.pages > 1:
-            raise ImageDecodeError(f"{path}: a TIFF of {header.pages} pages; samples are single 2-D images")
-        beyond_pillow = is_deep_png(path) or (header is not None and not header.for_pillow)
-        if beyond_pillow and keep_depth:
-            array = tiff_array(path, str(path)) if header else png_array(path, str(path))
-            return _deep(prepared, array, path, "tif" if header else "png", max_side)
-        if beyond_pillow and header is not None and header.bands not in (1, 3):
-            raise ImageDecodeError(f"{path}: a TIFF of {header.bands} bands, which only --keep-depth keeps")
+        probed = probe(path)
+        if probed.beyond_pillow and keep_depth:
+            return _deep(prepared, read_array(path, str(path), False), path, probed.kind, max_side)
+        if probed.beyond_pillow and probed.bands not in (1, 3):
+            raise ImageDecodeError(f"{path}: an image of {probed.bands} bands, which only --keep-depth keeps")
         image = open_image(path, name=str(path))
         too_big = max_side is not None and max(image.size) > max_side
         if keep_depth and image.mode in HIGH_DEPTH_MODES:
@@ -108,7 +110,7 @@ def prepare_image(job: tuple[Path, Path, int | None, bool]) -> Prepared:
         return prepared
     fmt = image.format
     rgb, mode = to_rgb(image)
-    if beyond_pillow:  # Pillow has no 16-bit or float colour mode; --keep-depth keeps the depth
+    if probed.beyond_pillow:  # Pillow has no 16-bit or float colour mode; --keep-depth keeps the depth
         mode = prepared.converted_from = f"16-bit or float colour {fmt}, read as 8 bits"
     prepared.colour = not is_greyscale(rgb)
     low, high = min(band[0] for band in rgb.getextrema()), max(band[1] for band in rgb.getextrema())
@@ -136,9 +138,7 @@ def _deep(prepared: Prepared, array: np.ndarray, source: Path | None, fmt: str, 
     if max_side is not None and max(array.shape[:2]) > max_side:
         scale = max_side / max(array.shape[:2])
         size = (max(1, round(array.shape[1] * scale)), max(1, round(array.shape[0] * scale)))
-        bands = [np.asarray(Image.fromarray(array[:, :, c].astype(np.float32), mode="F").resize(size, Image.LANCZOS))
-                 for c in range(array.shape[2])]
-        array, source = cast(np.stack(bands, axis=2), array.dtype), None
+        array, source = cast(resize_bands(array, size, Image.LANCZOS), array.dtype), None
     bands = array.shape[2]
     prepared.colour = bands == 3 and not is_grey(array)
     prepared.content = {**describe(array), "array": bands not in (1, 3)}

@@ -34,12 +34,12 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from cyclegan.arrays import Normalize, fit_bands, open_sample, read_array
+from cyclegan.arrays import Normalize, fit_bands, is_deep, open_sample, read_array
 from cyclegan.config import DataConfig
 from cyclegan.data.sources import DataSources, ShardSet
 from cyclegan.data.transforms import draft_size, test_transform, train_transform
 from cyclegan.errors import DataError
-from cyclegan.images import HIGH_DEPTH_MODES, ImageDecodeError, normalize, open_image, to_channels, to_uint8_tensor
+from cyclegan.images import HIGH_DEPTH_MODES, ImageDecodeError, normalize, to_channels, to_uint8_tensor
 
 log = logging.getLogger(__name__)
 IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "ppm", "npy")
@@ -60,8 +60,7 @@ class Decoding:
         """Deep when the data or the config asks for it: a manifest listing deeper samples, a band
         count no image file has, or a normalisation other than the 8-bit default."""
         parsed = Normalize.parse(normalize)
-        deep = not parsed.is_default or channels not in (1, 3) or (shards is not None and shards.deep)
-        return cls(channels, parsed, deep)
+        return cls(channels, parsed, is_deep(None, parsed, channels) or (shards is not None and shards.deep))
 
 
 def mix_seed(*parts: object) -> int:
@@ -150,14 +149,21 @@ def share_samples(share: list[Piece], buffer: int, seed: int) -> Iterator[dict |
         yield None
 
 
-def decode(sample: dict, draft: tuple[int, int] | None = None, decoding: Decoding = Decoding()) -> Image.Image | np.ndarray:
+def decode(sample: dict, draft: tuple[int, int] | None = None,
+           decoding: Decoding = Decoding()) -> Image.Image | np.ndarray:
     """The sample as its domain takes it (see `decode_source`), or ImageDecodeError naming the
     sample and its shard."""
+    field, name = sample_field(sample)
+    return decode_source(sample[field], name, field == "npy", decoding, draft)
+
+
+def sample_field(sample: dict) -> tuple[str, str]:
+    """The field holding a sample's image or array, and a name for messages (key and shard)."""
     name = f"sample {sample.get('__key__')} in {sample.get('__url__')}"
     field = next((f for f in IMAGE_FIELDS if f in sample), None)
     if field is None:
         raise ImageDecodeError(f"{name} has no image (fields: {', '.join(k for k in sample if not k.startswith('__'))})")
-    return decode_source(sample[field], name, field == "npy", decoding, draft)
+    return field, name
 
 
 def decode_source(source: bytes | Path, name: str, is_npy: bool, decoding: Decoding = Decoding(),
@@ -167,7 +173,7 @@ def decode_source(source: bytes | Path, name: str, is_npy: bool, decoding: Decod
     if decoding.deep:
         array = fit_bands(read_array(source, name, is_npy), decoding.channels, name, not is_npy)
         return decoding.normalize.to_unit(array, name)[0]
-    image = open_sample(source, name, is_npy) if is_npy or draft is None else open_image(source, name=name, draft=draft)
+    image = open_sample(source, name, is_npy, draft)
     if not isinstance(image, Image.Image) or image.mode in HIGH_DEPTH_MODES:
         raise DataError(f"{name} is deeper than 8 bits (a .npy array, or a 16-bit or float image), but its shards' "
                         "manifest does not say so: give the shards with the manifest scripts/make_shards.py wrote "

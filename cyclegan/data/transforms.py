@@ -16,6 +16,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
+from cyclegan.arrays import resize_bands
 from cyclegan.config import DataConfig
 
 Sample = TypeVar("Sample", Image.Image, np.ndarray)
@@ -32,9 +33,7 @@ def resize(image: Sample, size: tuple[int, int]) -> Sample:
         return image
     if isinstance(image, Image.Image):
         return image.resize(size, Image.BICUBIC)
-    bands = [np.asarray(Image.fromarray(np.ascontiguousarray(image[:, :, c]), mode="F").resize(size, Image.BICUBIC))
-             for c in range(image.shape[2])]
-    return np.clip(np.stack(bands, axis=2), -1.0, 1.0)
+    return np.clip(resize_bands(image, size, Image.BICUBIC), -1.0, 1.0)
 
 
 def _resize_for(image: Image.Image | np.ndarray, cfg: DataConfig) -> tuple[int, int]:

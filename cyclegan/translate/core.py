@@ -228,11 +228,11 @@ class Translator:
             array = images[:, :, None] if images.ndim == 2 else images
             if array.ndim != 3 or array.shape[2] != self.in_channels:
                 raise UserError(f"this generator takes H x W x {self.in_channels} arrays, not {images.shape}")
-            if array.dtype == np.uint8 and not is_deep(False, None, self.normalize, self.in_channels, self.out_channels):
+            if array.dtype == np.uint8 and not is_deep(None, self.normalize, self.in_channels, self.out_channels):
                 out = self.translate([array])[0]  # the official 8-bit arithmetic, as for PIL images
-                return out[:, :, 0] if images.ndim == 2 and out.shape[2] == 1 else out
-            deep = self.deep_input(array)
-            out = self.restore(self.translate([deep.unit])[0], deep)
+            else:
+                deep = self.deep_input(array)
+                out = self.restore(self.translate([deep.unit])[0], deep)
             return out[:, :, 0] if images.ndim == 2 and out.shape[2] == 1 else out
         if isinstance(images, torch.Tensor):
             if not images.is_floating_point() or images.dim() not in (3, 4):

@@ -9,7 +9,6 @@ interrupted job keeps the outputs it finds and translates only the rest.
 
 from __future__ import annotations
 
-import io
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from cyclegan.arrays import encode, fit_bands, fits_png, is_deep, is_deep_png, is_tiff, read_array, tiff_header
+from cyclegan.arrays import encode, fit_bands, fits_png, is_deep, probe, read_array
 from cyclegan.errors import DataError, UserError
 from cyclegan.images import (
     ARRAY_EXTENSIONS,
@@ -26,7 +25,6 @@ from cyclegan.images import (
     list_images,
     open_image,
     to_channels,
-    to_image,
     to_pixels,
 )
 from cyclegan.translate.core import DeepInput, ImageTooSmall, TranslateReport, Translator
@@ -51,42 +49,16 @@ def save(data: bytes, target: Path) -> None:
     partial.replace(target)
 
 
-def png_bytes(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    to_image(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def inspect(path: Path, translator: Translator) -> tuple[tuple[int, int], str | None, bool]:
     """(width, height), the output format for a deep input (None: 8-bit PNG) and whether the input
     takes the deep path, from the file's header alone."""
-    if path.suffix.lower() in ARRAY_EXTENSIONS:
-        shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
-        if len(shape) not in (2, 3):
-            raise ValueError(f"an array of shape {shape} is no image")
-        return (shape[1], shape[0]), "npy", True
-    channels = translator.in_channels, translator.out_channels
-    if is_deep_png(path):
-        with Image.open(path) as image:
-            size = image.size
-        return size, png_or_npy(translator.output_dtype(np.uint16), translator.out_channels), True
-    if is_tiff(path):
-        header = tiff_header(path, str(path))
-        if header.pages > 1:
-            raise ValueError(f"a TIFF of {header.pages} pages; inputs are single 2-D images")
-        deep = not header.for_pillow or is_deep(False, None, translator.normalize, *channels) or (
-            header.dtype not in (np.uint8, np.bool_))
-        return header.size, "tif" if deep else None, deep
-    with Image.open(path) as image:
-        size, mode = image.size, image.mode
-    if not is_deep(False, mode, translator.normalize, *channels):
-        return size, None, False
-    dtype = np.uint16 if mode.startswith("I;16") else np.float32 if mode in ("F", "I") else np.uint8
-    return size, png_or_npy(translator.output_dtype(dtype), translator.out_channels), True
-
-
-def png_or_npy(dtype: np.dtype, bands: int) -> str:
-    return "png" if fits_png(np.dtype(dtype), bands) else "npy"
+    probed = probe(path)
+    if not (probed.deep or is_deep(None, translator.normalize, translator.in_channels, translator.out_channels)):
+        return probed.size, None, False
+    if probed.kind in ("npy", "tif"):
+        return probed.size, probed.kind, True
+    dtype, bands = translator.output_dtype(probed.dtype), translator.out_channels
+    return probed.size, "png" if fits_png(dtype, bands) else "npy", True
 
 
 def load_pixels(path: Path, load_size: int | None, channels: int, report: TranslateReport) -> np.ndarray | None:
@@ -137,8 +109,8 @@ def translate_files(translator: Translator, source: Path, output: Path, load_siz
     for path in files[rank::world_size]:
         try:
             size, fmt, deep = inspect(path, translator)
-        except Exception as err:  # PIL and numpy raise many kinds for a bad header
-            report.skipped.append(f"{path}: cannot be opened ({err})")
+        except ImageDecodeError as err:
+            report.skipped.append(str(err))
             continue
         target = output / output_name(path.relative_to(root), stems, f".{fmt or 'png'}")
         if target.resolve() == path.resolve():
@@ -168,7 +140,7 @@ def translate_files(translator: Translator, source: Path, output: Path, load_siz
                     if deep:
                         save(encode(translator.restore(result, item), target.suffix[1:]), target)
                     else:
-                        save(png_bytes(result), target)
+                        save(encode(result, "png"), target)
                 report.written += len(translated)
                 bar.update(len(part))
     return report

@@ -1,8 +1,9 @@
 """Tar shards in, tar shards out, split across ranks: rank r translates every world-th shard.
 
 Each input shard gives one output shard of the same name with the same sample keys (the
-translation as `png`; deeper samples, see `cyclegan.arrays.is_deep`, as `npy` of the input's type), written under a temporary name and renamed when complete, beside a small
-report of its samples and skipped ones. A rerun keeps the complete shards and redoes the rest:
+translation as `png`; deeper samples, see `cyclegan.arrays.is_deep`, as `npy` of the input's
+type), written under a temporary name and renamed when complete, beside a small report of its
+samples and skipped ones. A rerun keeps the complete shards and redoes the rest:
 nothing is written twice, and since no rank waits on another while translating, shards that do
 not divide evenly across ranks cost nothing but idle ranks. The main process writes
 `manifest.json` once every rank is done.
@@ -10,7 +11,6 @@ not divide evenly across ranks cost nothing but idle ranks. The main process wri
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from collections.abc import Iterator
@@ -21,12 +21,12 @@ import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
-from cyclegan.arrays import fit_bands, image_array, is_deep, npy_bytes, open_sample
+from cyclegan.arrays import encode, fit_bands, image_array, is_deep, npy_bytes, open_sample
 from cyclegan.data.shards import MANIFEST
 from cyclegan.data.sources import check_shards, count_samples, expand_urls, is_local
-from cyclegan.data.stream import IMAGE_FIELDS
+from cyclegan.data.stream import sample_field
 from cyclegan.errors import DataError
-from cyclegan.images import ChannelMismatch, ImageDecodeError, to_image, to_pixels
+from cyclegan.images import ChannelMismatch, ImageDecodeError, to_pixels
 from cyclegan.translate.core import DeepInput, ImageTooSmall, TranslateReport, Translator
 
 REPORTS = ".reports"  # per-shard reports, beside the output shards
@@ -74,14 +74,11 @@ def strict_samples(url: str) -> Iterator[dict]:
 def sample_input(sample: dict, translator: Translator) -> tuple[np.ndarray, DeepInput | None]:
     """What the generator takes of a sample: 8-bit pixels, or a deep sample's normalised values
     (and what its translation goes back to)."""
-    name = f"sample {sample.get('__key__')} in {sample.get('__url__')}"
-    field = next((f for f in IMAGE_FIELDS if f in sample), None)
-    if field is None:
-        raise ImageDecodeError(f"{name} has no image (fields: {', '.join(k for k in sample if not k.startswith('__'))})")
+    field, name = sample_field(sample)
     is_npy = field == "npy"
     opened = open_sample(sample[field], name, is_npy)
-    if isinstance(opened, Image.Image) and not is_deep(False, opened.mode, translator.normalize,
-                                                       translator.in_channels, translator.out_channels):
+    if isinstance(opened, Image.Image) and not is_deep(opened.mode, translator.normalize, translator.in_channels,
+                                                       translator.out_channels):
         return to_pixels(opened, translator.in_channels, name), None
     array = opened if isinstance(opened, np.ndarray) else image_array(opened, name)
     deep = translator.deep_input(fit_bands(array, translator.in_channels, name, not is_npy), name)
@@ -113,9 +110,7 @@ def translate_shard(translator: Translator, url: str, target: Path, batch_size: 
             if i in translated and deep is not None:
                 writer.write({"__key__": key, "npy": npy_bytes(translator.restore(translated[i], deep))})
             elif i in translated:
-                buffer = io.BytesIO()
-                to_image(translated[i]).save(buffer, format="PNG")
-                writer.write({"__key__": key, "png": buffer.getvalue()})
+                writer.write({"__key__": key, "png": encode(translated[i], "png")})
         bar.update(len(pending))
         pending.clear()
         return len(translated)
