@@ -113,9 +113,9 @@ def image_array(image: Image.Image, name: str = "image") -> np.ndarray:
     float images and for 32-bit integer ones (as Pillow opens signed 16-bit TIFFs; exact below
     2**24), whatever their content; uint8 greyscale or RGB otherwise (alpha dropped, palettes
     expanded)."""
+    if image.mode in HIGH_DEPTH_MODES:
+        return checked(np.asarray(image).astype(pillow_dtype(image))[:, :, None], name)
     mode = image.mode
-    if mode in HIGH_DEPTH_MODES:
-        return checked(np.asarray(image).astype(np.float32 if mode in ("F", "I") else np.uint16)[:, :, None], name)
     if mode in ("L", "1"):
         return np.asarray(image.convert("L"), dtype=np.uint8)[:, :, None]
     rgb, _ = to_rgb(image)
@@ -171,7 +171,8 @@ class TiffHeader:
     @property
     def for_pillow(self) -> bool:
         if self.dtype in (np.uint8, np.bool_):
-            return self.cmyk or (self.bands in (1, 3) and self.bands + self.alpha <= 4)
+            return (self.cmyk and self.bands == 4 and not self.alpha) or (self.bands in (1, 3) and
+                                                                          self.bands + self.alpha <= 4)
         return self.bands + self.alpha == 1 and self.dtype in (np.uint16, np.float32)
 
 
@@ -211,9 +212,9 @@ def tiff_array(source: Path | bytes, name: str) -> np.ndarray:
 
 
 def checked(array: np.ndarray, name: str) -> np.ndarray:
-    """An H x W x C array of a supported type (float64 and 32-bit integers become float32, exact
-    below 2**24) with finite values."""
-    if array.dtype == np.float64 or array.dtype in (np.int32, np.uint32):
+    """An H x W x C array of a supported type (float16, float64 and 32-bit integers become
+    float32, the integers exact below 2**24) with finite values."""
+    if array.dtype in (np.float16, np.float64, np.int32, np.uint32):
         array = array.astype(np.float32)
     if array.dtype.name not in ARRAY_DTYPES:
         raise ImageDecodeError(f"{name}: samples hold {', '.join(ARRAY_DTYPES)}, not {array.dtype}")
@@ -334,20 +335,27 @@ class Probe:
 
 
 def probe(path: Path) -> Probe:
-    """A file's `Probe`, from its header alone; ImageDecodeError for what cannot be a sample (a
-    damaged header, a multi-page TIFF, an array of other than 2 or 3 dimensions)."""
+    """A file's `Probe`, from its header alone; ImageDecodeError for what cannot be a sample (an
+    empty, unreadable or damaged file, a multi-page TIFF, an array of other than 2 or 3
+    dimensions)."""
     name = str(path)
-    if path.stat().st_size == 0:
-        raise ImageDecodeError(f"{name}: empty file (0 bytes)")
+    try:
+        if path.stat().st_size == 0:
+            raise ImageDecodeError(f"{name}: empty file (0 bytes)")
+        return _probe(path, name)
+    except ImageDecodeError:
+        raise
+    except Exception as err:  # PIL, numpy and the file system raise many kinds for a bad file
+        raise ImageDecodeError(f"{name}: cannot be decoded ({err})") from None
+
+
+def _probe(path: Path, name: str) -> Probe:
     if path.suffix.lower() in ARRAY_EXTENSIONS:
-        try:
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-            shape, dtype = array.shape, array.dtype
-        except (OSError, ValueError) as err:
-            raise ImageDecodeError(f"{name}: cannot be read as a .npy array ({err})") from None
-        if len(shape) not in (2, 3):
-            raise ImageDecodeError(f"{name}: a .npy sample must be H x W or H x W x C, not of shape {shape}")
-        return Probe((shape[1], shape[0]), "npy", dtype, shape[2] if len(shape) == 3 else 1, True)
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        if not isinstance(array, np.ndarray) or array.ndim not in (2, 3):
+            raise ImageDecodeError(f"{name}: a .npy sample must be an H x W or H x W x C array")
+        return Probe((array.shape[1], array.shape[0]), "npy", array.dtype, array.shape[2] if array.ndim == 3 else 1,
+                     True)
     if is_deep_png(path):
         start = head(path, 26)
         size = (int.from_bytes(start[16:20], "big"), int.from_bytes(start[20:24], "big"))
@@ -356,15 +364,21 @@ def probe(path: Path) -> Probe:
         header = tiff_header(path, name)
         if header.pages > 1:
             raise ImageDecodeError(f"{name}: a TIFF of {header.pages} pages; samples are single 2-D images")
-        return Probe(header.size, "tif", header.dtype, 3 if header.cmyk else header.bands, not header.for_pillow)
-    try:
-        with Image.open(path) as image:
-            size, mode, fmt = image.size, image.mode, image.format
-    except Exception as err:  # PIL raises many kinds for a bad header
-        raise ImageDecodeError(f"{name}: cannot be decoded ({err})") from None
-    dtype = np.uint16 if mode.startswith("I;16") else np.float32 if mode in ("F", "I") else np.uint8
-    bands = 1 if mode in ("1", "L", "LA", "I", "F") or mode.startswith("I;16") else 3
-    return Probe(size, (fmt or "image").lower(), np.dtype(dtype), bands, False)
+        bands = 3 if header.cmyk and header.for_pillow else header.bands  # Pillow turns CMYK into RGB
+        return Probe(header.size, "tif", header.dtype, bands, not header.for_pillow)
+    with Image.open(path) as image:
+        size, dtype = image.size, pillow_dtype(image)
+        bands = 1 if image.mode in ("1", "L", "LA", "I", "F") or image.mode.startswith("I;16") else 3
+    return Probe(size, (image.format or "image").lower(), dtype, bands, False)
+
+
+def pillow_dtype(image: Image.Image) -> np.dtype:
+    """The type `image_array` gives a Pillow image: uint16 for 16-bit grey (Pillow's "I" of 16-bit
+    PGM files included), float32 for float and other 32-bit integer images, else uint8."""
+    mode = image.mode
+    if mode.startswith("I;16") or (mode == "I" and image.format == "PPM"):  # PNM samples are unsigned, <= 16 bits
+        return np.dtype(np.uint16)
+    return np.dtype(np.float32 if mode in ("F", "I") else np.uint8)
 
 
 def fits_png(dtype: np.dtype, bands: int) -> bool:

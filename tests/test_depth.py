@@ -220,7 +220,7 @@ def test_16_bit_colour_pngs_keep_their_depth_and_bad_files_are_reported(tmp_path
     domain_b = manifest["splits"]["train"]["B"]
     assert domain_b["dtypes"] == {"uint16": 2} and domain_b["colour_samples"] == 1
     eight = write_shards(sources, tmp_path / "eight", workers=1)
-    assert eight["converted"]["16-bit or float colour PNG, read as 8 bits"] == 1, "without --keep-depth: reported"
+    assert eight["converted"]["uint16 PNG with 3 band(s), read as 8 bits"] == 1, "without --keep-depth: reported"
     translate_files(Translator(Identity(3), torch.device("cpu"), tile=0), tmp_path / "in" / "trainB", tmp_path / "out")
     import png
 
@@ -314,7 +314,7 @@ def test_tiffs_pillow_reads_stay_on_its_path_and_the_rest_is_told_apart(tmp_path
     kept = prepared("rgba16.tif", True)
     assert (kept.ext, kept.content["dtype"], kept.content["bands"], kept.content["array"]) == \
         ("tif", "uint16", 3, False)
-    assert prepared("rgba16.tif", False).converted_from == "16-bit or float colour TIFF, read as 8 bits"
+    assert prepared("rgba16.tif", False).converted_from == "uint16 TIFF with 3 band(s), read as 8 bits"
     assert prepared("bands.tif", True).content["array"]
     assert "only --keep-depth keeps" in prepared("bands.tif", False).error
     assert "a TIFF of 5 pages" in prepared("stack.tif", True).error and "5 pages" in prepared("stack.tif", False).error
@@ -332,3 +332,17 @@ def test_cmyk_and_single_band_tiffs_go_where_they_are_read_faithfully(tmp_path):
     hounsfield = np.random.default_rng(0).integers(-1024, 3000, (8, 9), dtype=np.int16)
     tifffile.imwrite(tmp_path / "ct.tif", hounsfield)
     assert read_array(tmp_path / "ct.tif", "ct.tif", False).dtype == np.int16, "int16 stays int16 (tifffile)"
+
+
+def test_files_that_cannot_be_samples_are_skipped_by_translation_not_fatal(tmp_path):
+    with open(tmp_path / "archive.npy", "wb") as file:  # an .npz under an .npy name
+        np.savez(file, a=np.zeros(3))
+    tifffile_cmyk_alpha = tmp_path / "cmyk_alpha.tif"
+    import tifffile
+
+    tifffile.imwrite(tifffile_cmyk_alpha, np.zeros((8, 9, 5), np.uint8), photometric="separated",
+                     extrasamples=["unassalpha"])
+    Image.fromarray(ct_slice(0)).save(tmp_path / "good.png")
+    report = translate_files(Translator(Identity(1), torch.device("cpu"), tile=0), tmp_path, tmp_path / "out")
+    assert report.written == 1 and len(report.skipped) == 2
+    assert any("archive.npy" in reason for reason in report.skipped)

@@ -100,7 +100,12 @@ def prepare_image(job: tuple[Path, Path, int | None, bool]) -> Prepared:
             return _deep(prepared, read_array(path, str(path), False), path, probed.kind, max_side)
         if probed.beyond_pillow and probed.bands not in (1, 3):
             raise ImageDecodeError(f"{path}: an image of {probed.bands} bands, which only --keep-depth keeps")
-        image = open_image(path, name=str(path))
+        try:
+            image = open_image(path, name=str(path))
+        except ImageDecodeError:
+            if not probed.beyond_pillow:
+                raise
+            raise ImageDecodeError(f"{path}: a {probed.dtype} image that only --keep-depth reads") from None
         too_big = max_side is not None and max(image.size) > max_side
         if keep_depth and image.mode in HIGH_DEPTH_MODES:
             return _deep(prepared, image_array(image, str(path)), path if image.format == "PNG" else None, "png",
@@ -110,8 +115,8 @@ def prepare_image(job: tuple[Path, Path, int | None, bool]) -> Prepared:
         return prepared
     fmt = image.format
     rgb, mode = to_rgb(image)
-    if probed.beyond_pillow:  # Pillow has no 16-bit or float colour mode; --keep-depth keeps the depth
-        mode = prepared.converted_from = f"16-bit or float colour {fmt}, read as 8 bits"
+    if probed.beyond_pillow:  # Pillow reads it, but not at its depth; --keep-depth keeps the depth
+        mode = prepared.converted_from = f"{probed.dtype} {fmt} with {probed.bands} band(s), read as 8 bits"
     prepared.colour = not is_greyscale(rgb)
     low, high = min(band[0] for band in rgb.getextrema()), max(band[1] for band in rgb.getextrema())
     prepared.content = {"dtype": "uint8", "bands": 3 if prepared.colour else 1, "min": low, "max": high, "array": False}
