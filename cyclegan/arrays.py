@@ -62,7 +62,10 @@ class Normalize:
         return cls(kind, low, high)
 
     def __str__(self) -> str:
-        return self.kind if self.kind == "dtype" else f"{self.kind}:{self.low:g},{self.high:g}"
+        """The spec it was parsed from, exactly (a translation's record of settings compares these)."""
+        def number(x: float) -> str:
+            return str(int(x)) if x.is_integer() else repr(x)
+        return self.kind if self.kind == "dtype" else f"{self.kind}:{number(self.low)},{number(self.high)}"
 
     @property
     def is_default(self) -> bool:
@@ -77,11 +80,11 @@ class Normalize:
             return (low, high) if high > low else (low, low + 1.0)  # a flat image maps to -1
         return type_range(array.dtype, name)
 
-    def to_unit(self, array: np.ndarray, name: str = "sample") -> tuple[np.ndarray, tuple[float, float]]:
-        """An H x W x C array -> float32 in [-1, 1] (computed in float64), and the window used."""
+    def to_unit(self, array: np.ndarray, name: str = "sample") -> np.ndarray:
+        """An H x W x C array -> float32 in [-1, 1] (computed in float64)."""
         low, high = self.window(array, name)
         unit = (array.astype(np.float64) - low) / (high - low) * 2.0 - 1.0
-        return np.clip(unit, -1.0, 1.0).astype(np.float32), (low, high)
+        return np.clip(unit, -1.0, 1.0).astype(np.float32)
 
 
 def type_range(dtype: np.dtype, name: str = "sample") -> tuple[float, float]:

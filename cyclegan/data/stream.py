@@ -172,7 +172,7 @@ def decode_source(source: bytes | Path, name: str, is_npy: bool, decoding: Decod
     deep domain, a [-1, 1] float32 H x W x C array (see `Decoding`)."""
     if decoding.deep:
         array = fit_bands(read_array(source, name, is_npy), decoding.channels, name, not is_npy)
-        return decoding.normalize.to_unit(array, name)[0]
+        return decoding.normalize.to_unit(array, name)
     image = open_sample(source, name, is_npy, draft)
     if not isinstance(image, Image.Image) or image.mode in HIGH_DEPTH_MODES:
         raise DataError(f"{name} is deeper than 8 bits (a .npy array, or a 16-bit or float image), but its shards' "

@@ -158,7 +158,7 @@ class Translator:
 
     def deep_input(self, array: np.ndarray, name: str = "input") -> DeepInput:
         """An H x W x C array of the generator's input bands, normalised by `self.normalize`."""
-        return DeepInput(self.normalize.to_unit(array, name)[0], array)
+        return DeepInput(self.normalize.to_unit(array, name), array)
 
     def output_dtype(self, dtype: np.dtype) -> np.dtype:
         """The type a translation of `dtype` input is written in: the input's, unless the output
