@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import re
@@ -262,6 +263,102 @@ def official_stepper(checkout: Path, cfg: RunConfig) -> Callable[[], None]:
         model.optimize_parameters()
 
     return one_step
+
+
+def conv_calls(accelerator: Accelerator, cfg: RunConfig) -> dict[tuple, dict]:
+    """Every convolution one training step of `cfg` (eager, fp32) runs, grouped by what decides its
+    kernels: the layer, its input's shape, and which gradients its backward computes (a generator's
+    first convolution needs no input gradient on a real image, a discriminator's weights none
+    during the generators' update). Counted by hooks on a real step."""
+    nets, opts, pools = build_training(accelerator, cfg)
+    calls: dict[tuple, dict] = {}
+
+    def record(net: str, module: torch.nn.Module, args: tuple) -> None:
+        grad = torch.is_grad_enabled()
+        key = (repr(module), tuple(args[0].shape), grad and args[0].requires_grad, grad and module.weight.requires_grad)
+        entry = calls.setdefault(key, {"module": module, "networks": set(), "calls": 0})
+        entry["networks"].add(net)
+        entry["calls"] += 1
+
+    handles = [module.register_forward_pre_hook(functools.partial(record, net))
+               for net, network in (("G", nets.g_ab), ("G", nets.g_ba), ("D", nets.d_a), ("D", nets.d_b))
+               for module in network.modules() if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    batch = batch_to_device(synthetic_batch(cfg, torch.Generator().manual_seed(0)), accelerator.device,
+                            cfg.perf.channels_last)
+    train_step(accelerator, nets, opts, pools, batch, cfg.train)
+    for handle in handles:
+        handle.remove()
+    return calls
+
+
+def conv_benchmark(cfg: RunConfig, low: str, repeats: int) -> dict:
+    """Each convolution of the step alone, forward and the backward the step asks of it, in fp32 and
+    in `low` precision (autocast, as training runs it), times its calls per step: how much faster
+    this machine's kernels run the convolutions in lower precision. No change around the
+    convolutions (casts, norms, fusion) can make the step faster than that ratio allows."""
+    eager = replace(cfg, train=replace(cfg.train, mixed_precision="no"), perf=replace(cfg.perf, compile=False))
+    accelerator = make_accelerator(eager)
+    device = accelerator.device
+    timer = PhaseTimer(device)
+    layout = torch.channels_last if cfg.perf.channels_last else torch.contiguous_format
+    rows = []
+    for (_, shape, input_grad, weight_grad), entry in conv_calls(accelerator, eager).items():
+        module = entry["module"]
+        row = {"layer": _layer_name(module), "networks": "+".join(sorted(entry["networks"])),
+               "input": "x".join(map(str, shape)), "input_grad": input_grad, "weight_grad": weight_grad,
+               "calls_per_step": entry["calls"]}
+        for precision in ("no", low):
+            row[f"ms_{precision}"] = 1e3 * _conv_seconds(module, shape, input_grad, weight_grad, precision, layout,
+                                                        timer, repeats)
+        rows.append(row)
+    totals = {p: sum(r[f"ms_{p}"] * r["calls_per_step"] for r in rows) / 1e3 for p in ("no", low)}
+    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else machine(),
+            "size": cfg.data.crop_size, "batch": cfg.train.batch_size, "precision": low,
+            "channels_last": cfg.perf.channels_last, "rows": rows,
+            "conv_seconds_per_step_fp32": totals["no"], f"conv_seconds_per_step_{low}": totals[low],
+            "conv_speedup": totals["no"] / totals[low], "markdown": conv_table(rows, low, totals)}
+
+
+def _layer_name(module: torch.nn.Module) -> str:
+    kind = "convT" if isinstance(module, torch.nn.ConvTranspose2d) else "conv"
+    return f"{kind} {module.in_channels}->{module.out_channels} k{module.kernel_size[0]} s{module.stride[0]}"
+
+
+def _conv_seconds(module: torch.nn.Module, shape: tuple, input_grad: bool, weight_grad: bool, precision: str,
+                  layout: torch.memory_format, timer: PhaseTimer, repeats: int) -> float:
+    """Median seconds of one call of `module` on a random input of `shape`: forward, and backward
+    to what the step needs (nothing when it needs no gradient)."""
+    x = torch.randn(shape, device=module.weight.device).contiguous(memory_format=layout).requires_grad_(input_grad)
+    module.requires_grad_(weight_grad)
+    dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+    def call() -> None:
+        with torch.autocast(x.device.type, dtype, enabled=precision != "no"), \
+                torch.set_grad_enabled(input_grad or weight_grad):
+            out = module(x)
+        if input_grad or weight_grad:
+            out.backward(torch.ones_like(out))
+            x.grad = None  # each call writes fresh gradients, as the step's first backward does
+            module.zero_grad(set_to_none=True)
+
+    for _ in range(2):
+        call()
+    return statistics.median(timer.seconds_per_step(call, 1) for _ in range(repeats))
+
+
+def conv_table(rows: list[dict], low: str, totals: dict[str, float]) -> list[str]:
+    """The convolution benchmark as markdown: each layer, its calls per step, its time per step in
+    fp32 and in `low`, their ratio, and the totals."""
+    lines = [f"| network | layer | input | grads | calls/step | fp32 ms/step | {low} ms/step | speed-up |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        grads = "+".join(g for g, on in (("input", r["input_grad"]), ("weight", r["weight_grad"])) if on) or "none"
+        fp32, lower = r["ms_no"] * r["calls_per_step"], r[f"ms_{low}"] * r["calls_per_step"]
+        lines.append(f"| {r['networks']} | {r['layer']} | {r['input']} | {grads} | {r['calls_per_step']} | "
+                     f"{fp32:.1f} | {lower:.1f} | {fp32 / lower:.2f}x |")
+    lines.append(f"| all | | | | {sum(r['calls_per_step'] for r in rows)} | {1e3 * totals['no']:.0f} | "
+                 f"{1e3 * totals[low]:.0f} | **{totals['no'] / totals[low]:.2f}x** |")
+    return lines
 
 
 def results_table(folder: Path) -> list[str]:

@@ -5,6 +5,7 @@
     python scripts/benchmark.py step --size 256 --batch 1 --precision bf16 --channels-last --compile \\
         --peak-tflops 989 --json h100-256-b1.json
     python scripts/benchmark.py step --size 256 --sweep          # the fastest setting for this machine
+    python scripts/benchmark.py step --size 256 --convs          # each convolution in fp32 and bf16
     python scripts/benchmark.py translate --workdir /tmp/bench-translate --precision fp32
     python scripts/benchmark.py quality --workdir /tmp/quality --seeds 0 1 2 --jobs 2
     python scripts/benchmark.py summary OUT                      # the table of scripts/gpu_benchmark.sh's OUT
@@ -15,7 +16,7 @@ import json
 import os
 from pathlib import Path
 
-from cyclegan.benchmark import SWEEP_AXES, loader_benchmark, results_table, step_benchmark, step_sweep
+from cyclegan.benchmark import SWEEP_AXES, conv_benchmark, loader_benchmark, results_table, step_benchmark, step_sweep
 from cyclegan.config import load_config
 from cyclegan.quality import quality_experiment
 from cyclegan.translate.benchmark import translate_benchmark
@@ -56,6 +57,10 @@ def main() -> None:
     step.add_argument("--official", type=Path, metavar="CHECKOUT",
                       help="also time the official implementation's update in the same run, from a local checkout of "
                            "junyanz/pytorch-CycleGAN-and-pix2pix, and give ours as a ratio to it")
+    step.add_argument("--convs", action="store_true",
+                      help="time each convolution of the step alone, in fp32 and in --precision (bf16 if not "
+                           "given), as often as a step runs it: what lower precision gives on this machine's "
+                           "convolution kernels, and so the most it can give the step")
     step.add_argument("overrides", nargs="*", help="config overrides, e.g. model.n_blocks=6")
     translate = sub.add_parser("translate", help="translation: folders, shards, large tiled images, video")
     translate.add_argument("--workdir", type=Path, required=True, help="where inputs and outputs are made")
@@ -93,7 +98,13 @@ def main() -> None:
         cfg = load_config(args.config, [*overrides, *args.overrides])
         if args.official and (args.sweep or args.data):
             parser.error("--official times both updates on the same synthetic batches: not with --sweep or --data")
-        if args.sweep:
+        if args.convs and (args.sweep or args.official or args.data or args.compile):
+            parser.error("--convs times the eager convolutions on random inputs: not with --sweep, --official, "
+                         "--data or --compile")
+        if args.convs:
+            low = "bf16" if args.precision == "no" else args.precision
+            result = conv_benchmark(cfg, low, args.repeats)
+        elif args.sweep:
             axes = tuple(a.strip() for a in args.sweep_axes.split(",") if a.strip())
             if not axes or set(axes) - set(SWEEP_AXES):
                 parser.error(f"--sweep-axes takes a comma-separated list of {', '.join(SWEEP_AXES)}")
@@ -107,7 +118,7 @@ def main() -> None:
     print(text)
     if args.json:
         args.json.write_text(text + "\n")
-    if args.mode == "step" and args.sweep:
+    if args.mode == "step" and (args.sweep or args.convs):
         print("\n".join(result["markdown"]))  # last, where the fastest setting stays in view
 
 

@@ -79,6 +79,27 @@ def test_benchmark_step_reports_what_docs_need(tmp_path):
     assert len(report["seconds_per_step_runs"]) == 2 and report["peak_memory_gib"] > 0
 
 
+def test_the_convolution_benchmark_times_every_call_of_a_step(tmp_path):
+    result = run([sys.executable, str(ROOT / "scripts/benchmark.py"), "--json", str(tmp_path / "c.json"), "step",
+                  "--size", "32", "--convs", "--repeats", "1", "model.ngf=8", "model.n_blocks=1", "model.ndf=8"])
+    report = json.loads((tmp_path / "c.json").read_text())
+    rows = report["rows"]
+    calls = {(r["networks"], r["layer"], r["input_grad"], r["weight_grad"]): r["calls_per_step"] for r in rows}
+    # six generator passes (two translations, two reconstructions, two identities) of 8 convolutions;
+    # six discriminator passes of 5: two judge the fakes for the generators' loss, four train them
+    assert sum(n for (net, *_), n in calls.items() if net == "G") == 6 * 8
+    assert sum(n for (net, *_), n in calls.items() if net == "D") == 6 * 5
+    first_g, first_d = "conv 3->8 k7 s1", "conv 3->8 k4 s2"
+    assert calls[("G", first_g, False, True)] == 4 and calls[("G", first_g, True, True)] == 2  # real vs fake input
+    assert calls[("D", first_d, True, False)] == 2 and calls[("D", first_d, False, True)] == 4  # frozen vs training
+    assert all(r["ms_no"] > 0 and r["ms_bf16"] > 0 for r in rows)
+    fp32_total = sum(r["ms_no"] * r["calls_per_step"] for r in rows) / 1e3
+    assert report["conv_seconds_per_step_fp32"] == pytest.approx(fp32_total)
+    assert report["conv_speedup"] == pytest.approx(report["conv_seconds_per_step_fp32"] /
+                                                   report["conv_seconds_per_step_bf16"])
+    assert result.stdout.rstrip().endswith(f"**{report['conv_speedup']:.2f}x** |")
+
+
 def test_the_sweep_times_each_setting_and_names_the_fastest(tmp_path):
     # on the CPU (on a GPU host too): fp16, a GPU-only setting, is then not tried
     result = run([sys.executable, str(ROOT / "scripts/benchmark.py"), "--json", str(tmp_path / "s.json"), "step",
