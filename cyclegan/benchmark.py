@@ -327,10 +327,12 @@ def _layer_name(module: torch.nn.Module) -> str:
 def _conv_seconds(module: torch.nn.Module, shape: tuple, input_grad: bool, weight_grad: bool, precision: str,
                   layout: torch.memory_format, timer: PhaseTimer, repeats: int) -> float:
     """Median seconds of one call of `module` on a random input of `shape`: forward, and backward
-    to what the step needs (nothing when it needs no gradient)."""
-    x = torch.randn(shape, device=module.weight.device).contiguous(memory_format=layout).requires_grad_(input_grad)
-    module.requires_grad_(weight_grad)
+    to what the step needs (nothing when it needs no gradient). The input comes in the precision's
+    own type, as the activations between a step's convolutions do (a cast is not a convolution)."""
     dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    x = torch.randn(shape, device=module.weight.device, dtype=dtype).contiguous(memory_format=layout)
+    x.requires_grad_(input_grad)
+    module.requires_grad_(weight_grad)
 
     def call() -> None:
         with torch.autocast(x.device.type, dtype, enabled=precision != "no"), \

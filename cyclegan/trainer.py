@@ -164,8 +164,9 @@ class Trainer:
         )
         if t.mixed_precision == "no" and native_bf16(self.acc.device):
             self.acc.print(f"hint: {describe_bf16(self.acc.device)} computes bf16 natively; train.mixed_precision=bf16 "
-                           "is often faster here (python scripts/benchmark.py step --sweep measures it). The default "
-                           "stays fp32: bf16 changes results by its rounding")
+                           "is often faster here, with perf.compile=true too for long runs (python "
+                           "scripts/benchmark.py step --sweep measures it). The default stays fp32: bf16 changes "
+                           "results by its rounding")
 
     def run(self) -> Path:
         cfg, acc, plan = self.cfg, self.acc, self.plan
