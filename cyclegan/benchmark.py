@@ -28,9 +28,9 @@ from cyclegan.config import DataConfig, RunConfig
 from cyclegan.data.shards import find_domains, write_shards
 from cyclegan.data.sources import find_sources
 from cyclegan.data.stream import UnpairedStream, train_loader
-from cyclegan.hardware import machine
+from cyclegan.hardware import device_name, machine
 from cyclegan.images import open_image, to_rgb
-from cyclegan.step import train_step
+from cyclegan.step import Networks, train_step
 
 
 def write_photo_like_jpegs(root: Path, count: int, size: int = 256, seed: int = 0) -> Path:
@@ -136,17 +136,23 @@ def peak_memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux: process RSS
 
 
+def eager_step(accelerator: Accelerator, cfg: RunConfig) -> tuple[Networks, Callable[[], None]]:
+    """Fresh eager networks of `cfg` and one training step of them on a synthetic batch, to be run
+    under a counter or with hooks (neither can see inside compiled graphs)."""
+    cfg = replace(cfg, perf=replace(cfg.perf, compile=False))
+    nets, opts, pools = build_training(accelerator, cfg)
+    batch = batch_to_device(synthetic_batch(cfg, torch.Generator().manual_seed(0)), accelerator.device,
+                            cfg.perf.channels_last)
+    return nets, lambda: train_step(accelerator, nets, opts, pools, batch, cfg.train)
+
+
 def step_flops(accelerator: Accelerator, cfg: RunConfig) -> int:
-    """FLOPs of one training step (every forward and backward), counted on eager copies of the
-    networks (the counter cannot see inside compiled graphs)."""
+    """FLOPs of one training step (every forward and backward)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    counting = replace(cfg, perf=replace(cfg.perf, compile=False))
-    nets, opts, pools = build_training(accelerator, counting)
-    batch = batch_to_device(synthetic_batch(counting, torch.Generator().manual_seed(0)), accelerator.device,
-                            cfg.perf.channels_last)
+    _, step = eager_step(accelerator, cfg)
     with FlopCounterMode(display=False) as counter:
-        train_step(accelerator, nets, opts, pools, batch, counting.train)
+        step()
     return counter.get_total_flops()
 
 
@@ -217,7 +223,7 @@ def step_benchmark(cfg: RunConfig, steps: int, warmup: int, repeats: int, peak_t
         "size": cfg.data.crop_size, "batch": cfg.train.batch_size, "precision": cfg.train.mixed_precision,
         "processes": accelerator.num_processes,
         "channels_last": cfg.perf.channels_last, "compile": cfg.perf.compile, "data": "shards" if use_shards else "synthetic",
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else machine(),
+        "device": device_name(device),
         "pairs_per_s": pairs / seconds, "seconds_per_step": seconds, "seconds_per_step_runs": per_step,
         "breakdown_seconds_per_step": {k: v / steps for k, v in timer.totals.items()},
         "warmup_seconds": warmup_seconds, "peak_memory_gib": memory,
@@ -266,16 +272,20 @@ def official_stepper(checkout: Path, cfg: RunConfig) -> Callable[[], None]:
 
 
 def conv_calls(accelerator: Accelerator, cfg: RunConfig) -> dict[tuple, dict]:
-    """Every convolution one training step of `cfg` (eager, fp32) runs, grouped by what decides its
-    kernels: the layer, its input's shape, and which gradients its backward computes (a generator's
-    first convolution needs no input gradient on a real image, a discriminator's weights none
-    during the generators' update). Counted by hooks on a real step."""
-    nets, opts, pools = build_training(accelerator, cfg)
+    """Every convolution one eager training step of `cfg` runs, grouped by what decides its
+    kernels: the layer, its input (shape, type, layout: under autocast some layers hand the next
+    fp32, others bf16) and which gradients its backward computes (a generator's first convolution
+    needs no input gradient on a real image, a discriminator's weights none during the
+    generators' update). Counted by hooks on a real step."""
+    nets, step = eager_step(accelerator, cfg)
     calls: dict[tuple, dict] = {}
 
     def record(net: str, module: torch.nn.Module, args: tuple) -> None:
-        grad = torch.is_grad_enabled()
-        key = (repr(module), tuple(args[0].shape), grad and args[0].requires_grad, grad and module.weight.requires_grad)
+        x, grad = args[0], torch.is_grad_enabled()
+        layout = "channels_last" if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
+            else "contiguous"
+        key = (repr(module), tuple(x.shape), x.dtype, layout, grad and x.requires_grad,
+               grad and module.weight.requires_grad)
         entry = calls.setdefault(key, {"module": module, "networks": set(), "calls": 0})
         entry["networks"].add(net)
         entry["calls"] += 1
@@ -283,40 +293,39 @@ def conv_calls(accelerator: Accelerator, cfg: RunConfig) -> dict[tuple, dict]:
     handles = [module.register_forward_pre_hook(functools.partial(record, net))
                for net, network in (("G", nets.g_ab), ("G", nets.g_ba), ("D", nets.d_a), ("D", nets.d_b))
                for module in network.modules() if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
-    batch = batch_to_device(synthetic_batch(cfg, torch.Generator().manual_seed(0)), accelerator.device,
-                            cfg.perf.channels_last)
-    train_step(accelerator, nets, opts, pools, batch, cfg.train)
-    for handle in handles:
-        handle.remove()
+    try:
+        step()
+    finally:
+        for handle in handles:
+            handle.remove()
     return calls
 
 
 def conv_benchmark(cfg: RunConfig, low: str, repeats: int) -> dict:
-    """Each convolution of the step alone, forward and the backward the step asks of it, in fp32 and
-    in `low` precision (autocast, as training runs it), times its calls per step: how much faster
-    this machine's kernels run the convolutions in lower precision. No change around the
-    convolutions (casts, norms, fusion) can make the step faster than that ratio allows."""
-    eager = replace(cfg, train=replace(cfg.train, mixed_precision="no"), perf=replace(cfg.perf, compile=False))
-    accelerator = make_accelerator(eager)
-    device = accelerator.device
-    timer = PhaseTimer(device)
-    layout = torch.channels_last if cfg.perf.channels_last else torch.contiguous_format
+    """Each convolution of a `low`-precision step alone, forward and the backward the step asks of
+    it, on an input of the type and layout the step hands it, and the same in fp32; times its
+    calls per step. What the precision gives the convolutions themselves on this machine's
+    kernels: where they dominate a step, what is left to gain lies in them."""
+    cfg = replace(cfg, train=replace(cfg.train, mixed_precision=low), perf=replace(cfg.perf, compile=False))
+    accelerator = make_accelerator(cfg)
+    timer = PhaseTimer(accelerator.device)
     rows = []
-    for (_, shape, input_grad, weight_grad), entry in conv_calls(accelerator, eager).items():
+    for (_, shape, dtype, layout, input_grad, weight_grad), entry in conv_calls(accelerator, cfg).items():
         module = entry["module"]
         row = {"layer": _layer_name(module), "networks": "+".join(sorted(entry["networks"])),
-               "input": "x".join(map(str, shape)), "input_grad": input_grad, "weight_grad": weight_grad,
+               "input": "x".join(map(str, shape)), "input_dtype": str(dtype).removeprefix("torch."),
+               "input_layout": layout, "input_grad": input_grad, "weight_grad": weight_grad,
                "calls_per_step": entry["calls"]}
-        for precision in ("no", low):
-            row[f"ms_{precision}"] = 1e3 * _conv_seconds(module, shape, input_grad, weight_grad, precision, layout,
-                                                        timer, repeats)
+        memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        for precision, input_dtype in (("fp32", torch.float32), (low, dtype)):
+            row[f"ms_{precision}"] = 1e3 * _conv_seconds(module, shape, input_dtype, memory_format, input_grad,
+                                                        weight_grad, precision, timer, repeats)
         rows.append(row)
-    totals = {p: sum(r[f"ms_{p}"] * r["calls_per_step"] for r in rows) / 1e3 for p in ("no", low)}
-    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else machine(),
-            "size": cfg.data.crop_size, "batch": cfg.train.batch_size, "precision": low,
-            "channels_last": cfg.perf.channels_last, "rows": rows,
-            "conv_seconds_per_step_fp32": totals["no"], f"conv_seconds_per_step_{low}": totals[low],
-            "conv_speedup": totals["no"] / totals[low], "markdown": conv_table(rows, low, totals)}
+    totals = {p: sum(r[f"ms_{p}"] * r["calls_per_step"] for r in rows) / 1e3 for p in ("fp32", low)}
+    return {"device": device_name(accelerator.device), "size": cfg.data.crop_size, "batch": cfg.train.batch_size,
+            "precision": low, "channels_last": cfg.perf.channels_last, "rows": rows,
+            "conv_seconds_per_step_fp32": totals["fp32"], f"conv_seconds_per_step_{low}": totals[low],
+            "conv_speedup": totals["fp32"] / totals[low], "markdown": conv_table(rows, low, totals)}
 
 
 def _layer_name(module: torch.nn.Module) -> str:
@@ -324,18 +333,17 @@ def _layer_name(module: torch.nn.Module) -> str:
     return f"{kind} {module.in_channels}->{module.out_channels} k{module.kernel_size[0]} s{module.stride[0]}"
 
 
-def _conv_seconds(module: torch.nn.Module, shape: tuple, input_grad: bool, weight_grad: bool, precision: str,
-                  layout: torch.memory_format, timer: PhaseTimer, repeats: int) -> float:
-    """Median seconds of one call of `module` on a random input of `shape`: forward, and backward
-    to what the step needs (nothing when it needs no gradient). The input comes in the precision's
-    own type, as the activations between a step's convolutions do (a cast is not a convolution)."""
-    dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    x = torch.randn(shape, device=module.weight.device, dtype=dtype).contiguous(memory_format=layout)
+def _conv_seconds(module: torch.nn.Module, shape: tuple, dtype: torch.dtype, memory_format: torch.memory_format,
+                  input_grad: bool, weight_grad: bool, precision: str, timer: PhaseTimer, repeats: int) -> float:
+    """Median seconds of one call of `module` under `precision`'s autocast on a random input:
+    forward, and backward to what the step needs (nothing when it needs no gradient)."""
+    x = torch.randn(shape, device=module.weight.device, dtype=dtype).contiguous(memory_format=memory_format)
     x.requires_grad_(input_grad)
     module.requires_grad_(weight_grad)
+    low = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
     def call() -> None:
-        with torch.autocast(x.device.type, dtype, enabled=precision != "no"), \
+        with torch.autocast(x.device.type, low, enabled=low is not None), \
                 torch.set_grad_enabled(input_grad or weight_grad):
             out = module(x)
         if input_grad or weight_grad:
@@ -355,11 +363,12 @@ def conv_table(rows: list[dict], low: str, totals: dict[str, float]) -> list[str
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         grads = "+".join(g for g, on in (("input", r["input_grad"]), ("weight", r["weight_grad"])) if on) or "none"
-        fp32, lower = r["ms_no"] * r["calls_per_step"], r[f"ms_{low}"] * r["calls_per_step"]
-        lines.append(f"| {r['networks']} | {r['layer']} | {r['input']} | {grads} | {r['calls_per_step']} | "
-                     f"{fp32:.1f} | {lower:.1f} | {fp32 / lower:.2f}x |")
-    lines.append(f"| all | | | | {sum(r['calls_per_step'] for r in rows)} | {1e3 * totals['no']:.0f} | "
-                 f"{1e3 * totals[low]:.0f} | **{totals['no'] / totals[low]:.2f}x** |")
+        fp32, lower = r["ms_fp32"] * r["calls_per_step"], r[f"ms_{low}"] * r["calls_per_step"]
+        layout = ", channels_last" if r["input_layout"] == "channels_last" else ""
+        lines.append(f"| {r['networks']} | {r['layer']} | {r['input']} {r['input_dtype']}{layout} | {grads} | "
+                     f"{r['calls_per_step']} | {fp32:.1f} | {lower:.1f} | {fp32 / lower:.2f}x |")
+    lines.append(f"| all | | | | {sum(r['calls_per_step'] for r in rows)} | {1e3 * totals['fp32']:.0f} | "
+                 f"{1e3 * totals[low]:.0f} | **{totals['fp32'] / totals[low]:.2f}x** |")
     return lines
 
 
@@ -433,7 +442,7 @@ def step_sweep(cfg: RunConfig, steps: int, warmup: int, repeats: int, use_shards
     for row in timed:  # against the first setting that ran (the config's own, unless it failed)
         row["speedup"] = timed[0]["seconds_per_step"] / row["seconds_per_step"]
     fastest = min(timed, key=lambda r: r["seconds_per_step"]) if timed else None
-    return {"machine": torch.cuda.get_device_name() if on_gpu else machine(),
+    return {"machine": device_name(torch.device("cuda" if on_gpu else "cpu")),
             "size": cfg.data.crop_size, "batch": cfg.train.batch_size, "rows": rows,
             "baseline": timed[0]["overrides"] if timed else None,
             "fastest_overrides": fastest["overrides"] if fastest else None, "markdown": sweep_table(rows, fastest)}

@@ -38,6 +38,11 @@ def describe_bf16(device: torch.device) -> str:
     return "this CPU (" + ", ".join(sorted(cpu_flags() & set(BF16_FLAGS))) + ")"
 
 
+def device_name(device: torch.device) -> str:
+    """What a benchmark ran on: the GPU's name, or the CPU with the flags that decide its kernels."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else machine()
+
+
 def machine() -> str:
     """The CPU and the flags that decide its kernels (benchmarks name what they ran on)."""
     shown = [f for f in SHOWN_FLAGS if f in cpu_flags()]

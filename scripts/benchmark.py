@@ -58,9 +58,10 @@ def main() -> None:
                       help="also time the official implementation's update in the same run, from a local checkout of "
                            "junyanz/pytorch-CycleGAN-and-pix2pix, and give ours as a ratio to it")
     step.add_argument("--convs", action="store_true",
-                      help="time each convolution of the step alone, in fp32 and in --precision (bf16 if not "
-                           "given), as often as a step runs it: what lower precision gives on this machine's "
-                           "convolution kernels, and so the most it can give the step")
+                      help="time each convolution of a --precision step (bf16 if not given) alone, on the input "
+                           "type the step hands it, and the same in fp32, --repeats single calls each (on an idle "
+                           "machine), times its calls per step: what lower precision gives the convolutions "
+                           "themselves on this machine's kernels")
     step.add_argument("overrides", nargs="*", help="config overrides, e.g. model.n_blocks=6")
     translate = sub.add_parser("translate", help="translation: folders, shards, large tiled images, video")
     translate.add_argument("--workdir", type=Path, required=True, help="where inputs and outputs are made")

@@ -80,6 +80,25 @@ def official_discriminator_forward(state, x, n_layers=3):
     return x
 
 
+def test_padding_under_bf16_autocast_keeps_the_type_and_the_result():
+    # CPU autocast would pad in fp32 and hand the convolution fp32 to cast back: padding in bf16
+    # gives the convolutions the same values, so the output is the same bit for bit on any CPU
+    torch.manual_seed(0)
+    ours = ResnetGenerator(GeneratorSpec(ngf=8, n_blocks=2))
+    autocasts = ResnetGenerator(GeneratorSpec(ngf=8, n_blocks=2))
+    autocasts.load_state_dict(ours.state_dict())
+    for seq in (m for m in autocasts.modules() if isinstance(m, torch.nn.Sequential)):
+        for i, layer in enumerate(seq):
+            if isinstance(layer, torch.nn.ReflectionPad2d):
+                seq[i] = torch.nn.ReflectionPad2d(layer.padding)
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.autocast("cpu", torch.bfloat16):
+        padded = ours.model[10].conv_block[0](x.bfloat16())  # the first residual block's padding
+        control = autocasts.model[10].conv_block[0](x.bfloat16())
+        assert padded.dtype == torch.bfloat16 and control.dtype == torch.float32  # what autocast alone does
+        assert torch.equal(ours(x), autocasts(x))
+
+
 def test_official_discriminator_file_loads_strictly_and_judges_as_the_official_one(tmp_path):
     torch.manual_seed(0)
     state = {k: torch.randn(shape, dtype=torch.float64) * 0.02 for k, shape in official_discriminator_layout().items()}
