@@ -33,18 +33,20 @@ class GeneratorSpec:
 class ReflectionPad2d(nn.ReflectionPad2d):
     """Reflection padding in the input's own type, in eager mode.
 
-    CPU autocast runs reflection padding in fp32, so under bf16 every padding would upcast its
-    activations and hand the convolution after it an fp32 input to cast back, both ways, at
-    each of a generator's 20 paddings (5 % of an eager bf16 step at 256 px). Padding only
-    copies values: in bf16 it gives that convolution the same input. A compiled graph keeps
-    autocast's way, whose casts Inductor fuses (padding in bf16 there measured 15 % slower).
-    No parameters, so the official state_dict keys stay.
+    CPU autocast (alone among the devices) runs reflection padding in fp32, so under bf16 every
+    padding would upcast its activations and hand the convolution after it an fp32 input to
+    cast back, both ways, at each of a generator's 20 paddings (5 % of an eager bf16 step at
+    256 px). Padding only copies values: in bf16 the convolution gets the same input, bit for
+    bit; the backward sums a border pixel's mirrored gradients in bf16 rather than fp32, which
+    moves corner pixels by bf16's rounding. A compiled graph keeps autocast's way, whose casts
+    Inductor fuses (padding in bf16 there took 17 % more time per step). No parameters, so the
+    official state_dict keys stay.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling():
+        if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling():
             return super().forward(x)
-        with torch.autocast(x.device.type, enabled=False):
+        with torch.autocast("cpu", enabled=False):
             return super().forward(x)
 
 
