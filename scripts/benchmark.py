@@ -18,10 +18,12 @@ from pathlib import Path
 
 from cyclegan.benchmark import SWEEP_AXES, conv_benchmark, loader_benchmark, results_table, step_benchmark, step_sweep
 from cyclegan.config import load_config
+from cyclegan.errors import exit_on_user_error
 from cyclegan.quality import quality_experiment
 from cyclegan.translate.benchmark import translate_benchmark
 
 
+@exit_on_user_error
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", type=Path, help="also write the results here")

@@ -123,6 +123,12 @@ def test_the_convolution_benchmark_times_every_call_of_a_step(tmp_path):
     assert result.stdout.rstrip().endswith(f"**{report['conv_speedup']:.2f}x** |")
 
 
+def test_a_benchmark_of_an_impossible_setting_is_a_clear_error():
+    result = script("benchmark.py", "step", "--size", "32", "--convs", "--precision", "fp16", check=False,
+                    env={"ACCELERATE_USE_CPU": "true"})
+    assert result.returncode == 2 and "fp16 needs a GPU" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_the_sweep_times_each_setting_and_names_the_fastest(tmp_path):
     # on the CPU (on a GPU host too): fp16, a GPU-only setting, is then not tried
     result = run([sys.executable, str(ROOT / "scripts/benchmark.py"), "--json", str(tmp_path / "s.json"), "step",
