@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast test-kernels install clean
+.PHONY: demo test test-all test-fast test-kernels install clean
 
 install: $(STAMP)
 
@@ -31,6 +31,9 @@ demo: $(STAMP)
 	@echo "  checkpoints/  resumable checkpoints;  metrics.jsonl  the logged losses"
 
 test: $(STAMP)
+	$(BIN)/python -m pytest -m "not heavy"
+
+test-all: $(STAMP)
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)
