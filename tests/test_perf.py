@@ -16,9 +16,12 @@ from cyclegan.hardware import native_bf16
 from tests.conftest import ROOT, final_weights, max_difference, run, script, tiny
 
 
+def metrics(output):
+    return [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+
+
 def losses(output):
-    rows = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in row.items() if k.startswith("loss/")} for row in rows]
+    return [{k: v for k, v in row.items() if k.startswith("loss/")} for row in metrics(output)]
 
 
 def assert_close_rows(ours, reference, rel):
@@ -86,8 +89,7 @@ def test_bf16_compiled_networks_train_within_bf16_rounding(noise_shards, tmp_pat
     bf16, eager = losses(tmp_path / "bf16"), losses(tmp_path / "eager")
     assert_close_rows(bf16, eager, rel=5e-3)
     assert max(abs(bf16[0][key] / eager[0][key] - 1) for key in bf16[0] if eager[0][key]) > 1e-4
-    rows = [json.loads(line) for line in (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()]
-    assert [row["train/skipped_nonfinite_steps"] for row in rows] == [0, 0]
+    assert [row["train/skipped_nonfinite_steps"] for row in metrics(tmp_path / "bf16")] == [0, 0]
 
 
 def test_benchmark_step_reports_what_docs_need(tmp_path):
