@@ -65,7 +65,11 @@ def make_plan(cfg: RunConfig, sources: DataSources, world_size: int) -> Plan:
     global_batch = t.batch_size * t.grad_accum * world_size
     per_epoch = epoch_steps(sources, global_batch)
     total = (t.epochs + t.decay_epochs) * per_epoch
-    return Plan(world_size, global_batch, per_epoch, total, min(t.max_steps or total, total))
+    if t.max_steps is not None and t.max_steps > total:  # capping it would end the run early without a word
+        raise ConfigError(f"config key 'train.max_steps' ({t.max_steps}) lies beyond the schedule, which ends at step "
+                          f"{total} ({t.epochs} + {t.decay_epochs} epochs of {per_epoch} steps): lower it, or "
+                          "lengthen the schedule with train.epochs or train.decay_epochs")
+    return Plan(world_size, global_batch, per_epoch, total, t.max_steps or total)
 
 
 def build_networks(cfg: RunConfig) -> Networks:

@@ -17,7 +17,6 @@ back with safetensors or `torch.load(weights_only=True)`.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import shutil
@@ -29,7 +28,10 @@ import torch
 from accelerate import Accelerator
 
 from cyclegan.ema import GeneratorEMA
+from cyclegan.metrics import HealthMonitor
 from cyclegan.errors import CheckpointError
+from cyclegan.io.files import atomic_folder, atomic_path, replace_folder
+from cyclegan.io.records import read_json, write_json
 from cyclegan.models.loading import export_generator, load_into, read_state_dict, save_weights
 from cyclegan.step import Networks, Optimizers, Pools
 
@@ -49,6 +51,7 @@ class TrainState:
     tracker_run_id: str | None = None
     best: dict | None = None  # {"step", metric: value} of the best evaluation so far
     global_batch: int | None = None  # images per optimizer step: the unit of `step` (None: older checkpoints)
+    pool_size: int | None = None  # train.pool_size: images each rank's pools hold (None: older checkpoints)
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -76,7 +79,9 @@ def find_resume_point(resume: str | None, root: Path) -> Path | None:
     return path
 
 
-def _rng_state() -> dict:
+def rng_state(device: torch.device) -> dict:
+    """This process's RNG states: CPU, Python, NumPy, and its own GPU's only, so that a resume on a
+    node with fewer GPUs (an elastic requeue) restores it without indexing GPUs it no longer has."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
@@ -84,18 +89,27 @@ def _rng_state() -> dict:
         "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
                   "has_gauss": has_gauss, "gauss": gauss},
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def restore_rng_state(state: dict, device: torch.device) -> None:
+    """Undo `rng_state` on this process's device. Older checkpoints hold a list of every GPU the
+    process saw: their entry for this device is used where it exists."""
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state.get("cuda")
+    if saved is None or device.type != "cuda":
+        return
+    if isinstance(saved, list):
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index >= len(saved):
+            return
+        saved = saved[index]
+    torch.cuda.set_rng_state(saved, device)
 
 
 @dataclass
@@ -106,7 +120,9 @@ class Trained:
     opts: Optimizers
     schedulers: dict
     pools: Pools
+    health: HealthMonitor  # its streaks, with the guard's skipped-step counts, go on counting after a resume
     ema: GeneratorEMA | None = None
+    stream: dict | None = None  # this rank's position in the data stream (UnpairedStream.advance)
 
 
 def save_checkpoint(accelerator: Accelerator, root: Path, state: TrainState, trained: Trained, keep: int,
@@ -131,9 +147,10 @@ def save_checkpoint(accelerator: Accelerator, root: Path, state: TrainState, tra
             partial.mkdir(parents=True)
         accelerator.wait_for_everyone()
         pools = trained.pools
-        torch.save({"pools": {"fake_a": pools.fake_a.state_dict(), "fake_b": pools.fake_b.state_dict()},
-                    "augment": pools.augment.state_dict(), "rng": _rng_state()},
-                   partial / f"rank_{accelerator.process_index}.pt")
+        with atomic_path(partial / f"rank_{accelerator.process_index}.pt") as temporary:
+            torch.save({"pools": {"fake_a": pools.fake_a.state_dict(), "fake_b": pools.fake_b.state_dict()},
+                        "augment": pools.augment.state_dict(), "rng": rng_state(accelerator.device),
+                        "stream": trained.stream}, temporary)
         if accelerator.is_main_process:
             _write_shared_files(accelerator, partial, state, trained)
     except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
@@ -144,9 +161,7 @@ def save_checkpoint(accelerator: Accelerator, root: Path, state: TrainState, tra
         ) from None
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        if final.exists():
-            shutil.rmtree(final)
-        partial.rename(final)
+        replace_folder(partial, final)
         publish_export(final, root.parent / "export", averaged=trained.ema is not None and export_ema)
         for old in complete_checkpoints(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
@@ -186,52 +201,40 @@ def _write_shared_files(accelerator: Accelerator, folder: Path, state: TrainStat
             export_generator(averaged, folder / f"{name}_ema.safetensors")
     opts = trained.opts
     extra = {"opt_g": opts.g.state_dict(), "opt_d": opts.d.state_dict(),
-             "schedulers": {k: s.state_dict() for k, s in trained.schedulers.items()}}
+             "schedulers": {k: s.state_dict() for k, s in trained.schedulers.items()},
+             "counters": {"guard": opts.guard.state_dict(), "health": trained.health.state_dict()}}
     if accelerator.scaler is not None:
         extra["scaler"] = accelerator.scaler.state_dict()
-    torch.save(extra, folder / "optim.pt")
-    (folder / "state.json").write_text(json.dumps(state.__dict__, indent=2) + "\n")
-
-
-def _swap_in(staging: Path, target: Path) -> None:
-    """Replace `target` by the complete folder `staging`, by renames."""
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        target.rename(old)
-    staging.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_path(folder / "optim.pt") as temporary:
+        torch.save(extra, temporary)
+    write_json(folder / "state.json", state.__dict__)
 
 
 def publish_export(checkpoint: Path, export: Path, averaged: bool = False) -> None:
     """Refresh `OUTPUT/export/` with the checkpoint's generators (the averaged ones if asked), and
     its state.json (which step, and whether the generators are the averaged ones)."""
-    staging = export.with_name(f".{export.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    for name in ("g_ab", "g_ba"):
-        source = f"{name}_ema" if averaged else name
-        for suffix in (".safetensors", ".json"):
-            shutil.copy2(checkpoint / f"{source}{suffix}", staging / f"{name}{suffix}")
-    state = json.loads((checkpoint / "state.json").read_text())
-    (staging / "state.json").write_text(json.dumps({**state, "averaged": averaged}, indent=2) + "\n")
-    _swap_in(staging, export)
+    state = read_json(checkpoint / "state.json", error=CheckpointError)
+    with atomic_folder(export) as staging:
+        for name in ("g_ab", "g_ba"):
+            source = f"{name}_ema" if averaged else name
+            for suffix in (".safetensors", ".json"):
+                shutil.copy2(checkpoint / f"{source}{suffix}", staging / f"{name}{suffix}")
+        write_json(staging / "state.json", {**state, "averaged": averaged})
 
 
 def keep_best(checkpoint: Path, best: Path, record: dict) -> None:
     """Copy a complete checkpoint to `OUTPUT/best/`, with `best.json` saying why it is best."""
-    staging = best.with_name(f".{best.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(checkpoint, staging)
-    (staging / "best.json").write_text(json.dumps(record, indent=2) + "\n")
-    _swap_in(staging, best)
+    with atomic_folder(best) as staging:
+        shutil.copytree(checkpoint, staging, dirs_exist_ok=True)
+        write_json(staging / "best.json", record)
 
 
 def read_train_state(path: Path) -> TrainState:
+    fields = read_json(path / "state.json", error=CheckpointError)
     try:
-        return TrainState(**json.loads((path / "state.json").read_text()))
-    except (OSError, json.JSONDecodeError, TypeError) as err:
-        raise CheckpointError(f"checkpoint {path} has no readable state.json ({err})") from None
+        return TrainState(**fields)
+    except TypeError as err:
+        raise CheckpointError(f"{path / 'state.json'}: not a checkpoint's state ({err})") from None
 
 
 def load_checkpoint(accelerator: Accelerator, path: Path, expected: TrainState, trained: Trained,
@@ -245,6 +248,15 @@ def load_checkpoint(accelerator: Accelerator, path: Path, expected: TrainState, 
             f"has {expected.global_batch} (train.batch_size x train.grad_accum x processes). Steps, the schedule and "
             "the data position all count in it: keep it, e.g. by setting train.grad_accum for another number of "
             "processes"
+        )
+    # older checkpoints name the size only inside their pools
+    pool_size = saved.pool_size if saved.pool_size is not None else \
+        _torch_load(path / "rank_0.pt")["pools"]["fake_a"]["size"]
+    if pool_size != expected.pool_size:
+        raise CheckpointError(
+            f"checkpoint {path} was trained with train.pool_size={pool_size}; this run has train.pool_size="
+            f"{expected.pool_size}. Each rank's image pools are restored whole: resume with train.pool_size="
+            f"{pool_size}, or train on with another size from a new output_dir with init_from=<this run's output_dir>"
         )
     if saved.world_size != expected.world_size or saved.num_workers != expected.num_workers:
         if not elastic:
@@ -274,13 +286,18 @@ def load_checkpoint(accelerator: Accelerator, path: Path, expected: TrainState, 
         scheduler.load_state_dict(extra["schedulers"][key])
     if accelerator.scaler is not None and "scaler" in extra:
         accelerator.scaler.load_state_dict(extra["scaler"])
+    if "counters" in extra:  # older checkpoints: the counts start again from zero
+        trained.opts.guard.load_state_dict(extra["counters"]["guard"])
+        trained.health.load_state_dict(extra["counters"]["health"])
     if trained.ema is not None:
         notes += _load_ema(accelerator, path, trained)
     elif (path / "g_ab_ema.safetensors").is_file():
         notes.append(f"checkpoint {path} holds averaged generators, but train.ema_decay is 0: they are left behind, "
                      "and exports are the trained weights from here")
     if accelerator.process_index < saved.world_size:  # a rank new to an elastic resume starts afresh
-        _load_rank_file(accelerator, _torch_load(path / f"rank_{accelerator.process_index}.pt"), trained.pools)
+        mine = _torch_load(path / f"rank_{accelerator.process_index}.pt")
+        _load_rank_file(accelerator, mine, trained.pools)
+        trained.stream = mine.get("stream")  # None from older checkpoints: lanes then assume no corrupt sample came before
     return saved, notes
 
 
@@ -303,7 +320,7 @@ def _load_rank_file(accelerator: Accelerator, mine: dict, pools: Pools) -> None:
     pools.fake_b.to(accelerator.device)
     if "augment" in mine:
         pools.augment.load_state_dict(mine["augment"])
-    _set_rng_state(mine["rng"])
+    restore_rng_state(mine["rng"], accelerator.device)
 
 
 def _torch_load(path: Path) -> dict:
@@ -316,7 +333,8 @@ def _torch_load(path: Path) -> dict:
 
 
 def clean_partial(root: Path) -> None:
-    """Remove leftovers of saves that were cut short."""
+    """Remove leftovers of saves that were cut short: checkpoints, and refreshes of export/ and best/."""
     if root.is_dir():
-        for leftover in root.glob(".step_*.partial"):
+        leftovers = [*root.glob(".step_*.partial"), *root.parent.glob(".export.*"), *root.parent.glob(".best.*")]
+        for leftover in leftovers:
             shutil.rmtree(leftover, ignore_errors=True)

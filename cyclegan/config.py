@@ -15,8 +15,9 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cyclegan.arrays import NORMALIZE_FORMS, Normalize
+from cyclegan.data.normalize import NORMALIZE_FORMS, Normalize
 from cyclegan.errors import ConfigError, DataError
+from cyclegan.io.files import atomic_write
 
 NORMS = ("instance", "batch", "none")
 GAN_MODES = ("lsgan", "vanilla")
@@ -207,7 +208,10 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
         try:
             layers.append(OmegaConf.load(path))
         except Exception as err:  # yaml errors come in many classes
-            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+            mark = getattr(err, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            problem = getattr(err, "problem", None) or " ".join(str(err).split())
+            raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.lr=1e-4)")
@@ -337,4 +341,4 @@ def run_normalize(checkpoint: Path) -> tuple[str, str] | None:
 
 def save_config(config: RunConfig, path: Path) -> None:
     """Write the resolved config as YAML, so that a run folder says how it was made."""
-    path.write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
+    atomic_write(path, OmegaConf.to_yaml(OmegaConf.structured(config)))

@@ -4,17 +4,19 @@ PSNR and SSIM against ground truth where the test split is paired.
 Features come from the standard FID Inception network (torch-fidelity's port of the
 TensorFlow graph, through torchmetrics), loaded from a local file; FID and KID are
 torchmetrics' own computations, fed with features computed once per image. Each rank
-translates its share of the test set and torchmetrics gathers the statistics, so any
-number of ranks gives the numbers of one. Nothing here draws from the training RNG.
+translates its share of the test set; features are gathered by image key and put in key
+order, so any number of ranks gives the numbers of one, and an image a rank could not read is
+simply absent from every layout. Nothing here draws from the training RNG.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 from torch import nn
@@ -22,13 +24,14 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from cyclegan.arrays import probe
 from cyclegan.data.shards import sample_key
 from cyclegan.data.sources import DataSources
-from cyclegan.data.stream import Decoding, decode_source, iter_test_images, to_unit_tensor
+from cyclegan.data.stream import iter_test_images
 from cyclegan.data.transforms import test_transform
 from cyclegan.errors import CheckpointError, UserError
-from cyclegan.images import ARRAY_EXTENSIONS, ImageDecodeError, list_images, to_uint8
+from cyclegan.io.formats import probe
+from cyclegan.io.samples import Decoding, read_sample, to_unit_tensor
+from cyclegan.images import ImageDecodeError, list_images, to_uint8
 from cyclegan.models.loading import read_state_dict
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -88,14 +91,12 @@ def _folder_images(folder: Path, size: int, rank: int, world_size: int, limit: i
     `normalize` or `channels` ask for it, or the folder holds .npy arrays."""
     seen: set[str] = set()
     files = list_images(folder)[:limit]
-    decoding = Decoding.of(None, channels, normalize)
-    if any(is_deep_file(path) for path in files):
-        decoding = replace(decoding, deep=True)
+    decoding = Decoding.of(channels, normalize, deep=any(is_deep_file(path) for path in files))
     for position, path in enumerate(files):
         key = sample_key(path.relative_to(folder), seen)
         if position % world_size == rank:
             try:
-                image = decode_source(path, str(path), path.suffix.lower() in ARRAY_EXTENSIONS, decoding)
+                image = read_sample(path, decoding).pixels
             except ImageDecodeError:
                 continue
             yield key, to_unit_tensor(test_transform(image, size))
@@ -127,18 +128,42 @@ class Evaluator:
         self.features = features.to(accelerator.device).eval() if features is not None else None
         self.kid_subsets, self.kid_subset_size = kid_subsets, kid_subset_size
         self.real_features: dict[str, torch.Tensor] = {}
-        local_paired = split.keys_a == split.keys_b and len(split.keys_a) > 0
-        self.paired = bool(accelerator.reduce(torch.tensor([float(not local_paired)], device=accelerator.device),
-                                              "sum").item() == 0)
+        self.paired = self._names_pair()
+
+    def _names_pair(self) -> bool:
+        """Whether testA and testB hold the same names, apart from images some rank could not read
+        (the pair of an unreadable image is left out). Both domains are shared out by position, so
+        the two images of a pair sit on the same rank: each rank's lists, less the names the other
+        domain lacks everywhere, must agree."""
+        everywhere = self._all_ranks((self.split.keys_a, self.split.keys_b))
+        names_a = {k for keys, _ in everywhere for k in keys}
+        names_b = {k for _, keys in everywhere for k in keys}
+        return bool(names_a & names_b) and all([k for k in a if k in names_b] == [k for k in b if k in names_a]
+                                               for a, b in everywhere)
+
+    def _all_ranks(self, value: object) -> list:
+        """Every rank's `value`, in rank order."""
+        return gather_object([value]) if self.acc.num_processes > 1 else [value]
+
+    def _pairs(self) -> tuple[list[int], list[int]]:
+        """Positions in this rank's A and B lists of the images that have their partner here."""
+        index_b = {k: i for i, k in enumerate(self.split.keys_b)}
+        matched = [(i, index_b[k]) for i, k in enumerate(self.split.keys_a) if k in index_b]
+        return [i for i, _ in matched], [j for _, j in matched]
 
     @torch.no_grad()
     def _translate(self, net: nn.Module, images: list[torch.Tensor]) -> torch.Tensor:
-        """uint8 translations, as a user would save them."""
+        """uint8 translations, as a user would save them; sides that are no multiple of 4 are
+        reflection-padded for the generator's two downsamplings and cropped back, as the
+        translator does."""
         out = []
         for start in range(0, len(images), self.batch_size):
             batch = torch.stack(images[start:start + self.batch_size]).to(self.acc.device)
+            height, width = batch.shape[-2:]
+            if height % 4 or width % 4:
+                batch = F.pad(batch, (0, -width % 4, 0, -height % 4), mode="reflect")
             with self.acc.autocast():
-                out.append(to_uint8(net(batch)))
+                out.append(to_uint8(net(batch)[..., :height, :width]))
         return torch.cat(out) if out else torch.zeros(0, 3, 1, 1, dtype=torch.uint8, device=self.acc.device)
 
     @torch.no_grad()
@@ -154,31 +179,38 @@ class Evaluator:
     def __call__(self, g_ab: nn.Module, g_ba: nn.Module) -> dict[str, float]:
         results: dict[str, float] = {}
         s = self.split
-        for name, net, source, target in (("AtoB", g_ab, s.images_a, s.images_b), ("BtoA", g_ba, s.images_b, s.images_a)):
+        pairs_a, pairs_b = self._pairs()
+        for name, net, source, target, keys, pairs in (
+                ("AtoB", g_ab, s.images_a, s.images_b, (s.keys_a, s.keys_b), (pairs_a, pairs_b)),
+                ("BtoA", g_ba, s.images_b, s.images_a, (s.keys_b, s.keys_a), (pairs_b, pairs_a))):
             was_training = net.training
             net.eval()
             fake = self._translate(net, source)
             net.train(was_training)
             if self.features is not None:
-                results.update(self._distribution_metrics(name, fake, target))
+                results.update(self._distribution_metrics(name, fake, target, *keys))
             if self.paired:
-                results.update(self._paired_metrics(name, fake, target))
+                results.update(self._paired_metrics(name, fake[pairs[0]], [target[j] for j in pairs[1]]))
         return results
 
-    def _gathered(self, features: torch.Tensor) -> torch.Tensor:
-        """Every rank's features, in test-set order (rank r holds positions r, r + world, ...)."""
-        world = self.acc.num_processes
-        parts = gather_object([features.cpu()]) if world > 1 else [features.cpu()]
-        total = sum(len(p) for p in parts)
-        ordered = torch.empty(total, features.shape[1], dtype=features.dtype)
-        for rank, part in enumerate(parts):
-            ordered[rank::world] = part
-        return ordered
+    def _gathered(self, keys: list[str], features: torch.Tensor) -> torch.Tensor:
+        """Every rank's features, one row per image key, in key order: the same rows in the same
+        order whatever the number of ranks and whichever images a rank skipped."""
+        rows = {key: row for part_keys, part in self._all_ranks((keys, features.cpu()))
+                for key, row in zip(part_keys, part)}
+        if not rows:
+            return torch.zeros(0, features.shape[1], dtype=features.dtype)
+        return torch.stack([rows[key] for key in sorted(rows)])
 
-    def _distribution_metrics(self, name: str, fake: torch.Tensor, target: list[torch.Tensor]) -> dict[str, float]:
+    def _distribution_metrics(self, name: str, fake: torch.Tensor, target: list[torch.Tensor], fake_keys: list[str],
+                              target_keys: list[str]) -> dict[str, float]:
         if name not in self.real_features:
-            self.real_features[name] = self._gathered(self._features(to_uint8(torch.stack(target).to(self.acc.device))))
-        real, fake_f = self.real_features[name], self._gathered(self._features(fake))
+            stacked = torch.stack(target) if target else torch.zeros(0, 3, 1, 1)
+            self.real_features[name] = self._gathered(target_keys, self._features(to_uint8(stacked.to(self.acc.device))))
+        real, fake_f = self.real_features[name], self._gathered(fake_keys, self._features(fake))
+        if len(real) < 2 or len(fake_f) < 2:
+            raise UserError(f"{name}: FID and KID need at least 2 readable test images in each domain, "
+                            f"not {len(fake_f)} and {len(real)}")
         # Every rank now holds all features and computes the same numbers: no further sync.
         dim = real.shape[1]
         fid = FrechetInceptionDistance(feature=Precomputed(dim), sync_on_compute=False)
@@ -195,12 +227,14 @@ class Evaluator:
         return {f"{name}/fid": fid.compute().item(), f"{name}/kid": kid_mean.item(), f"{name}/kid_std": kid_std.item()}
 
     def _paired_metrics(self, name: str, fake: torch.Tensor, target: list[torch.Tensor]) -> dict[str, float]:
-        preds = fake.float() / 255.0
-        truth = to_uint8(torch.stack(target).to(self.acc.device)).float() / 255.0
-        l1 = (preds - truth).abs().mean(dim=(1, 2, 3))
-        psnr = peak_signal_noise_ratio(preds, truth, data_range=1.0, reduction="none", dim=(1, 2, 3))
-        ssim = structural_similarity_index_measure(preds, truth, data_range=1.0, reduction="none")
-        sums = torch.stack([l1.sum(), psnr.sum(), ssim.sum(), torch.tensor(float(len(preds)), device=preds.device)])
+        sums = torch.zeros(4, device=self.acc.device)  # a rank without pairs adds nothing
+        if target:
+            preds = fake.float() / 255.0
+            truth = to_uint8(torch.stack(target).to(self.acc.device)).float() / 255.0
+            l1 = (preds - truth).abs().mean(dim=(1, 2, 3))
+            psnr = peak_signal_noise_ratio(preds, truth, data_range=1.0, reduction="none", dim=(1, 2, 3))
+            ssim = structural_similarity_index_measure(preds, truth, data_range=1.0, reduction="none")
+            sums = torch.stack([l1.sum(), psnr.sum(), ssim.sum(), torch.tensor(float(len(preds)), device=preds.device)])
         l1_sum, psnr_sum, ssim_sum, count = self.acc.reduce(sums.double(), "sum").tolist()
         return {f"{name}/l1": l1_sum / count, f"{name}/psnr": psnr_sum / count, f"{name}/ssim": ssim_sum / count}
 

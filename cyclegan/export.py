@@ -19,9 +19,11 @@ from pathlib import Path
 import torch
 from huggingface_hub import ModelCard, ModelCardData, PyTorchModelHubMixin
 
-from cyclegan.errors import UserError
+from cyclegan.errors import DataError, UserError
+from cyclegan.io.files import atomic_folder, atomic_path
+from cyclegan.io.records import read_json, read_jsonl
 from cyclegan.models.generator import GeneratorSpec, ResnetGenerator
-from cyclegan.models.loading import describe
+from cyclegan.models.loading import HF_WEIGHTS, describe, save_weights
 
 ONNX_OPSET = 18
 ONNX_CHECK_SIZES = ((64, 64), (96, 128))  # the traced size and another, both checked
@@ -39,6 +41,10 @@ class HubGenerator(ResnetGenerator, PyTorchModelHubMixin, library_name="cyclegan
         super().__init__(GeneratorSpec(in_channels, out_channels, ngf, n_blocks, norm, dropout))
         self.direction = direction
 
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """The weights as every safetensors file of ours is written (mode by the umask, not 0600)."""
+        save_weights(self, Path(save_directory) / HF_WEIGHTS)
+
 
 def export_onnx(net: ResnetGenerator, path: Path, direction: str) -> float:
     """Write `net` as ONNX with dynamic batch, height and width, under a temporary name renamed
@@ -49,9 +55,8 @@ def export_onnx(net: ResnetGenerator, path: Path, direction: str) -> float:
         raise UserError("ONNX export needs the onnx and onnxruntime packages: pip install -e '.[export]'") from None
     if path.suffix != ".onnx":
         raise UserError(f"--output {path} should end in .onnx")
-    net, partial = net.eval().cpu(), path.with_name(f".{path.name}.partial")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    net = net.eval().cpu()
+    with atomic_path(path) as partial:
         with warnings.catch_warnings():  # reflection padding's slices and instance norm: harmless notes
             warnings.simplefilter("ignore", UserWarning)
             torch.onnx.export(net, (torch.zeros(1, net.spec.in_channels, 64, 64),), str(partial), dynamo=False,
@@ -65,10 +70,6 @@ def export_onnx(net: ResnetGenerator, path: Path, direction: str) -> float:
         onnx.save(model, str(partial))
         onnx.checker.check_model(str(partial))
         worst = check_onnx(net, partial)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    partial.replace(path)
     return worst
 
 
@@ -90,18 +91,21 @@ def check_onnx(net: ResnetGenerator, path: Path) -> float:
 
 def export_hf(net: ResnetGenerator, folder: Path, direction: str, weights: Path, run: Path | None) -> Path:
     """Write `folder` as a Hugging Face model: config.json, model.safetensors, and README.md, the
-    model card, with what the run folder tells of the weights (and a sample grid as sample.png)."""
+    model card, with what the run folder tells of the weights (and a sample grid as sample.png).
+    Written beside `folder` and swapped in whole, so an existing export is replaced only by a
+    complete one."""
     hub = HubGenerator(**net.spec.to_dict(), direction=direction)
     hub.load_state_dict(net.state_dict())
-    hub.save_pretrained(folder)
-    sample = newest_sample(run, direction) if run else None
-    if sample is not None:
-        shutil.copy2(sample, folder / "sample.png")
-    card = ModelCard.from_template(
-        ModelCardData(library_name="cyclegan", tags=TAGS, pipeline_tag="image-to-image"),
-        template_str=CARD, title=f"CycleGAN generator {direction}",
-        body=card_body(net.spec, direction, weights, run, sample))
-    card.save(folder / "README.md")
+    with atomic_folder(folder) as staging:
+        hub.save_pretrained(staging)
+        sample = newest_sample(run, direction) if run else None
+        if sample is not None:
+            shutil.copy2(sample, staging / "sample.png")
+        card = ModelCard.from_template(
+            ModelCardData(library_name="cyclegan", tags=TAGS, pipeline_tag="image-to-image"),
+            template_str=CARD, title=f"CycleGAN generator {direction}",
+            body=card_body(net.spec, direction, weights, run, sample))
+        card.save(staging / "README.md")
     return folder
 
 
@@ -171,21 +175,19 @@ def run_facts(run: Path, weights: Path, direction: str) -> list[str]:
 
 
 def _json(path: Path) -> dict | None:
+    """A record the model card draws on; missing or damaged, the card leaves its facts out."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        return read_json(path)
+    except DataError:
         return None
 
 
 def _json_lines(path: Path) -> list[dict]:
-    """A JSONL file's rows; a line cut short by a killed run is left out."""
-    rows = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+    """A JSONL log's rows, as `_json` (none if missing or damaged)."""
+    try:
+        return read_jsonl(path) if path.is_file() else []
+    except DataError:
+        return []
 
 
 def newest_sample(run: Path, direction: str) -> Path | None:

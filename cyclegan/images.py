@@ -8,17 +8,18 @@ or a palette PNG the same way.
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageChops, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
 
 from cyclegan.errors import DataError
 
 GREY_TOLERANCE = 2  # levels by which the channels of "grey saved as RGB" may differ (JPEG chroma rounding)
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"}
-ARRAY_EXTENSIONS = {".npy"}  # H x W x C arrays of any depth and band count (`cyclegan.arrays`)
+ARRAY_EXTENSIONS = {".npy"}  # H x W x C arrays of any depth and band count (`cyclegan.io.formats`)
 HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
@@ -32,13 +33,27 @@ class ChannelMismatch(DataError):
 
 
 def list_images(root: Path) -> list[Path]:
-    """Image files and `.npy` arrays under `root` (recursively), in a stable order."""
+    """Image files and `.npy` arrays under `root` (recursively, into linked folders too, as a user
+    expects; a folder reached a second time, such as a link to an ancestor, is listed once), in a
+    stable order."""
     listed = IMAGE_EXTENSIONS | ARRAY_EXTENSIONS
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in listed)
+    found, seen = [], {os.path.realpath(root)}
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        # folders before links, then by name: the path kept for a folder reached twice is the real one
+        ordered = sorted(subfolders, key=lambda s: (os.path.islink(os.path.join(folder, s)), s))
+        subfolders.clear()
+        for sub in ordered:
+            real = os.path.realpath(os.path.join(folder, sub))
+            if real not in seen:
+                seen.add(real)
+                subfolders.append(sub)
+        found += [Path(folder, n) for n in names if Path(n).suffix.lower() in listed and Path(folder, n).is_file()]
+    return sorted(found)
 
 
 def open_image(source: Path | bytes, name: str | None = None, draft: tuple[int, int] | None = None) -> Image.Image:
-    """Open and fully decode an image, so that truncated files fail here and not later.
+    """Open and fully decode an image, so that truncated files fail here and not later, turned
+    upright (see `upright`).
 
     `draft` lets a JPEG decode at a reduced scale that is still at least that size.
     """
@@ -57,8 +72,15 @@ def open_image(source: Path | bytes, name: str | None = None, draft: tuple[int, 
             if draft and image.format == "JPEG":
                 image.draft("RGB", draft)
             image.load()
+            return upright(image)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             raise ImageDecodeError(f"{label}: cannot be decoded ({err})") from None
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The image as viewers show it, turned by its EXIF orientation (a phone photo's, say), in
+    place; the official code ignores the orientation."""
+    ImageOps.exif_transpose(image, in_place=True)
     return image
 
 

@@ -88,3 +88,11 @@ class HealthMonitor:
             if self.streaks[name] == self.logs:
                 warnings.append(f"warning: {message}")
         return warnings
+
+    def state_dict(self) -> dict[str, dict[str, int]]:
+        """The streaks, for a checkpoint: a resumed run neither forgets a condition that was building
+        up nor repeats a warning already given."""
+        return {"streaks": dict(self.streaks)}
+
+    def load_state_dict(self, state: dict[str, dict[str, int]]) -> None:
+        self.streaks = dict(state["streaks"])

@@ -17,9 +17,10 @@ unscaled with a scale they were not scaled by, and the growth interval would cou
 
 Skipped steps are counted on the device and read at logging steps (under fp16 the scale's
 overflow back-offs count too); a run of `train.stop_after_nonfinite` skipped steps in a row
-stops training. The prepared optimizers' own `step()` is never called, so Accelerate's
-`optimizer_step_was_skipped` is not kept; nothing here reads it. Every rank must hold the
-whole averaged gradients (one process or DDP; `make_accelerator` refuses FSDP and DeepSpeed).
+stops training. Checkpoints keep the counts, so a resumed run goes on from them. The
+prepared optimizers' own `step()` is never called, so Accelerate's `optimizer_step_was_skipped`
+is not kept; nothing here reads it. Every rank must hold the whole averaged gradients (one
+process or DDP; `make_accelerator` refuses FSDP and DeepSpeed).
 """
 
 from __future__ import annotations
@@ -81,3 +82,14 @@ class StepGuard:
         longest = int(longest)
         stop = longest if self.stop_after and longest >= self.stop_after else 0
         return {"train/skipped_nonfinite_steps": skipped}, stop
+
+    def state_dict(self) -> dict[str, float]:
+        """The counts, for a checkpoint: a resumed run goes on counting from them (one host sync,
+        at saves only). Every rank holds the same counts."""
+        skipped, in_a_row, longest = torch.stack([self.skipped, self.in_a_row, self.longest_run]).tolist()
+        return {"skipped": skipped, "in_a_row": in_a_row, "longest_run": longest}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.skipped.fill_(state["skipped"])
+        self.in_a_row.fill_(state["in_a_row"])
+        self.longest_run.fill_(state["longest_run"])

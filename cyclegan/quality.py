@@ -13,7 +13,6 @@ row of the identity (each test image scored as its own translation) gives each t
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess
@@ -25,7 +24,7 @@ from pathlib import Path
 from accelerate import Accelerator
 from torch import nn
 
-from cyclegan.checkpoint import complete_checkpoints
+from cyclegan.checkpoint import complete_checkpoints, read_train_state
 from cyclegan.config import DataConfig, load_config
 from cyclegan.data.demo import write_demo_folders, write_recolour_folders
 from cyclegan.data.shards import find_domains, write_shards
@@ -71,7 +70,7 @@ def schedule_for(shards: Path, steps: int) -> list[str]:
 def finished(run: Run, steps: int) -> bool:
     """Whether the run's newest checkpoint is its last step (an interrupted run has exports too)."""
     saved = complete_checkpoints(run.folder / "checkpoints") if (run.folder / "checkpoints").is_dir() else []
-    return bool(saved) and json.loads((saved[-1] / "state.json").read_text())["step"] == steps
+    return bool(saved) and read_train_state(saved[-1]).step == steps
 
 
 def train(run: Run, steps: int, threads: int) -> None:

@@ -8,12 +8,11 @@ that produce the numbers, and never wait on a tracker.
 
 from __future__ import annotations
 
-import json
+import functools
 import platform
 import secrets
 import string
 import subprocess
-from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -24,8 +23,10 @@ from einops import rearrange
 from PIL import Image
 
 from cyclegan.config import RunConfig, TrackingConfig
-from cyclegan.errors import UserError
 from cyclegan.images import to_uint8
+from cyclegan.io.files import atomic_path
+from cyclegan.io.files import writing as _writing
+from cyclegan.io.records import append_jsonl, read_jsonl, write_jsonl
 
 PACKAGES = ("torch", "torchvision", "accelerate", "wandb", "webdataset", "einops", "tensorboard")
 GRID_CAPTIONS = {
@@ -34,14 +35,8 @@ GRID_CAPTIONS = {
 }
 
 
-@contextmanager
-def writing(path: Path):
-    """Turn a failed write (full disk, read-only folder) into a message instead of a traceback."""
-    try:
-        yield
-    except OSError as err:
-        raise UserError(f"cannot write {path} ({err.strerror or err}); free disk space or fix the folder's "
-                        "permissions, then run again with resume=auto") from None
+# a failed write of the run's files ends in one line, saying how to go on
+writing = functools.partial(_writing, then="then run again with resume=auto")
 
 
 def tracker_name(cfg: TrackingConfig) -> str | None:
@@ -122,16 +117,14 @@ class RunLog:
         """A resumed run logs the steps after its checkpoint again: drop the old copies first."""
         if not self.metrics.exists():
             return
-        rows = [line for line in self.metrics.read_text().splitlines() if line.strip()]
-        kept = [line for line in rows if json.loads(line).get("step", 0) <= step]
-        self.metrics.write_text("".join(line + "\n" for line in kept))
+        with writing(self.metrics):
+            write_jsonl(self.metrics, [row for row in read_jsonl(self.metrics) if row.get("step", 0) <= step])
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if not self.accelerator.is_main_process:
             return
         with writing(self.metrics):
-            with self.metrics.open("a") as out:
-                out.write(json.dumps({"step": step, **values}) + "\n")
+            append_jsonl(self.metrics, {"step": step, **values})
         if tracker_name(self.cfg):
             self.accelerator.log(values, step=step)
 
@@ -142,8 +135,8 @@ class RunLog:
             return
         for name, grid in grids.items():
             path = self.samples / f"step_{step:07d}_{name}.png"
-            with writing(path):
-                Image.fromarray(grid).save(path)
+            with writing(path), atomic_path(path) as temporary:
+                Image.fromarray(grid).save(temporary, format="PNG")
         backend = tracker_name(self.cfg)
         if backend == "wandb":
             import wandb

@@ -7,13 +7,11 @@ schedule and name the data order. Nothing reads a device value except at logging
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import gather_object
 from tqdm import tqdm
 
@@ -31,48 +29,20 @@ from cyclegan.checkpoint import (
     step_dir,
 )
 from cyclegan.config import RunConfig, save_config
-from cyclegan.data.sources import DataSources, check_samples, find_sources
+from cyclegan.data.sources import check_samples, find_sources
 from cyclegan.data.stream import UnpairedStream, train_loader
 from cyclegan.errors import UserError
-from cyclegan.evaluation import LOWER_IS_BETTER, headline, load_test_split
+from cyclegan.evaluation import LOWER_IS_BETTER, headline
 from cyclegan.ema import GeneratorEMA
+from cyclegan.grids import fixed_test_images, sample_grids
 from cyclegan.hardware import describe_bf16, native_bf16
+from cyclegan.io.records import write_json
 from cyclegan.metrics import HealthMonitor, MetricWindow
 from cyclegan.schedule import continue_schedule, make_scheduler
 from cyclegan.step import train_step
 from cyclegan.stopping import StopRequest
-from cyclegan.tracking import RunLog, describe_run, image_grid, new_run_id, tracker_name, writing
+from cyclegan.tracking import RunLog, describe_run, new_run_id, tracker_name, writing
 from cyclegan.warmstart import warm_start
-
-
-def fixed_test_images(sources: DataSources, cfg: RunConfig) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The first test images of each domain, shown in every sample grid."""
-    n = cfg.tracking.num_images
-    if not (sources.test_a and sources.test_b) or n == 0:
-        return None
-    split = load_test_split(sources, cfg.data.crop_size, limit=n, channels=(cfg.model.input_nc, cfg.model.output_nc),
-                            normalizations=cfg.data.normalizations)
-    return (torch.stack(split.images_a), torch.stack(split.images_b)) if split.images_a and split.images_b else None
-
-
-@torch.no_grad()
-def sample_grids(accelerator: Accelerator, g_ab: torch.nn.Module, g_ba: torch.nn.Module,
-                 images: tuple[torch.Tensor, torch.Tensor], bands: list[int] | None = None) -> dict:
-    """real | translated | reconstructed | identity (where both domains have the same channels),
-    for fixed test images of each domain."""
-    real_a, real_b = (x.to(accelerator.device) for x in images)
-    modes = g_ab.training, g_ba.training
-    g_ab.eval(), g_ba.eval()  # dropout off, batch norm on its running statistics
-    try:
-        with accelerator.autocast():
-            fake_b, fake_a = g_ab(real_a), g_ba(real_b)
-            same = real_a.shape[1] == real_b.shape[1]
-            return {
-                "AtoB": image_grid([real_a, fake_b, g_ba(fake_b), *([g_ba(real_a)] if same else [])], bands),
-                "BtoA": image_grid([real_b, fake_a, g_ab(fake_a), *([g_ab(real_b)] if same else [])], bands),
-            }
-    finally:
-        g_ab.train(modes[0]), g_ba.train(modes[1])
 
 
 def weight_checksum(net: torch.nn.Module) -> str:
@@ -105,10 +75,10 @@ class Trainer:
             "d": make_scheduler(self.opts.d.optimizer, p.steps_per_epoch, cfg.train.epochs, cfg.train.decay_epochs),
         }
         ema = GeneratorEMA(self.trained_generators(), cfg.train.ema_decay, acc.device) if cfg.train.ema_decay else None
-        self.trained = Trained(self.nets, self.opts, self.schedulers, self.pools, ema)
         self.health = HealthMonitor(cfg.tracking.warn_identity_change, cfg.tracking.warn_d_accuracy)
+        self.trained = Trained(self.nets, self.opts, self.schedulers, self.pools, self.health, ema)
         self.state = TrainState(0, 0, acc.num_processes, cfg.data.num_workers, asdict(cfg.model),
-                                global_batch=self.plan.global_batch)
+                                global_batch=self.plan.global_batch, pool_size=cfg.train.pool_size)
         self.stop = StopRequest(acc)
         self.evaluator = make_evaluator(acc, cfg, self.sources) if cfg.eval.every else None
 
@@ -130,7 +100,7 @@ class Trainer:
         if point is not None:
             self.state, notes = load_checkpoint(acc, point, self.state, self.trained, cfg.resume_elastic)
             self.state.world_size, self.state.num_workers = acc.num_processes, cfg.data.num_workers
-            self.state.global_batch = self.plan.global_batch
+            self.state.global_batch, self.state.pool_size = self.plan.global_batch, cfg.train.pool_size
             if cfg.init_from:
                 notes.append(f"init_from={cfg.init_from} is not used: the run resumes")
             for note in notes:
@@ -170,11 +140,11 @@ class Trainer:
 
     def run(self) -> Path:
         cfg, acc, plan = self.cfg, self.acc, self.plan
+        self.resume()  # first: a refused resume leaves the run folder as it was
         if acc.is_main_process:
             with writing(self.output / "config.yaml"):
                 self.output.mkdir(parents=True, exist_ok=True)
                 save_config(cfg, self.output / "config.yaml")
-        self.resume()
         self.announce()
         if self.state.tracker_run_id is None and acc.is_main_process:
             self.state.tracker_run_id = new_run_id()
@@ -182,7 +152,7 @@ class Trainer:
         run_config = describe_run(cfg, plan.world_size, plan.global_batch, images)
         if acc.is_main_process:
             with writing(self.output / "run.json"):
-                (self.output / "run.json").write_text(json.dumps(run_config, indent=2) + "\n")
+                write_json(self.output / "run.json", run_config)
         self.log = RunLog(acc, cfg, self.state.step, self.state.tracker_run_id, run_config)
         self.last_values: dict[str, float] = {}
         self.grid_images = fixed_test_images(self.sources, cfg) if acc.is_main_process else None
@@ -212,11 +182,12 @@ class Trainer:
             while self.state.step < plan.max_steps:
                 self.state.epoch, offset = divmod(self.state.step * cfg.train.grad_accum,
                                                   plan.steps_per_epoch * cfg.train.grad_accum)
-                stream.set_epoch(self.state.epoch, offset)
+                stream.set_epoch(self.state.epoch, offset, self.trained.stream)
                 batches = iter(loader)
                 try:
                     waited = time.perf_counter()
                     for batch in batches:
+                        self.trained.stream = stream.advance(self.trained.stream, batch)
                         wait = time.perf_counter() - waited
                         on_device = batch_to_device(batch, acc.device, cfg.perf.channels_last)
                         result = train_step(acc, self.nets, self.opts, self.pools, on_device, cfg.train)
@@ -232,42 +203,62 @@ class Trainer:
                     getattr(batches, "_shutdown_workers", lambda: None)()
 
     def after_step(self, window: MetricWindow, bar: tqdm) -> None:
-        """The average, scheduler, logging, sample grids and checkpoints after each optimizer step."""
+        """Everything between two optimizer steps, in this order: the schedules and the step count,
+        logging, sample grids, evaluation, checkpoints and the rank check."""
+        used_lr = self.advance()
+        bar.update(1)
+        if self.due(self.cfg.tracking.log_every, final=True):
+            self.log_step(window, used_lr, bar)
+        if self.grid_images is not None and self.due(self.cfg.tracking.image_every, final=True):
+            self.draw_grids()
+        if self.evaluator is not None and self.due(self.cfg.eval.every, final=True):
+            self.evaluate()
+        if self.due(self.cfg.train.checkpoint_every) and self.saved_at != self.state.step:
+            self.checkpoint()
+        if self.due(self.cfg.train.check_ranks_every):
+            self.check_ranks_agree()
+
+    def due(self, every: int, final: bool = False) -> bool:
+        """Whether a task done every `every` steps (0: never) falls on this step; `final`: the last step too."""
+        step = self.state.step
+        return (every > 0 and step % every == 0) or (final and step == self.plan.max_steps)
+
+    def advance(self) -> dict[str, float]:
+        """Step the schedules, the step count and the averaged generators; returns the learning rates
+        the step just taken was taken with."""
         used_lr = {name: scheduler.get_last_lr()[0] for name, scheduler in self.schedulers.items()}
         for scheduler in self.schedulers.values():
             scheduler.step()
         self.state.step += 1
         if self.trained.ema is not None:
             self.trained.ema.update(self.trained_generators(), self.state.step)
-        step, track = self.state.step, self.cfg.tracking
-        bar.update(1)
-        if step % track.log_every == 0 or step == self.plan.max_steps:
-            values = window.read(self.acc, self.plan.global_batch)
-            values["lr/g"], values["lr/d"] = used_lr["g"], used_lr["d"]  # what this step was taken with
-            values["epoch"] = self.state.epoch
-            skipped, stop_after = self.opts.guard.read()
-            values.update(skipped)
-            if torch.cuda.is_available():
-                values["perf/max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-            self.log.scalars(step, values)
-            if stop_after:
-                raise UserError(self.nonfinite_message(stop_after))
-            for warning in self.health.check(values):
-                self.acc.print(warning)
-            self.last_values = values
-            bar.set_postfix(g=f"{values['loss/adv_ab'] + values['loss/adv_ba']:.3f}",
-                            d=f"{values['loss/d_a'] + values['loss/d_b']:.3f}",
-                            img_s=f"{values['perf/images_per_s']:.1f}")
-            window.reset()
-        if self.grid_images is not None and (step % track.image_every == 0 or step == self.plan.max_steps):
-            self.log.images(step, sample_grids(self.acc, *self.generators(), self.grid_images, track.display_bands),
-                            identity=self.cfg.model.input_nc == self.cfg.model.output_nc)
-        if self.evaluator is not None and (step % self.cfg.eval.every == 0 or step == self.plan.max_steps):
-            self.evaluate()
-        if step % self.cfg.train.checkpoint_every == 0 and self.saved_at != step:
-            self.checkpoint()
-        if self.cfg.train.check_ranks_every and step % self.cfg.train.check_ranks_every == 0:
-            self.check_ranks_agree()
+        return used_lr
+
+    def log_step(self, window: MetricWindow, used_lr: dict[str, float], bar: tqdm) -> None:
+        """Read the window (the one device sync of a logging step) and log it; stop after a run of
+        non-finite steps; print the health warnings that fell due."""
+        values = window.read(self.acc, self.plan.global_batch)
+        values["lr/g"], values["lr/d"] = used_lr["g"], used_lr["d"]
+        values["epoch"] = self.state.epoch
+        skipped, stop_after = self.opts.guard.read()
+        values.update(skipped)
+        if torch.cuda.is_available():
+            values["perf/max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        self.log.scalars(self.state.step, values)
+        if stop_after:
+            raise UserError(self.nonfinite_message(stop_after))
+        for warning in self.health.check(values):
+            self.acc.print(warning)
+        self.last_values = values
+        bar.set_postfix(g=f"{values['loss/adv_ab'] + values['loss/adv_ba']:.3f}",
+                        d=f"{values['loss/d_a'] + values['loss/d_b']:.3f}",
+                        img_s=f"{values['perf/images_per_s']:.1f}")
+        window.reset()
+
+    def draw_grids(self) -> None:
+        """Sample grids of the fixed test images, from the generators grids show."""
+        grids = sample_grids(self.acc, *self.generators(), self.grid_images, self.cfg.tracking.display_bands)
+        self.log.images(self.state.step, grids, identity=self.cfg.model.input_nc == self.cfg.model.output_nc)
 
     def nonfinite_message(self, in_a_row: int) -> str:
         saved = complete_checkpoints(self.ckpt_root)
@@ -302,8 +293,7 @@ class Trainer:
             mine |= {f"{name}_ema": weight_checksum(model) for name, model in self.trained.ema.models.items()}
         every = gather_object([mine])
         if self.acc.is_main_process:
-            (self.output / "checksums.json").write_text(
-                json.dumps({"step": self.state.step, "ranks": every}, indent=2) + "\n")
+            write_json(self.output / "checksums.json", {"step": self.state.step, "ranks": every})
         differing = [name for name in mine if len({sums[name] for sums in every}) > 1]
         if differing:
             raise RuntimeError(f"ranks hold different weights for {', '.join(differing)} at step {self.state.step}: "

@@ -8,6 +8,7 @@
     python scripts/benchmark.py step --size 256 --convs          # each convolution in fp32 and bf16
     python scripts/benchmark.py translate --workdir /tmp/bench-translate --precision fp32
     python scripts/benchmark.py quality --workdir /tmp/quality --seeds 0 1 2 --jobs 2
+    python scripts/benchmark.py resume --workdir /tmp/bench-resume --positions 0 50000
     python scripts/benchmark.py summary OUT                      # the table of scripts/gpu_benchmark.sh's OUT
 """
 
@@ -16,11 +17,17 @@ import json
 import os
 from pathlib import Path
 
-from cyclegan.benchmark import SWEEP_AXES, conv_benchmark, loader_benchmark, results_table, step_benchmark, step_sweep
+from cyclegan.benchmarks.convs import conv_benchmark
+from cyclegan.benchmarks.loader import loader_benchmark
+from cyclegan.benchmarks.resume import resume_benchmark
+from cyclegan.benchmarks.step import step_benchmark
+from cyclegan.benchmarks.summary import results_table
+from cyclegan.benchmarks.sweep import SWEEP_AXES, step_sweep
+from cyclegan.benchmarks.translate import translate_benchmark
 from cyclegan.config import load_config
 from cyclegan.errors import exit_on_user_error
+from cyclegan.io.files import atomic_write
 from cyclegan.quality import quality_experiment
-from cyclegan.translate.benchmark import translate_benchmark
 
 
 @exit_on_user_error
@@ -71,13 +78,18 @@ def main() -> None:
     translate.add_argument("--images", type=int, default=8, help="images per size")
     translate.add_argument("--large", type=int, nargs="*", default=[4096, 10000], help="sides of single tiled images")
     translate.add_argument("--frames", type=int, default=24, help="frames of the 256 px test video")
-    translate.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    translate.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32")
     translate.add_argument("--tile", type=int, default=512)
     quality = sub.add_parser("quality", help="paper vs EMA vs DiffAugment on synthetic tasks (docs/quality.md)")
     quality.add_argument("--workdir", type=Path, required=True)
     quality.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     quality.add_argument("--steps", type=int, default=400, help="optimizer steps per run, on every task")
     quality.add_argument("--jobs", type=int, default=1, help="training runs at a time (the cores are shared out)")
+    resume = sub.add_parser("resume", help="a resumed training stream's time to its first batch, by epoch position")
+    resume.add_argument("--workdir", type=Path, required=True, help="where the small-image shards are made")
+    resume.add_argument("--images", type=int, default=60000, help="images per domain")
+    resume.add_argument("--positions", type=int, nargs="+", default=[0, 50000], help="epoch positions, in samples")
+    resume.add_argument("--repeats", type=int, default=3)
     summary = sub.add_parser("summary", help="the markdown table of a folder of step and loader results")
     summary.add_argument("folder", type=Path)
     args = parser.parse_args()
@@ -89,6 +101,10 @@ def main() -> None:
     elif args.mode == "translate":
         result = translate_benchmark(args.workdir, args.sizes, args.images, args.large, args.frames, args.precision,
                                      args.tile)
+    elif args.mode == "resume":
+        if not all(0 <= p < args.images for p in args.positions):
+            parser.error("--positions must lie in the epoch: from 0 to --images - 1")
+        result = resume_benchmark(args.workdir, args.images, args.positions, args.repeats)
     elif args.mode == "loader":
         result = loader_benchmark(args.workdir, args.images, args.workers, args.batches, args.repeats,
                                   args.image_size, args.jpeg_draft)
@@ -120,7 +136,7 @@ def main() -> None:
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
-        args.json.write_text(text + "\n")
+        atomic_write(args.json, text + "\n")
     if args.mode == "step" and (args.sweep or args.convs):
         print("\n".join(result["markdown"]))  # last, where the fastest setting stays in view
 

@@ -155,3 +155,13 @@ def inception_weights(tmp_path_factory) -> Path:
         net(torch.randint(0, 256, (16, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)))
     torch.save(net.state_dict(), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def trained_run(demo_shards, tmp_path_factory) -> Path:
+    """One tiny real run folder shared by every module that only reads a run: config, metrics, a
+    sample grid, checkpoints, export. Tests that change a run copy it first."""
+    out = tmp_path_factory.mktemp("run") / "run"
+    script("train.py", "--config", "configs/demo.yaml",
+           *tiny(demo_shards, out, "train.max_steps=3", "tracking.image_every=3", "tracking.mode=disabled"))
+    return out

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cyclegan.arrays import Normalize, from_unit
+from cyclegan.data.normalize import Normalize, from_unit
 from cyclegan.config import DataConfig, load_config
 from cyclegan.data.shards import write_shards
 from cyclegan.data.sources import check_samples, find_sources
@@ -323,7 +323,7 @@ def test_tiffs_pillow_reads_stay_on_its_path_and_the_rest_is_told_apart(tmp_path
 def test_cmyk_and_single_band_tiffs_go_where_they_are_read_faithfully(tmp_path):
     import tifffile
 
-    from cyclegan.arrays import read_array
+    from cyclegan.io.formats import read_array
     from cyclegan.data.shards import prepare_image
 
     Image.new("CMYK", (9, 8), (0, 255, 255, 0)).save(tmp_path / "cmyk.tif")

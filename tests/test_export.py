@@ -32,15 +32,6 @@ def program(name, *args, check=True, env=None):
     return run([str(BIN / name), *map(str, args)], check=check, env=env)
 
 
-@pytest.fixture(scope="module")
-def trained_run(demo_shards, tmp_path_factory):
-    """A tiny real run folder: config, metrics, a sample grid, checkpoints, export."""
-    out = tmp_path_factory.mktemp("run") / "run"
-    script("train.py", "--config", "configs/demo.yaml",
-           *tiny(demo_shards, out, "train.max_steps=3", "tracking.image_every=3", "tracking.mode=disabled"))
-    return out
-
-
 def test_onnx_matches_pytorch_at_other_sizes_and_translates_without_torch_weights(trained_run, tmp_path):
     result = program("cyclegan-export", "--checkpoint", trained_run, "--format", "onnx", "--output", tmp_path / "g.onnx")
     assert "onnxruntime matches PyTorch within" in result.stdout
@@ -177,7 +168,7 @@ def test_bad_onnx_files_get_clear_messages(tmp_path, make, message):
 def test_broken_hugging_face_folders_get_clear_messages(tmp_path):
     Image.new("RGB", (16, 16)).save(tmp_path / "x.png")
     for name, damage, message in (("config", lambda f: (f / "config.json").write_text("{not json"),
-                                   "config.json is not a valid generator description"),
+                                   "config.json: not valid JSON"),
                                   ("weights", lambda f: (f / "model.safetensors").write_bytes(
                                       (f / "model.safetensors").read_bytes()[:1000]), "not a readable safetensors file")):
         folder = tmp_path / name

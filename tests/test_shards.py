@@ -79,7 +79,7 @@ def test_existing_output_refused_unless_overwrite(zoo_root, tmp_path):
     out = tmp_path / "shards"
     out.mkdir()
     result = script("make_shards.py", "--input", zoo_root, "--output", out, check=False)
-    assert result.returncode == 2 and "already exists; pass --overwrite" in result.stderr
+    assert result.returncode == 2 and "already exists: pass --overwrite" in result.stderr
     script("make_shards.py", "--input", zoo_root, "--output", out, "--overwrite", "--workers", "1")
     assert (out / "manifest.json").is_file()
 
@@ -90,7 +90,7 @@ def test_empty_domain_fails_and_leaves_nothing(tmp_path):
     (tmp_path / "src" / "trainB" / "broken.jpg").write_bytes(b"\xff\xd8 not really")
     result = script("make_shards.py", "--input", tmp_path / "src", "--output", tmp_path / "out", check=False)
     assert result.returncode == 2 and "train/B" in result.stderr and "no usable image" in result.stderr
-    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial*"))
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
 
 
 def test_interrupted_run_leaves_no_complete_looking_output(zoo_root, tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from cyclegan.arrays import read_array
+from cyclegan.io.formats import read_array
 from cyclegan.models import GeneratorSpec, ResnetGenerator
 from cyclegan.models.loading import export_generator
 from cyclegan.translate.tiles import translate_tiled
@@ -225,7 +225,7 @@ def test_shards_split_across_two_ranks_equal_one_process(shard_input):
     assert [name for name, _ in one] == [f"{i:03d}.png" for i in range(40)], "every key once, in the input's order"
     assert one == two, "the same bytes from one process and from two"
     manifest = json.loads((shard_input / "two" / "manifest.json").read_text())
-    entry = manifest["splits"]["train"]["A"]
+    entry = manifest["splits"]["train"]["B"]  # the outputs are of domain B
     assert entry["shards"] == [f"train/A-{i:06d}.tar" for i in range(5)] and entry["shard_samples"] == [8] * 5
     assert len(manifest["skipped"]) == 1 and "broken" in manifest["skipped"][0]
     assert not list((shard_input / "two").rglob(".*.partial"))
@@ -247,7 +247,7 @@ def test_shard_files_patterns_and_damaged_shards(shard_input):
     assert result.returncode == 2 and "could not read 1 input(s)" in result.stdout and "cut.tar" in result.stdout
     assert "Traceback" not in result.stderr
     manifest = json.loads((shard_input / "piped" / "manifest.json").read_text())
-    assert manifest["splits"]["translated"]["A"]["shards"] == ["A-000000.tar"]
+    assert manifest["splits"]["translated"]["B"]["shards"] == ["A-000000.tar"]
     assert not (shard_input / "piped" / "cut.tar").exists() and not list((shard_input / "piped").glob(".*partial"))
     result = script("translate.py", "--checkpoint", checkpoint, "--input", spec, "--output", shard_input / "piped",
                     "--precision", "bf16", check=False)

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import json
-import shutil
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from multiprocessing import Pool
@@ -28,20 +25,12 @@ import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
-from cyclegan.arrays import (
-    cast,
-    describe,
-    encode,
-    fits_png,
-    image_array,
-    is_grey,
-    load_npy,
-    npy_bytes,
-    probe,
-    read_array,
-    resize_bands,
-)
+from cyclegan.data.normalize import cast
+from cyclegan.data.transforms import resize_bands
 from cyclegan.errors import DataError
+from cyclegan.io.files import atomic_folder
+from cyclegan.io.outputs import prepare_output
+from cyclegan.io.records import write_json
 from cyclegan.images import (
     ARRAY_EXTENSIONS,
     HIGH_DEPTH_MODES,
@@ -51,6 +40,8 @@ from cyclegan.images import (
     open_image,
     to_rgb,
 )
+from cyclegan.io.formats import describe, encode, fits_png, image_array, load_npy, npy_bytes, probe, read_array
+from cyclegan.io.samples import is_grey
 
 MANIFEST = "manifest.json"
 SPLIT_FOLDERS = {("train", "A"): "trainA", ("train", "B"): "trainB", ("test", "A"): "testA", ("test", "B"): "testB"}
@@ -66,7 +57,7 @@ class Prepared:
     data: bytes = b""
     converted_from: str | None = None
     colour: bool = False  # not greyscale: a 1-channel domain cannot take it
-    content: dict = field(default_factory=dict)  # `arrays.describe`, and "array": whether it is a .npy array
+    content: dict = field(default_factory=dict)  # `cyclegan.io.formats.describe`, and "array": whether it is a .npy array
     error: str | None = None
 
 
@@ -163,8 +154,13 @@ def find_domains(root: Path | None, domain_a: Path | None, domain_b: Path | None
     if domain_a or domain_b:
         if not (domain_a and domain_b):
             raise DataError("--domain-a and --domain-b go together: give both folders")
+        if domain_a.resolve() == domain_b.resolve():
+            raise DataError(f"--domain-a and --domain-b are the same folder ({domain_a}): give one folder per domain")
         sources = {("train", "A"): domain_a, ("train", "B"): domain_b}
     elif root is not None:
+        if root.is_file():
+            raise DataError(f"--input {root} is a file, not a folder: give the folder holding trainA/ trainB/, or "
+                            "--domain-a DIR --domain-b DIR")
         sources = {key: root / name for key, name in SPLIT_FOLDERS.items() if (root / name).is_dir()}
         for domain in "AB":
             if ("train", domain) not in sources:
@@ -187,36 +183,26 @@ def write_shards(
     keep_depth: bool = False,
 ) -> dict:
     """Write `output/{split}/{domain}-NNNNNN.tar` and `output/manifest.json`; return the manifest."""
-    if shard_size < 1:
-        raise DataError("--shard-size must be at least 1")
-    if output.exists() and not overwrite:
-        raise DataError(f"output {output} already exists; pass --overwrite to replace it")
-    staging = output.with_name(f".{output.name}.partial-{int(time.time())}")
-    staging.mkdir(parents=True)
+    if shard_size < 1 or workers < 1:
+        raise DataError("--shard-size and --workers must be at least 1")
+    prepare_output(output, sources.values(), overwrite, staged=True)  # replaced whole once the new one is complete
     manifest: dict = {"format": 1, "shard_size": shard_size, "max_side": max_side, "keep_depth": keep_depth,
                       "splits": {}, "skipped": []}
     converted: Counter = Counter()
-    try:
-        with Pool(workers) as pool:
-            for (split, domain), folder in sorted(sources.items()):
-                files = list_images(folder)
-                jobs = [(path, folder, max_side, keep_depth) for path in files]
-                results = tqdm(
-                    pool.imap(prepare_image, jobs, chunksize=8), total=len(jobs), desc=f"{split}/{domain}", unit="img"
-                )
-                entry = _write_domain(results, staging, split, domain, shard_size, manifest["skipped"], converted)
-                if entry["samples"] == 0:
-                    raise DataError(f"domain {split}/{domain} ({folder}) has no usable image: nothing to train on")
-                entry["source"] = str(folder.resolve())
-                manifest["splits"].setdefault(split, {})[domain] = entry
+    with atomic_folder(output) as staging, Pool(workers) as pool:
+        for (split, domain), folder in sorted(sources.items()):
+            files = list_images(folder)
+            jobs = [(path, folder, max_side, keep_depth) for path in files]
+            results = tqdm(
+                pool.imap(prepare_image, jobs, chunksize=8), total=len(jobs), desc=f"{split}/{domain}", unit="img"
+            )
+            entry = _write_domain(results, staging, split, domain, shard_size, manifest["skipped"], converted)
+            if entry["samples"] == 0:
+                raise DataError(f"domain {split}/{domain} ({folder}) has no usable image: nothing to train on")
+            entry["source"] = str(folder.resolve())
+            manifest["splits"].setdefault(split, {})[domain] = entry
         manifest["converted"] = dict(sorted(converted.items()))
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if output.exists():
-            shutil.rmtree(output)
-        staging.rename(output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        write_json(staging / MANIFEST, manifest)
     return manifest
 
 
@@ -225,11 +211,7 @@ def _write_domain(results, staging: Path, split: str, domain: str, shard_size: i
     shards: list[str] = []
     counts: list[int] = []
     seen: set[str] = set()
-    count = total_bytes = colour = 0
-    colour_example = None
-    dtypes: Counter = Counter()
-    array_bands: Counter = Counter()
-    low, high = float("inf"), float("-inf")
+    tally = Tally()
     writer = None
     for item in results:
         if item.error:
@@ -237,15 +219,8 @@ def _write_domain(results, staging: Path, split: str, domain: str, shard_size: i
             continue
         if item.converted_from:
             converted[item.converted_from] += 1
-        if item.colour:
-            colour += 1
-            colour_example = colour_example or item.relative.as_posix()
-        dtypes[item.content["dtype"]] += 1
-        if item.content["array"]:
-            array_bands[str(item.content["bands"])] += 1
-        low, high = min(low, item.content["min"]), max(high, item.content["max"])
         key = sample_key(item.relative, seen)
-        if count % shard_size == 0:
+        if tally.samples % shard_size == 0:
             if writer:
                 writer.close()
             name = f"{split}/{domain}-{len(shards):06d}.tar"
@@ -254,13 +229,50 @@ def _write_domain(results, staging: Path, split: str, domain: str, shard_size: i
             writer = wds.TarWriter(str(staging / name), encoder=False, mtime=0)
         writer.write({"__key__": key, item.ext: item.data})
         counts[-1] += 1
-        count += 1
-        total_bytes += len(item.data)
+        tally.add(item.content, item.colour, item.relative.as_posix(), len(item.data))
     if writer:
         writer.close()
-    return {"shards": shards, "shard_samples": counts, "samples": count, "bytes": total_bytes,
-            "colour_samples": colour, "colour_example": colour_example, "dtypes": dict(sorted(dtypes.items())),
-            "array_bands": dict(sorted(array_bands.items())), "value_range": [low, high] if count else None}
+    return {"shards": shards, "shard_samples": counts, **tally.fields()}
+
+
+@dataclass
+class Tally:
+    """What a manifest says of a domain's samples (as `make_shards` and translated shards write
+    it): their count and bytes, how many are in colour (a 1-channel domain cannot take them),
+    their types, the band counts of arrays, and the value range the normalisation needs."""
+
+    samples: int = 0
+    bytes: int = 0
+    colour: int = 0
+    colour_example: str | None = None
+    dtypes: Counter = field(default_factory=Counter)
+    array_bands: Counter = field(default_factory=Counter)
+    low: float = float("inf")
+    high: float = float("-inf")
+
+    def add(self, content: dict, colour: bool, name: str, size: int) -> None:
+        """One sample: `content` as `cyclegan.io.formats.describe` gives it, plus "array" (whether it is one)."""
+        self.merge({"samples": 1, "bytes": size, "colour_samples": int(colour), "colour_example": name if colour else None,
+                    "dtypes": {content["dtype"]: 1},
+                    "array_bands": {str(content["bands"]): 1} if content["array"] else {},
+                    "value_range": [content["min"], content["max"]]})
+
+    def merge(self, fields: dict) -> None:
+        """Add the samples `fields` (what `fields()` returns, e.g. of one shard) describe."""
+        self.samples += fields["samples"]
+        self.bytes += fields.get("bytes", 0)
+        self.colour += fields.get("colour_samples", 0)
+        self.colour_example = self.colour_example or fields.get("colour_example")
+        self.dtypes.update(fields.get("dtypes", {}))
+        self.array_bands.update(fields.get("array_bands", {}))
+        if fields.get("value_range"):
+            self.low, self.high = min(self.low, fields["value_range"][0]), max(self.high, fields["value_range"][1])
+
+    def fields(self) -> dict:
+        return {"samples": self.samples, "bytes": self.bytes, "colour_samples": self.colour,
+                "colour_example": self.colour_example, "dtypes": dict(sorted(self.dtypes.items())),
+                "array_bands": dict(sorted(self.array_bands.items())),
+                "value_range": [self.low, self.high] if self.samples and self.low <= self.high else None}
 
 
 def report(manifest: dict, output: Path) -> str:

@@ -10,7 +10,6 @@ read every shard; see `cyclegan.data.stream`).
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import tarfile
@@ -20,10 +19,11 @@ from pathlib import Path
 from braceexpand import braceexpand
 from webdataset.tariterators import base_plus_ext
 
-from cyclegan.arrays import Normalize
+from cyclegan.data.normalize import Normalize
 from cyclegan.config import DataConfig
 from cyclegan.data.shards import MANIFEST
 from cyclegan.errors import DataError
+from cyclegan.io.records import read_json, require
 
 log = logging.getLogger(__name__)
 
@@ -93,26 +93,28 @@ def find_sources(cfg: DataConfig) -> DataSources:
     """Shard lists and sample counts from `data.root`'s manifest and/or explicit lists."""
     manifest, shard_size, root = {}, 0, Path(cfg.root) if cfg.root else None
     explicit = bool(cfg.train_a and cfg.train_b)
+    listing = f"{root / MANIFEST}" if root is not None else "the config"
     if root is not None and (root / MANIFEST).is_file():
-        written = json.loads((root / MANIFEST).read_text())
-        manifest, shard_size = written.get("splits", {}), written.get("shard_size", 0)
+        written = read_json(root / MANIFEST, required=("splits",))
+        manifest, shard_size = require(written["splits"], (), f"{listing} (splits)"), written.get("shard_size", 0)
     elif root is not None and not explicit:
         raise DataError(
-            f"data.root={cfg.root} has no {MANIFEST}; make one with scripts/make_shards.py, "
+            f"data.root={cfg.root} has no {MANIFEST}; make one with cyclegan-make-shards, "
             "or give data.train_a/data.train_b (and data.num_a/data.num_b for remote shards)"
         )
     elif not explicit:
         raise DataError("no training data: set data.root (a shard folder) or data.train_a and data.train_b")
 
     def pick(split: str, domain: str, spec: str | None, count: int, required: bool) -> ShardSet | None:
-        entry = manifest.get(split, {}).get(domain)
+        entry = require(manifest.get(split, {}), (), f"{listing} (splits.{split})").get(domain)
         what = f"{split} domain {domain}"
         if spec:
             urls = expand_urls(spec)
             check_shards(urls, what)
             counts = count_local_shards(urls, what) if split == "train" else ()
             shards = ShardSet(tuple(urls), count or sum(counts), counts)
-        elif entry:
+        elif entry is not None:
+            require(entry, ("shards", "samples"), f"{listing} (splits.{split}.{domain})")
             urls = expand_urls(",".join(entry["shards"]), root)
             check_shards(urls, what)
             colour = (entry["colour_samples"], entry.get("colour_example")) if "colour_samples" in entry else None
@@ -120,7 +122,7 @@ def find_sources(cfg: DataConfig) -> DataSources:
                               entry.get("dtypes"), entry.get("array_bands"),
                               tuple(entry["value_range"]) if entry.get("value_range") else None)
         elif required:
-            raise DataError(f"no shards for {what} in {root / MANIFEST if root else 'the config'}")
+            raise DataError(f"no shards for {what} in {listing}")
         else:
             return None
         if split == "train" and shards.samples <= 0:
@@ -188,7 +190,7 @@ def manifest_counts(entry: dict, shard_size: int) -> tuple[int, ...]:
     counts = (shard_size,) * full + (entry["samples"] - full * shard_size,)
     if full and (not shard_size or counts[-1] <= 0):
         raise DataError(f"the manifest lists {entry['samples']} samples in {len(entry['shards'])} shard(s) of "
-                        f"{shard_size}: they do not add up; write it again with scripts/make_shards.py")
+                        f"{shard_size}: they do not add up; write it again with cyclegan-make-shards")
     return counts
 
 

@@ -10,14 +10,14 @@ ranks and workers read them. A lane cycles through its share (the pieces of one 
 shards, usually) in an order drawn from (seed, epoch, rank, lane, domain), through a
 shuffle buffer, and crops and flips each sample with an RNG seeded by its position. Batch
 `i` of an epoch comes from lane `i % L`, so every rank yields exactly the same number of
-batches and a resumed epoch can skip what was already trained on.
+batches, and a resumed lane seeks to the position its rank checkpointed (see
+`cyclegan.data.shares`, which also keeps an image's draws independent of where it lies in its shard).
 
 The loader is not passed through `accelerator.prepare`: it is split here already.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -25,8 +25,6 @@ import random
 import signal
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,38 +32,15 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from cyclegan.arrays import Normalize, fit_bands, is_deep, open_sample, read_array
 from cyclegan.config import DataConfig
+from cyclegan.data.shares import ShareStream, counted_share, interleaved_share, mix_seed
 from cyclegan.data.sources import DataSources, ShardSet
 from cyclegan.data.transforms import draft_size, test_transform, train_transform
 from cyclegan.errors import DataError
-from cyclegan.images import HIGH_DEPTH_MODES, ImageDecodeError, normalize, to_channels, to_uint8_tensor
+from cyclegan.images import ImageDecodeError
+from cyclegan.io.samples import Decoding, as_tensor, read_sample, to_unit_tensor
 
 log = logging.getLogger(__name__)
-IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "ppm", "npy")
-
-
-@dataclass(frozen=True)
-class Decoding:
-    """How one domain's samples become network inputs, with `channels` bands: 8-bit images through
-    the official path (PIL, uint8 to the device), or, when `deep`, any sample (16-bit, float,
-    `.npy` of any band count) as a float32 array normalised into [-1, 1] by `normalize`."""
-
-    channels: int = 3
-    normalize: Normalize = Normalize()
-    deep: bool = False
-
-    @classmethod
-    def of(cls, shards: ShardSet | None, channels: int, normalize: str) -> Decoding:
-        """Deep when the data or the config asks for it: a manifest listing deeper samples, a band
-        count no image file has, or a normalisation other than the 8-bit default."""
-        parsed = Normalize.parse(normalize)
-        return cls(channels, parsed, is_deep(None, parsed, channels) or (shards is not None and shards.deep))
-
-
-def mix_seed(*parts: object) -> int:
-    """A 64-bit seed from any parts, stable across processes and Python runs (unlike hash())."""
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
 
 
 def raw_samples(urls: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
@@ -75,118 +50,22 @@ def raw_samples(urls: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
         yield from enumerate(samples)
 
 
-@dataclass(frozen=True)
-class Piece:
-    """Samples `first <= i < stop` of one shard (to its end when `stop` is None) whose index
-    leaves `offset` modulo `stride`."""
-
-    url: str
-    first: int = 0
-    stop: int | None = None
-    stride: int = 1
-    offset: int = 0
-
-    def keeps(self, index: int) -> bool:
-        return index >= self.first and index % self.stride == self.offset
+def domain_decoding(shards: ShardSet, channels: int, normalize: str) -> Decoding:
+    """How a domain's samples are read: all on the deep path when its manifest lists deeper ones
+    (arrays, 16-bit, float), so that every batch holds one kind."""
+    return Decoding.of(channels, normalize, deep=shards.deep)
 
 
-def layout(shards: ShardSet, seed: int) -> list[int]:
-    """The epoch's shard order, drawn from a seed every rank and worker shares."""
-    order = list(range(len(shards.urls)))
-    random.Random(seed).shuffle(order)
-    return order
-
-
-def counted_share(shards: ShardSet, begin: int, end: int, layout_seed: int) -> list[Piece]:
-    """Samples [begin, end) of the shards laid end to end in the epoch's order."""
-    share, offset = [], 0
-    for index in layout(shards, layout_seed):
-        count = shards.counts[index]
-        first, stop = max(begin, offset), min(end, offset + count)
-        if first < stop:
-            share.append(Piece(shards.urls[index], first - offset, stop - offset))
-        offset += count
-    return share
-
-
-def interleaved_share(shards: ShardSet, slot: int, n_slots: int, layout_seed: int) -> list[Piece]:
-    """Without sample counts: every n-th sample of every shard, the slot that keeps a shard's
-    first sample rotating along the epoch's order so that no slot is favoured."""
-    return [Piece(shards.urls[index], stride=n_slots, offset=(slot + k) % n_slots)
-            for k, index in enumerate(layout(shards, layout_seed))]
-
-
-def share_samples(share: list[Piece], buffer: int, seed: int) -> Iterator[dict | None]:
-    """An endless, shuffled stream of the raw samples (bytes, not yet decoded) of one slot's share.
-
-    Each cycle yields every sample of the share exactly once, then None: the pieces in a new
-    order, mixed through a shuffle buffer that is emptied at the end of the cycle.
-    """
-    rng = random.Random(mix_seed(seed, "buffer"))
-    for cycle in range(2**62):
-        order = share[:]
-        random.Random(mix_seed(seed, "cycle", cycle)).shuffle(order)
-        pending: list[dict] = []
-        for piece in order:
-            for index, sample in raw_samples((piece.url,)):
-                if piece.stop is not None and index >= piece.stop:
-                    break
-                if not piece.keeps(index):
-                    continue
-                if len(pending) < buffer:
-                    pending.append(sample)
-                    continue
-                pick = rng.randrange(buffer)
-                yield pending[pick]
-                pending[pick] = sample
-        if not pending:
-            raise DataError(
-                f"no samples could be read from {len(share)} shard(s) ({share[0].url if share else 'none'} ...): "
-                "the shards are empty or unreadable, or hold fewer samples than their counts say"
-            )
-        rng.shuffle(pending)
-        yield from pending
-        yield None
-
-
-def decode(sample: dict, draft: tuple[int, int] | None = None,
-           decoding: Decoding = Decoding()) -> Image.Image | np.ndarray:
-    """The sample as its domain takes it (see `decode_source`), or ImageDecodeError naming the
-    sample and its shard."""
-    field, name = sample_field(sample)
-    return decode_source(sample[field], name, field == "npy", decoding, draft)
-
-
-def sample_field(sample: dict) -> tuple[str, str]:
-    """The field holding a sample's image or array, and a name for messages (key and shard)."""
-    name = f"sample {sample.get('__key__')} in {sample.get('__url__')}"
-    field = next((f for f in IMAGE_FIELDS if f in sample), None)
-    if field is None:
-        raise ImageDecodeError(f"{name} has no image (fields: {', '.join(k for k in sample if not k.startswith('__'))})")
-    return field, name
-
-
-def decode_source(source: bytes | Path, name: str, is_npy: bool, decoding: Decoding = Decoding(),
-                  draft: tuple[int, int] | None = None) -> Image.Image | np.ndarray:
-    """A sample's bytes or file as its domain takes it: an 8-bit RGB or greyscale image, or, for a
-    deep domain, a [-1, 1] float32 H x W x C array (see `Decoding`)."""
-    if decoding.deep:
-        array = fit_bands(read_array(source, name, is_npy), decoding.channels, name, not is_npy)
-        return decoding.normalize.to_unit(array, name)
-    image = open_sample(source, name, is_npy, draft)
-    if not isinstance(image, Image.Image) or image.mode in HIGH_DEPTH_MODES:
-        raise DataError(f"{name} is deeper than 8 bits (a .npy array, or a 16-bit or float image), but its shards' "
-                        "manifest does not say so: give the shards with the manifest scripts/make_shards.py wrote "
-                        "(data.root), or set data.normalize")
-    return to_channels(image, decoding.channels, name)
-
-
-def as_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
-    """A decoded, transformed sample as CHW: uint8 for an 8-bit image (normalised on the device),
-    float32 in [-1, 1] for an array."""
-    if isinstance(image, Image.Image):
-        return to_uint8_tensor(image)
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+def decode(sample: dict, decoding: Decoding, draft: tuple[int, int] | None = None) -> Image.Image | np.ndarray:
+    """The sample's pixels as its domain takes them (`cyclegan.io.samples.read_sample`), or
+    ImageDecodeError naming the sample and its shard. A deeper sample in a domain whose manifest
+    does not say so is refused: the batch would mix two kinds."""
+    decoded = read_sample(sample, decoding, draft=draft)
+    if decoded.deep and not decoding.all_deep:
+        raise DataError(f"sample {sample.get('__key__')} in {sample.get('__url__')} is deeper than 8 bits (a .npy "
+                        "array, or a 16-bit or float image), but its shards' manifest does not say so: give the "
+                        "shards with the manifest cyclegan-make-shards wrote (data.root), or set data.normalize")
+    return decoded.pixels
 
 
 class UnpairedStream(IterableDataset):
@@ -207,12 +86,12 @@ class UnpairedStream(IterableDataset):
         channels: tuple[int, int] = (3, 3),
     ) -> None:
         self.sources, self.cfg = sources, cfg
-        self.decodings = {domain: Decoding.of(shards, n, normalize) for domain, shards, n, normalize
+        self.decodings = {domain: domain_decoding(shards, n, normalize) for domain, shards, n, normalize
                           in zip("AB", (sources.train_a, sources.train_b), channels, cfg.normalizations)}
         self.batch_size, self.batches_per_epoch = batch_size, batches_per_epoch
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.lanes = max(1, cfg.num_workers)
-        self.epoch, self.skip = 0, 0
+        self.epoch, self.skip, self.read = 0, 0, {}
         for domain, shards in (("A", sources.train_a), ("B", sources.train_b)):
             slots = [(r, lane) for r in range(world_size) for lane in range(self.lanes) if self._draws(lane)]
             bounds = [self._share_bounds(shards, r, lane) for r, lane in slots] if shards.counts else []
@@ -222,37 +101,50 @@ class UnpairedStream(IterableDataset):
                     f"of the {world_size} x {self.lanes} loader slots (ranks x data.num_workers) one of its own"
                 )
 
-    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
-        """Start `epoch` at batch `skip_batches` (non-zero when resuming mid-epoch)."""
+    def set_epoch(self, epoch: int, skip_batches: int = 0, position: dict | None = None) -> None:
+        """Start `epoch` at batch `skip_batches` (non-zero when resuming mid-epoch). `position`
+        (from `advance`) says how many raw samples each lane had read, corrupt ones included, so
+        that a lane seeks past them; without it (an older checkpoint, another split after an elastic
+        resume) a lane assumes it had met no corrupt sample."""
         self.epoch, self.skip = epoch, skip_batches
+        fits = position and (position["epoch"], position["layout"]) == (epoch, [self.world_size, self.lanes])
+        self.read = dict(position["read"]) if fits else {}
+
+    def advance(self, position: dict | None, batch: dict) -> dict:
+        """The stream's position after `batch`, the latest the training loop has taken (a rank
+        checkpoints it with its pools)."""
+        if not position or position["epoch"] != self.epoch:
+            position = {"epoch": self.epoch, "layout": [self.world_size, self.lanes], "read": {}}
+        position["read"][int(batch["lane"][-1])] = {d: int(batch[f"read_{d}"][-1]) for d in "AB"}
+        return position
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         lane = ((info.id if info else 0) + self.skip) % self.lanes
         owned = range(lane, self.batches_per_epoch, self.lanes)
-        done = sum(1 for i in owned if i < self.skip)
+        done = sum(1 for i in owned if i < self.skip) * self.batch_size
+        read = self.read.get(lane, {"A": done, "B": done})
         streams, seeds = {}, {}
         for domain, shards in (("A", self.sources.train_a), ("B", self.sources.train_b)):
             seeds[domain] = mix_seed(self.seed, self.epoch, self.rank, lane, domain)
             shared_seed = mix_seed(self.seed, self.epoch, domain)
             if shards.counts:
-                share = counted_share(shards, *self._share_bounds(shards, self.rank, lane), shared_seed)
+                bounds = self._share_bounds(shards, self.rank, lane)
+                share = counted_share(shards.urls, shards.counts, *bounds, shared_seed)
             else:
                 n_slots = self.world_size * self.lanes
-                share = interleaved_share(shards, self.rank * self.lanes + lane, n_slots, shared_seed)
-            streams[domain] = self._good_images(share, seeds[domain], self.decodings[domain])
-        for position in range(len(owned) * self.batch_size):
-            sample = {"skipped": 0}
+                share = interleaved_share(shards.urls, self.rank * self.lanes + lane, n_slots, shared_seed)
+            stream = ShareStream(share, self.cfg.shuffle_buffer, seeds[domain], self._draws(lane))
+            streams[domain] = self._good_images(stream, read[domain], self.decodings[domain])
+        for position in range(done, len(owned) * self.batch_size):
+            sample = {"skipped": 0, "lane": lane}
             for domain, stream in streams.items():
-                key, image, skipped = next(stream)
+                key, image, skipped, sample[f"read_{domain}"] = next(stream)
                 sample["skipped"] += skipped
-                if position < done * self.batch_size:
-                    continue
                 rng = random.Random(mix_seed(seeds[domain], position))
                 sample[domain] = as_tensor(train_transform(image, rng, self.cfg))
                 sample[f"key_{domain.lower()}"] = key
-            if position >= done * self.batch_size:
-                yield sample
+            yield sample
 
     def _draws(self, lane: int) -> int:
         """Samples lane `lane` of any rank draws per epoch (lanes differ by at most one batch)."""
@@ -266,23 +158,26 @@ class UnpairedStream(IterableDataset):
         total, draws = sum(shards.counts), self.world_size * per_rank
         return total * before // draws, total * (before + self._draws(lane)) // draws
 
-    def _good_images(self, share: list[Piece], seed: int, decoding: Decoding) -> Iterator[tuple[str, object, int]]:
-        """(key, decoded sample, corrupt samples skipped just before it), endlessly."""
-        skipped, good_in_cycle = 0, 0
-        for sample in share_samples(share, self.cfg.shuffle_buffer, seed):
+    def _good_images(self, stream: ShareStream, start: int, decoding: Decoding
+                     ) -> Iterator[tuple[str, object, int, int]]:
+        """(key, decoded sample, corrupt samples skipped just before it, raw samples read through
+        it), endlessly, from raw sample `start` of the lane's epoch on."""
+        skipped, good_in_cycle, read = 0, start, start  # a lane resumed in a cycle had good samples in it
+        for sample in stream.samples(start):
             if sample is None:  # the end of a cycle through the share
                 if not good_in_cycle:
-                    raise DataError(f"every sample this loader slot reads from {share[0].url} ... is corrupt")
+                    raise DataError(f"every sample this loader slot reads from {stream.share[0].url} ... is corrupt")
                 good_in_cycle = 0
                 continue
+            read += 1
             try:
-                image = decode(sample, draft_size(self.cfg), decoding)
+                image = decode(sample, decoding, draft_size(self.cfg))
             except ImageDecodeError as err:
                 log.warning("skipping corrupt sample: %s", err)
                 skipped += 1
                 continue
             good_in_cycle += 1
-            yield sample["__key__"], image, skipped
+            yield sample["__key__"], image, skipped, read
             skipped = 0
 
 
@@ -327,21 +222,15 @@ def iter_test_images(shards: ShardSet, size: int, rank: int = 0, world_size: int
                      channels: int = 3, normalize: str = "dtype"):
     """(key, [-1, 1] tensor of `channels` bands) for this rank's share of the first `limit`
     samples of a test split, in shard order: rank r takes positions r, r + world_size, ..."""
-    decoding = Decoding.of(shards, channels, normalize)
+    decoding = domain_decoding(shards, channels, normalize)
     for position, (_, sample) in enumerate(raw_samples(shards.urls)):
         if limit is not None and position >= limit:
             return
         if position % world_size != rank:
             continue
         try:
-            image = decode(sample, decoding=decoding)
+            image = decode(sample, decoding)
         except ImageDecodeError as err:
             log.warning("skipping corrupt test sample: %s", err)
             continue
         yield sample["__key__"], to_unit_tensor(test_transform(image, size))
-
-
-def to_unit_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
-    """A decoded sample as a CHW tensor in [-1, 1] of torch's default dtype."""
-    tensor = as_tensor(image)
-    return normalize(tensor) if tensor.dtype == torch.uint8 else tensor.to(torch.get_default_dtype())

@@ -16,7 +16,6 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
-from cyclegan.arrays import resize_bands
 from cyclegan.config import DataConfig
 
 Sample = TypeVar("Sample", Image.Image, np.ndarray)
@@ -25,6 +24,13 @@ Sample = TypeVar("Sample", Image.Image, np.ndarray)
 def size_of(image: Image.Image | np.ndarray) -> tuple[int, int]:
     """(width, height), as PIL gives it."""
     return image.size if isinstance(image, Image.Image) else (image.shape[1], image.shape[0])
+
+
+def resize_bands(array: np.ndarray, size: tuple[int, int], resample: int) -> np.ndarray:
+    """An H x W x C array resized to (width, height) band by band in 32-bit float, by a PIL filter
+    (the same kernel as for 8-bit images); float32 out."""
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(array[:, :, c], dtype=np.float32), mode="F")
+                                .resize(size, resample)) for c in range(array.shape[2])], axis=2)
 
 
 def resize(image: Sample, size: tuple[int, int]) -> Sample:

@@ -7,7 +7,6 @@ failure is a `CheckpointError` that names the file and says what was expected.
 
 from __future__ import annotations
 
-import json
 import pickle
 import re
 from pathlib import Path
@@ -18,6 +17,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cyclegan.errors import CheckpointError
+from cyclegan.io.files import atomic_path
+from cyclegan.io.records import read_json, write_json
 from cyclegan.models.generator import GeneratorSpec, ResnetGenerator
 
 LEGACY_NORM_STATS = ("running_mean", "running_var", "num_batches_tracked")
@@ -122,19 +123,14 @@ def generator_direction(path: Path) -> str | None:
     `latest_net_G_A`, `latest_net_G_B`) or a Hugging Face config's `direction`."""
     if path.is_dir():
         config = path / HF_CONFIG
-        return json.loads(config.read_text()).get("direction") if config.is_file() and _is_json(config) else None
+        try:
+            return read_json(config, error=CheckpointError).get("direction") if config.is_file() else None
+        except CheckpointError:  # reported, naming the file, where the architecture is read from it
+            return None
     for direction in GENERATOR_FILE_NAMES:
         if path.stem.removesuffix("_ema") in (GENERATOR_FILE_NAMES[direction], Path(OFFICIAL_FILE_NAMES[direction]).stem):
             return direction
     return None
-
-
-def _is_json(path: Path) -> bool:
-    try:
-        json.loads(path.read_text())
-        return True
-    except (OSError, json.JSONDecodeError):
-        return False
 
 
 def resolve_generator_path(path: str | Path, direction: str | None = None) -> Path:
@@ -196,20 +192,21 @@ def _export_spec(path: Path) -> GeneratorSpec | None:
     sidecar = path.parent / HF_CONFIG if path.name == HF_WEIGHTS else path.with_suffix(".json")
     if path.suffix != ".safetensors" or not sidecar.is_file():
         return None
+    fields = read_json(sidecar, error=CheckpointError)
+    fields.pop("direction", None)  # a Hugging Face config also says which way the generator translates
     try:
-        fields = json.loads(sidecar.read_text())
-        fields.pop("direction", None)  # a Hugging Face config also says which way the generator translates
         return GeneratorSpec(**fields)
-    except (json.JSONDecodeError, TypeError, AttributeError) as err:
+    except TypeError as err:
         raise CheckpointError(f"architecture file {sidecar} is not a valid generator description ({err})") from None
 
 
 def save_weights(net: nn.Module, path: Path) -> None:
     """A network's state_dict as safetensors (no pickle, so loading it runs no code)."""
-    save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, str(path))
+    with atomic_path(path) as temporary:
+        save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, str(temporary))
 
 
 def export_generator(net: ResnetGenerator, path: Path) -> None:
     """Write `path` (.safetensors) and its architecture JSON beside it."""
     save_weights(net, path)
-    path.with_suffix(".json").write_text(json.dumps(net.spec.to_dict(), indent=2) + "\n")
+    write_json(path.with_suffix(".json"), net.spec.to_dict())

@@ -23,12 +23,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from cyclegan.arrays import Normalize, from_unit, is_deep, type_range
 from cyclegan.config import run_normalize
-from cyclegan.data.transforms import resize
+from cyclegan.data.normalize import Normalize
 from cyclegan.errors import DataError, UserError
 from cyclegan.hardware import native_bf16
-from cyclegan.images import normalize, to_image, to_pixels, to_uint8
+from cyclegan.images import normalize, to_image, to_uint8
+from cyclegan.io.samples import Decoding, Output, Sample, read_sample, restore
 from cyclegan.models import load_generator
 from cyclegan.models.loading import generator_direction, resolve_generator_path
 from cyclegan.translate.onnx import OnnxGenerator
@@ -38,22 +38,14 @@ DEFAULT_TILE = 512  # pixels; a tile of the paper's generator then needs about 0
 BYTES_PER_PIXEL_PER_NGF = 16  # untiled forward: peak memory / (pixels x ngf), measured on the CPU
 PRECISIONS = ("auto", "fp32", "bf16")
 MIN_SIDE = 8  # the innermost layers reflect-pad a quarter of the image by one pixel: two are needed
+TENSOR_SLACK = 1e-3  # how far outside [-1, 1] a tensor's values may stray (rounding of a caller's normalisation)
+# how a caller names the settings, for messages: the Python API's parameters, or the command line's flags
+API_NAMES = {"normalize": "normalize", "normalize_output": "normalize_output", "full_range": "full_range=True"}
+CLI_NAMES = {"normalize": "--normalize", "normalize_output": "--normalize-output", "full_range": "--output-range dtype"}
 
 
 class ImageTooSmall(DataError):
     """An image the generator cannot take."""
-
-
-@dataclass
-class DeepInput:
-    """A deep input normalised for the generator: `unit` (H x W x C float32 in [-1, 1]), and the
-    input's values, whose type (and, for percentiles, whose window) its translation goes back to."""
-
-    unit: np.ndarray
-    values: np.ndarray
-
-    def resized(self, size: int) -> DeepInput:
-        return DeepInput(resize(self.unit, (size, size)), self.values)
 
 
 def is_hub_id(source: str) -> bool:
@@ -83,7 +75,8 @@ def pick_device(name: str) -> torch.device:
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
-    """`auto`: bf16 where the device does it natively, else fp32."""
+    """`fp32` (the default: the official pixels on every machine), `bf16`, or `auto`: bf16 where
+    the device computes it natively, else fp32 (faster there, but other pixels on other machines)."""
     if precision not in PRECISIONS:
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}")
     return native_bf16(device) if precision == "auto" else precision == "bf16"
@@ -123,8 +116,8 @@ class TranslateReport:
         return "\n".join(lines)
 
 
-def _normalizations(source: Path, direction: str, normalize: str | None,
-                    normalize_output: str | None) -> tuple[Normalize, Normalize]:
+def _normalizations(source: Path, direction: str, normalize: str | None, normalize_output: str | None,
+                    names: dict[str, str] = API_NAMES) -> tuple[Normalize, Normalize]:
     """The input's and the output's domain's normalisation: as given, else the run's, else dtype
     (the output's defaults to the input's where no run says otherwise)."""
     run = run_normalize(source)
@@ -132,10 +125,13 @@ def _normalizations(source: Path, direction: str, normalize: str | None,
         run = run[::-1]
     reading = normalize or (run[0] if run else "dtype")
     writing = normalize_output or (run[1] if run else reading)
-    try:
-        return Normalize.parse(reading), Normalize.parse(writing)
-    except DataError as err:
-        raise UserError(f"normalize: {err}") from None
+    parsed = []
+    for key, spec in (("normalize", reading), ("normalize_output", writing)):
+        try:
+            parsed.append(Normalize.parse(spec))
+        except DataError as err:
+            raise UserError(f"{names[key]}: {err}") from None
+    return parsed[0], parsed[1]
 
 
 class Translator:
@@ -150,53 +146,34 @@ class Translator:
 
     def __init__(self, net: nn.Module, device: torch.device, bf16: bool = False, tile: int | None = None,
                  direction: str = "AtoB", normalize: Normalize = Normalize(), full_range: bool = False,
-                 deep_bf16: bool = False, output_normalize: Normalize | None = None) -> None:
+                 deep_bf16: bool = False, output_normalize: Normalize | None = None,
+                 names: dict[str, str] = API_NAMES) -> None:
         self.net, self.device, self.bf16, self.tile = net.eval().to(device), device, bf16, tile
         self.direction, self.normalize, self.full_range = direction, normalize, full_range
         self.output_normalize = output_normalize or normalize  # the output domain's
         self.deep_bf16 = deep_bf16  # bf16 keeps 8 bits of mantissa: deep data only when asked for
+        self.decoding = Decoding(self.in_channels, normalize, out_channels=self.out_channels,
+                                 setting=names["normalize"])
+        self.output = Output(self.output_normalize, full_range, (names["normalize_output"], names["full_range"]))
 
-    def deep_input(self, array: np.ndarray, name: str = "input") -> DeepInput:
-        """An H x W x C array of the generator's input bands, normalised by `self.normalize`."""
-        return DeepInput(self.normalize.to_unit(array, name), array)
-
-    def output_dtype(self, dtype: np.dtype) -> np.dtype:
-        """The type a translation of `dtype` input is written in: the input's, unless the output
-        domain's fixed window does not fit in it (MR in uint16 to CT in Hounsfield units, say):
-        then float32."""
-        dtype = np.dtype(dtype)
-        norm = self.output_normalize
-        if self.full_range or norm.kind != "range" or not np.issubdtype(dtype, np.integer):
-            return dtype
-        info = np.iinfo(dtype)
-        return dtype if info.min <= norm.low and norm.high <= info.max else np.dtype(np.float32)
-
-    def restore(self, translated: np.ndarray, source: DeepInput) -> np.ndarray:
-        """A float32 [-1, 1] translation -> values of `output_dtype`, by the inverse of the output
-        domain's normalisation (its fixed window, the type's range, or the input's percentiles),
-        or with `full_range` on the type's whole range."""
-        dtype = self.output_dtype(source.values.dtype)
-        integer = np.issubdtype(dtype, np.integer)
-        if self.full_range and not integer:
-            raise UserError(f"--output-range dtype spreads outputs over an integer type's range; {dtype} data "
-                            "has none: leave --output-range at window")
-        if not self.full_range and self.output_normalize.is_default and not integer:
-            raise UserError(f"{dtype} input, and the output domain's normalisation is dtype, which has no range for "
-                            "float data: give --normalize-output range:LO,HI or percentile:P1,P99")
-        window = type_range(dtype) if self.full_range else self.output_normalize.window(source.values, "the input")
-        return from_unit(translated, dtype, window)
+    def read(self, source: Path | bytes | dict | Image.Image | np.ndarray, name: str | None = None) -> Sample:
+        """A stored sample as this generator's input (`cyclegan.io.samples.read_sample`)."""
+        return read_sample(source, self.decoding, name)
 
     @classmethod
     def from_pretrained(cls, source: str | Path, direction: str | None = None, device: str | torch.device = "auto",
-                        precision: str = "auto", tile: int | None = None, normalize: str | None = None,
-                        normalize_output: str | None = None, full_range: bool = False) -> Translator:
+                        precision: str = "fp32", tile: int | None = None, normalize: str | None = None,
+                        normalize_output: str | None = None, full_range: bool = False,
+                        names: dict[str, str] = API_NAMES) -> Translator:
         """From a run, export, checkpoint or official folder (`direction` picks the generator, AtoB
         by default), a Hugging Face folder or Hub id, an official `.pth`, a `.safetensors` export,
         or an `.onnx` model (run by onnxruntime on the CPU). A file or folder that says it
         translates the other way than `direction` is refused. `normalize` and `normalize_output`
         (as `data.normalize`, for the input's and the output's domain; None: the run's settings
         when `source` is in a run folder, else "dtype") and `full_range` say how deep inputs are
-        read and their translations written."""
+        read and their translations written; `names`, how the caller spells them in messages (the
+        API's parameters; the command line passes `CLI_NAMES`). `precision` is fp32 unless asked otherwise (see
+        `use_bf16`): the same pixels as the official code on every machine."""
         path = Path(source)
         if is_hub_id(str(source)):
             path = from_hub(str(source))
@@ -207,44 +184,48 @@ class Translator:
             if direction and net.direction and direction != net.direction:
                 raise UserError(f"{path} holds the {net.direction} generator, but {direction} was asked for")
             named = net.direction or direction or "AtoB"
-            reading, writing = _normalizations(path, named, normalize, normalize_output)
+            reading, writing = _normalizations(path, named, normalize, normalize_output, names)
             return cls(net, torch.device("cpu"), tile=0, direction=named, normalize=reading, full_range=full_range,
-                       output_normalize=writing)
+                       output_normalize=writing, names=names)
         dev = device if isinstance(device, torch.device) else pick_device(device)
         weights = resolve_generator_path(path, direction)
         named = direction or generator_direction(path if path.is_dir() else weights) or "AtoB"
-        reading, writing = _normalizations(path, named, normalize, normalize_output)
+        reading, writing = _normalizations(path, named, normalize, normalize_output, names)
         return cls(load_generator(weights), dev, use_bf16(precision, dev), tile, named, reading, full_range,
-                   precision == "bf16", writing)
+                   precision == "bf16", writing, names)
 
     def __call__(self, images: Image.Image | np.ndarray | torch.Tensor) -> Image.Image | np.ndarray | torch.Tensor:
         """A PIL image -> its translation as a PIL image of the same size (tiled if need be); an
-        H x W x C (or H x W) array of any type -> the translated array of that type (normalised
-        and restored as `deep_input` and `restore` do); a [-1, 1] CHW or NCHW tensor -> the
-        translated tensor, on the same device."""
-        if isinstance(images, Image.Image):
-            return to_image(self.translate([to_pixels(images, self.in_channels)])[0])
-        if isinstance(images, np.ndarray):
-            array = images[:, :, None] if images.ndim == 2 else images
-            if array.ndim != 3 or array.shape[2] != self.in_channels:
-                raise UserError(f"this generator takes H x W x {self.in_channels} arrays, not {images.shape}")
-            if array.dtype == np.uint8 and not is_deep(None, self.normalize, self.in_channels, self.out_channels):
-                out = self.translate([array])[0]  # the official 8-bit arithmetic, as for PIL images
-            else:
-                deep = self.deep_input(array)
-                out = self.restore(self.translate([deep.unit])[0], deep)
+        H x W x C (or H x W) array of any type -> the translated array of that type. Both are read
+        as `cyclegan-translate` reads a file of theirs (`read`: the same normalisation, band
+        conversion and checks) and restored as it writes one. A [-1, 1] CHW or NCHW tensor of any
+        float type -> the translated tensor, of its type and on its device."""
+        if isinstance(images, (Image.Image, np.ndarray)):
+            sample = self.read(images)
+            out = restore(self.translate([sample.array()])[0], sample, self.output)
+            if isinstance(images, Image.Image):
+                return to_image(out)
             return out[:, :, 0] if images.ndim == 2 and out.shape[2] == 1 else out
         if isinstance(images, torch.Tensor):
-            if not images.is_floating_point() or images.dim() not in (3, 4):
-                raise UserError("a Translator takes float tensors in [-1, 1], CHW or NCHW")
-            if images.shape[-3] != self.in_channels:
-                raise UserError(f"this generator takes {self.in_channels}-channel images, not {images.shape[-3]}")
-            if min(images.shape[-2:]) < MIN_SIDE:
-                raise ImageTooSmall(f"{images.shape[-1]} x {images.shape[-2]} px is too small to translate")
-            single = images.dim() == 3
-            out = self.forward((images[None] if single else images).to(self.device)).to(images.device)
-            return out[0] if single else out
-        raise TypeError(f"a Translator takes a PIL image or a tensor, not {type(images).__name__}")
+            return self._translate_tensor(images)
+        raise TypeError(f"a Translator takes a PIL image, a numpy array or a tensor, not {type(images).__name__}")
+
+    def _translate_tensor(self, images: torch.Tensor) -> torch.Tensor:
+        """Tensors through `translate`, as every other input: the same tiling decision and checks."""
+        if not images.is_floating_point() or images.dim() not in (3, 4):
+            raise UserError("a Translator takes float tensors in [-1, 1], CHW or NCHW")
+        if images.shape[-3] != self.in_channels:
+            raise UserError(f"this generator takes {self.in_channels}-channel images, not {images.shape[-3]}")
+        batch = (images[None] if images.dim() == 3 else images).float()
+        if not torch.isfinite(batch).all():
+            raise DataError("input: holds NaN or infinite values")
+        if batch.numel() and batch.abs().max() > 1 + TENSOR_SLACK:
+            raise UserError(f"input: tensors hold the networks' values in [-1, 1], not {batch.min():.4g} .. "
+                            f"{batch.max():.4g}: normalise them, or pass a PIL image or a numpy array")
+        arrays = list(batch.permute(0, 2, 3, 1).cpu().numpy())
+        out = torch.from_numpy(np.stack(self.translate(arrays, self.bf16))).permute(0, 3, 1, 2)
+        out = out.to(images.device, images.dtype)
+        return out[0] if images.dim() == 3 else out
 
     @property
     def in_channels(self) -> int:
@@ -277,14 +258,16 @@ class Translator:
             return self.tile
         return DEFAULT_TILE if self.untiled_bytes(height, width) > self.free_bytes() // 2 else 0
 
-    def translate(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        """H x W x C images of one size -> their translations: 8-bit to 8-bit, or float32 in
-        [-1, 1] (deeper data, normalised) to float32 in [-1, 1]."""
+    def translate(self, images: list[np.ndarray], bf16: bool | None = None) -> list[np.ndarray]:
+        """Network inputs of one size (`Sample.array`) -> their translations: 8-bit to 8-bit, or
+        float32 in [-1, 1] (deeper data, normalised) to float32 in [-1, 1]; in bf16 as `bf16` says,
+        else as the precision asked for the kind of data."""
         height, width = images[0].shape[:2]
         if min(height, width) < MIN_SIDE:
             raise ImageTooSmall(f"{width} x {height} px is too small to translate (both sides need {MIN_SIDE} px)")
         tile = self.tile_for(height, width)
-        bf16 = self.bf16 if images[0].dtype == np.uint8 else self.deep_bf16
+        if bf16 is None:
+            bf16 = self.bf16 if images[0].dtype == np.uint8 else self.deep_bf16
         if tile:
             return [translate_tiled(self.net, image, tile, self.device, bf16) for image in images]
         per_pass = max(1, self.free_bytes() // 2 // self.untiled_bytes(height, width))
@@ -292,7 +275,7 @@ class Translator:
         for start in range(0, len(images), per_pass):
             batch = torch.from_numpy(np.stack(images[start:start + per_pass])).to(self.device).permute(0, 3, 1, 2)
             if batch.dtype == torch.uint8:
-                out += list(to_uint8(self.forward(normalize(batch))).permute(0, 2, 3, 1).cpu().numpy())
+                out += list(to_uint8(self.forward(normalize(batch), bf16)).permute(0, 2, 3, 1).cpu().numpy())
             else:
                 out += list(self.forward(batch.float(), bf16).permute(0, 2, 3, 1).cpu().numpy())
         return out

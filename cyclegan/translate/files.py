@@ -1,7 +1,7 @@
 """Image files in, PNG files out, split across ranks: rank r translates every world-th file.
 Deeper inputs (16-bit or float images, `.npy` arrays, or any input under a `range:` or
 `percentile:` normalisation) come out at their own depth: a TIFF for a TIFF, a PNG for a PNG
-where one holds them (`cyclegan.arrays.fits_png`), `.npy` otherwise.
+where one holds them (`cyclegan.io.formats.fits_png`), `.npy` otherwise.
 
 Each output is written under a temporary name and renamed when complete, so a rerun of an
 interrupted job keeps the outputs it finds and translates only the rest.
@@ -12,83 +12,57 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
-from cyclegan.arrays import encode, fit_bands, fits_png, is_deep, probe, read_array
 from cyclegan.errors import DataError, UserError
-from cyclegan.images import (
-    ARRAY_EXTENSIONS,
-    ChannelMismatch,
-    ImageDecodeError,
-    list_images,
-    open_image,
-    to_channels,
-    to_pixels,
-)
-from cyclegan.translate.core import DeepInput, ImageTooSmall, TranslateReport, Translator
+from cyclegan.images import ChannelMismatch, ImageDecodeError, list_images
+from cyclegan.io.files import atomic_write
+from cyclegan.io.formats import encode, fits_png, probe
+from cyclegan.io.samples import Sample, restore
+from cyclegan.translate.core import ImageTooSmall, TranslateReport, Translator
 
 
-def output_name(relative: Path, stems: Counter, suffix: str = ".png") -> Path:
-    """`x.jpg` -> `x.png`; but when `x.jpg` and `x.png` are both inputs, `x.jpg` -> `x.jpg.png`."""
-    if stems[relative.with_suffix("")] > 1 and relative.suffix.lower() != suffix:
-        return relative.with_name(relative.name + suffix)
-    return relative.with_suffix(suffix)
-
-
-def save(data: bytes, target: Path) -> None:
-    """Write atomically: a file with the final name is always complete."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial")
-    try:
-        partial.write_bytes(data)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    partial.replace(target)
+def output_names(suffixes: dict[Path, str], root: Path) -> dict[Path, Path]:
+    """Each input's output (relative paths), given its output suffix: `x.jpg` -> `x.png`; where
+    inputs share a stem (`x.jpg` and `x.png`, or `x.png` and `x.PNG`), those whose suffix is not
+    the output's keep their whole name, `x.jpg` -> `x.jpg.png`. Two inputs that would still share
+    an output (`y.jpg` and `y.jpg.png`) stop the run before any work, naming both (under `root`)."""
+    stems = Counter(relative.with_suffix("") for relative in suffixes)
+    names: dict[Path, Path] = {}
+    taken: dict[Path, Path] = {}
+    for relative, suffix in suffixes.items():
+        shared = stems[relative.with_suffix("")] > 1 and relative.suffix != suffix
+        name = relative.with_name(relative.name + suffix) if shared else relative.with_suffix(suffix)
+        if name in taken:
+            raise UserError(f"{root / taken[name]} and {root / relative} would both be translated to {name}: "
+                            "rename one of them")
+        names[relative], taken[name] = name, relative
+    return names
 
 
 def inspect(path: Path, translator: Translator) -> tuple[tuple[int, int], str | None, bool]:
     """(width, height), the output format for a deep input (None: 8-bit PNG) and whether the input
     takes the deep path, from the file's header alone."""
     probed = probe(path)
-    if not (probed.deep or is_deep(None, translator.normalize, translator.in_channels, translator.out_channels)):
+    if not translator.decoding.takes_deep(probed.deep):
         return probed.size, None, False
     if probed.kind in ("npy", "tif"):
         return probed.size, probed.kind, True
-    dtype, bands = translator.output_dtype(probed.dtype), translator.out_channels
+    dtype, bands = translator.output.dtype(probed.dtype), translator.out_channels
     return probed.size, "png" if fits_png(dtype, bands) else "npy", True
 
 
-def load_pixels(path: Path, load_size: int | None, channels: int, report: TranslateReport) -> np.ndarray | None:
-    """The image as 8-bit H x W x `channels` (resized to `load_size` square if given), or None if
-    unreadable or of colour where the generator takes greyscale."""
+def load(path: Path, load_size: int | None, translator: Translator, report: TranslateReport) -> Sample | None:
+    """The file as the generator's input (resized to `load_size` square if given), or None if
+    unreadable or of other bands than the generator takes (colour where it takes greyscale)."""
     try:
-        image = open_image(path)
-        mode = image.mode
-        if load_size:
-            image = to_channels(image, channels, str(path)).resize((load_size, load_size), Image.BICUBIC)
-        pixels = to_pixels(image, channels, str(path))
+        sample = translator.read(path)
     except (ImageDecodeError, ChannelMismatch) as err:
         report.skipped.append(str(err))
         return None
-    if mode != ("RGB" if channels == 3 else "L"):
-        report.converted[mode] += 1
-    return pixels
-
-
-def load_deep(path: Path, load_size: int | None, translator: Translator, report: TranslateReport) -> DeepInput | None:
-    """A deep input, normalised (resized to `load_size` square if given), or None if unreadable or
-    of other channels than the generator takes."""
-    try:
-        array = fit_bands(read_array(path, str(path), path.suffix.lower() in ARRAY_EXTENSIONS),
-                          translator.in_channels, str(path), path.suffix.lower() not in ARRAY_EXTENSIONS)
-        deep = translator.deep_input(array, str(path))
-    except (ImageDecodeError, ChannelMismatch) as err:
-        report.skipped.append(str(err))
-        return None
-    return deep.resized(load_size) if load_size else deep
+    if sample.converted:
+        report.converted[sample.converted] += 1
+    return sample.resized((load_size, load_size)) if load_size else sample
 
 
 def translate_files(translator: Translator, source: Path, output: Path, load_size: int | None = None,
@@ -103,16 +77,22 @@ def translate_files(translator: Translator, source: Path, output: Path, load_siz
         raise DataError(f"input {source} does not exist")
     if not files:
         raise DataError(f"no images found under {source}")
-    stems = Counter(p.relative_to(root).with_suffix("") for p in files)
     report = TranslateReport()
+    mine = set(files[rank::world_size])
+    headers = {}
+    for path in files:  # every rank names every output, so that a clash stops them all before any work
+        try:
+            headers[path] = inspect(path, translator)
+        except ImageDecodeError as err:
+            if path in mine:
+                report.skipped.append(str(err))
+    names = output_names({p.relative_to(root): f".{fmt or 'png'}" for p, (_, fmt, _) in headers.items()}, root)
     groups: dict[tuple[int, int, bool], list[tuple[Path, Path]]] = defaultdict(list)
     for path in files[rank::world_size]:
-        try:
-            size, fmt, deep = inspect(path, translator)
-        except ImageDecodeError as err:
-            report.skipped.append(str(err))
+        if path not in headers:
             continue
-        target = output / output_name(path.relative_to(root), stems, f".{fmt or 'png'}")
+        size, fmt, deep = headers[path]
+        target = output / names[path.relative_to(root)]
         if target.resolve() == path.resolve():
             raise UserError(f"translating {path} into {output} would overwrite it: choose another --output")
         if target.is_file():
@@ -120,27 +100,18 @@ def translate_files(translator: Translator, source: Path, output: Path, load_siz
             continue
         groups[((load_size, load_size) if load_size else size) + (deep,)].append((path, target))
     with tqdm(total=sum(map(len, groups.values())), desc="translate", unit="img", disable=rank != 0) as bar:
-        for (*_, deep), jobs in sorted(groups.items()):  # one size and kind per forward pass
+        for _, jobs in sorted(groups.items()):  # one size and kind per forward pass
             for start in range(0, len(jobs), batch_size):
                 part = jobs[start:start + batch_size]
-                if deep:
-                    chunk = [(item, path, target) for path, target in part
-                             if (item := load_deep(path, load_size, translator, report)) is not None]
-                    inputs = [item.unit for item, _, _ in chunk]
-                else:
-                    chunk = [(pixels, path, target) for path, target in part
-                             if (pixels := load_pixels(path, load_size, translator.in_channels, report)) is not None]
-                    inputs = [pixels for pixels, _, _ in chunk]
+                chunk = [(sample, path, target) for path, target in part
+                         if (sample := load(path, load_size, translator, report)) is not None]
                 try:
-                    translated = translator.translate(inputs) if chunk else []
+                    translated = translator.translate([sample.array() for sample, _, _ in chunk]) if chunk else []
                 except ImageTooSmall as err:
                     report.skipped += [f"{path}: {err}" for _, path, _ in chunk]
                     translated = []
-                for result, (item, _, target) in zip(translated, chunk):
-                    if deep:
-                        save(encode(translator.restore(result, item), target.suffix[1:]), target)
-                    else:
-                        save(encode(result, "png"), target)
+                for result, (sample, _, target) in zip(translated, chunk):
+                    atomic_write(target, encode(restore(result, sample, translator.output), target.suffix[1:]))
                 report.written += len(translated)
                 bar.update(len(part))
     return report

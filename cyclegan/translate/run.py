@@ -3,20 +3,23 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 from pathlib import Path
 
 import torch
 from accelerate import PartialState
-from accelerate.utils import gather_object, parse_flag_from_env
+from accelerate.utils import broadcast_object_list, gather_object, parse_flag_from_env
 from PIL import Image
 
 from cyclegan.data.shards import MANIFEST
-from cyclegan.errors import UserError
-from cyclegan.translate.core import TranslateReport, Translator, pick_device
+from cyclegan.errors import DataError, UserError
+from cyclegan.io.outputs import output_lock, prepare_output
+from cyclegan.io.records import read_json, write_json
+from cyclegan.translate.core import CLI_NAMES, TranslateReport, Translator, pick_device
 from cyclegan.translate.files import translate_files
-from cyclegan.translate.shards import translate_shards, write_manifest
+from cyclegan.translate.shards import input_shards, translate_shards, write_manifest
 from cyclegan.translate.video import VIDEO_EXTENSIONS, translate_video
 
 SHARD_SUFFIXES = (".tar", ".tgz", ".tar.gz")
@@ -38,19 +41,37 @@ def input_kind(spec: str) -> str:
 def check_settings(output: Path, settings: dict, state: PartialState) -> None:
     """Refuse to finish another translation's output; record this one's settings (main process)."""
     recorded = output / SETTINGS
-    previous = json.loads(recorded.read_text()) if recorded.is_file() else None
+    previous = read_json(recorded) if recorded.is_file() else None
     if previous is not None and previous != settings:
         changed = ", ".join(f"{k}: {previous.get(k)} there, {settings[k]} here" for k in settings
                             if previous.get(k) != settings[k])
         raise UserError(f"{output} holds a translation made otherwise ({changed}): choose another --output")
     state.wait_for_everyone()  # every rank has read it before the main process writes it
     if previous is None and state.is_main_process:
-        output.mkdir(parents=True, exist_ok=True)
-        recorded.write_text(json.dumps(settings, indent=2) + "\n")
+        write_json(recorded, settings)
+
+
+@contextmanager
+def holding(output: Path, state: PartialState) -> Iterator[None]:
+    """`output`'s lock for this run: its main process holds it for all of its ranks (which share
+    the work); when another run holds it, or the folder cannot be written, every rank stops
+    with the same one-line message."""
+    with ExitStack() as stack:
+        refusal = None
+        if state.is_main_process:
+            try:
+                stack.enter_context(output_lock(output))
+            except UserError as err:
+                refusal = str(err)
+        if state.num_processes > 1:
+            refusal = broadcast_object_list([refusal])[0]
+        if refusal:
+            raise UserError(refusal)
+        yield
 
 
 def run(checkpoint: Path, source: str, output: Path, direction: str | None = None, load_size: int | None = None,
-        batch_size: int = 4, device: str = "auto", precision: str = "auto", tile: int | None = None,
+        batch_size: int = 4, device: str = "auto", precision: str = "fp32", tile: int | None = None,
         smoothing: float = 0.0, normalize: str | None = None, normalize_output: str | None = None,
         output_range: str = "window") -> TranslateReport:
     """Translate `source` into `output`, print a summary once; returns the report of all ranks.
@@ -81,7 +102,7 @@ def _translate(state: PartialState, kind: str, checkpoint: Path, source: str, ou
     """`run`'s work, between setting up the ranks and tearing them down."""
     dev = state.device if device == "auto" else pick_device(device)
     translator = Translator.from_pretrained(checkpoint, direction, dev, precision, tile, normalize, normalize_output,
-                                            output_range == "dtype")
+                                            output_range == "dtype", CLI_NAMES)
     bf16, direction = translator.bf16, translator.direction
     Image.MAX_IMAGE_PIXELS = None  # one's own 20,000 px scene is no decompression bomb; tiles handle its size
     deep_note = " (deeper than 8-bit data in fp32)" if bf16 and not translator.deep_bf16 else ""
@@ -93,28 +114,40 @@ def _translate(state: PartialState, kind: str, checkpoint: Path, source: str, ou
             raise UserError(f"the output {target} would overwrite the input video: choose another --output")
         report = TranslateReport()
         if state.is_main_process:
-            report.written = translate_video(translator, Path(source), target, batch_size, smoothing)
+            report.written, short = translate_video(translator, Path(source), target, batch_size, smoothing)
         state.print(report.summary(target, "frame(s)"))
+        if state.is_main_process and short:  # exit 0: the frames there are, translated; the summary says the rest
+            state.print(f"warning: {short}")
         state.wait_for_everyone()
         return report
-    settings = {"checkpoint": str(Path(checkpoint).resolve()), "direction": direction, "input": source,
-                "precision": "bf16" if bf16 else "fp32", "load_size": load_size,
-                "normalize": str(translator.normalize), "normalize_output": str(translator.output_normalize),
-                "output_range": output_range}
-    check_settings(output, settings, state)
+    # what the user asked for, with local paths resolved (`photos/` is `photos`); not a resolved
+    # `auto`, which differs between node types that may share one output
+    local = Path(source).exists()
+    settings = {"checkpoint": str(Path(checkpoint).resolve()), "direction": direction,
+                "input": str(Path(source).resolve()) if local else source, "precision": precision,
+                "load_size": load_size, "normalize": str(translator.normalize),
+                "normalize_output": str(translator.output_normalize), "output_range": output_range}
+    domain = "A" if direction == "AtoB" else "B"  # of the input
     if kind == "shards":
-        domain = "A" if direction == "AtoB" else "B"
-        mine, shards = translate_shards(translator, source, output, domain, batch_size, state.process_index,
-                                        state.num_processes)
-    else:
-        mine = translate_files(translator, Path(source), output, load_size, batch_size, state.process_index,
-                               state.num_processes)
-    report = TranslateReport()
-    for part in gather_object([mine]) if state.num_processes > 1 else [mine]:
-        report.merge(part)
-    if kind == "shards" and state.is_main_process:
-        write_manifest(output, shards, domain, settings)
-    state.wait_for_everyone()
+        input_shards(source, domain)  # a mistyped input stops here, before the output records anything
+    elif not local:
+        raise DataError(f"input {source} does not exist")
+    prepare_output(output, [p for p in (Path(source), Path(checkpoint)) if p.exists()], overwrite=False, resume=True,
+                   nested=True)
+    with holding(output, state):
+        check_settings(output, settings, state)
+        if kind == "shards":
+            mine, shards = translate_shards(translator, source, output, domain, batch_size, state.process_index,
+                                            state.num_processes)
+        else:
+            mine = translate_files(translator, Path(source), output, load_size, batch_size, state.process_index,
+                                   state.num_processes)
+        report = TranslateReport()
+        for part in gather_object([mine]) if state.num_processes > 1 else [mine]:
+            report.merge(part)
+        if kind == "shards" and state.is_main_process:
+            write_manifest(output, shards, "B" if domain == "A" else "A", settings)  # outputs are of the other domain
+        state.wait_for_everyone()
     state.print(report.summary(output, "sample(s)" if kind == "shards" else "image(s)"))
     if report.failed:
         raise UserError(f"{len(report.failed)} input(s) could not be read (listed above); the rest is done")

@@ -1,7 +1,7 @@
 """Tar shards in, tar shards out, split across ranks: rank r translates every world-th shard.
 
 Each input shard gives one output shard of the same name with the same sample keys (the
-translation as `png`; deeper samples, see `cyclegan.arrays.is_deep`, as `npy` of the input's
+translation as `png`; deeper samples, see `cyclegan.io.samples`, as `npy` of the input's
 type), written under a temporary name and renamed when complete, beside a small report of its
 samples and skipped ones. A rerun keeps the complete shards and redoes the rest:
 nothing is written twice, and since no rank waits on another while translating, shards that do
@@ -11,23 +11,23 @@ not divide evenly across ranks cost nothing but idle ranks. The main process wri
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import webdataset as wds
-from PIL import Image
 from tqdm import tqdm
 
-from cyclegan.arrays import encode, fit_bands, image_array, is_deep, npy_bytes, open_sample
-from cyclegan.data.shards import MANIFEST
+from cyclegan.data.shards import MANIFEST, Tally
 from cyclegan.data.sources import check_shards, count_samples, expand_urls, is_local
-from cyclegan.data.stream import sample_field
 from cyclegan.errors import DataError
-from cyclegan.images import ChannelMismatch, ImageDecodeError, to_pixels
-from cyclegan.translate.core import DeepInput, ImageTooSmall, TranslateReport, Translator
+from cyclegan.images import ChannelMismatch, ImageDecodeError
+from cyclegan.io.files import atomic_path
+from cyclegan.io.records import read_json, require, write_json
+from cyclegan.io.formats import describe, encode
+from cyclegan.io.samples import is_grey, restore
+from cyclegan.translate.core import ImageTooSmall, TranslateReport, Translator
 
 REPORTS = ".reports"  # per-shard reports, beside the output shards
 
@@ -41,8 +41,11 @@ def input_shards(spec: str, domain: str) -> list[tuple[str, str]]:
         if not spec:
             raise DataError(f"{folder} holds no {MANIFEST} and no .tar shards")
     if folder.is_dir() and (folder / MANIFEST).is_file():
-        splits = json.loads((folder / MANIFEST).read_text()).get("splits", {})
-        names = [name for split in splits.values() for name in split.get(domain, {}).get("shards", [])]
+        manifest = folder / MANIFEST
+        splits = require(read_json(manifest, required=("splits",))["splits"], (), f"{manifest} (splits)")
+        entries = [require(split, (), f"{manifest} (splits.{name})").get(domain) for name, split in splits.items()]
+        names = [name for entry in entries if entry is not None
+                 for name in require(entry, ("shards",), f"{manifest} ({domain} domain)")["shards"]]
         if not names:
             raise DataError(f"{folder / MANIFEST} lists no shards of domain {domain}")
         shards = [(name, url) for name, url in zip(names, expand_urls(",".join(names), folder))]
@@ -71,69 +74,52 @@ def strict_samples(url: str) -> Iterator[dict]:
         raise DataError(f"shard {url} cannot be read ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
 
 
-def sample_input(sample: dict, translator: Translator) -> tuple[np.ndarray, DeepInput | None]:
-    """What the generator takes of a sample: 8-bit pixels, or a deep sample's normalised values
-    (and what its translation goes back to)."""
-    field, name = sample_field(sample)
-    is_npy = field == "npy"
-    opened = open_sample(sample[field], name, is_npy)
-    if isinstance(opened, Image.Image) and not is_deep(opened.mode, translator.normalize, translator.in_channels,
-                                                       translator.out_channels):
-        return to_pixels(opened, translator.in_channels, name), None
-    array = opened if isinstance(opened, np.ndarray) else image_array(opened, name)
-    deep = translator.deep_input(fit_bands(array, translator.in_channels, name, not is_npy), name)
-    return deep.unit, deep
-
-
 def translate_shard(translator: Translator, url: str, target: Path, batch_size: int,
                     bar: tqdm) -> tuple[int, list[str]]:
     """One shard: decoded in order, translated in batches of equal-sized images, written in the
-    input's order under a temporary name, renamed when complete. Returns the samples written and
-    the skipped ones."""
-    partial = target.with_name(f".{target.name}.partial")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    written, skipped, pending = 0, [], []
+    input's order under a temporary name, renamed when complete, with a report of what it holds
+    (as the manifest describes samples, see `Tally`). Returns the samples written and the
+    skipped ones."""
+    skipped, pending, tally = [], [], Tally()
 
     def flush(writer: wds.TarWriter) -> int:
         by_size: dict[tuple, list[int]] = {}
-        for i, (_, pixels, _) in enumerate(pending):
+        for i, (_, _, pixels) in enumerate(pending):
             by_size.setdefault((pixels.shape, pixels.dtype.str), []).append(i)
         translated: dict[int, np.ndarray] = {}
         for indices in by_size.values():
             for start in range(0, len(indices), batch_size):
                 part = indices[start:start + batch_size]
                 try:
-                    translated.update(zip(part, translator.translate([pending[i][1] for i in part])))
+                    translated.update(zip(part, translator.translate([pending[i][2] for i in part])))
                 except ImageTooSmall as err:
                     skipped.extend(f"sample {pending[i][0]} in {url}: {err}" for i in part)
-        for i, (key, _, deep) in enumerate(pending):
-            if i in translated and deep is not None:
-                writer.write({"__key__": key, "npy": npy_bytes(translator.restore(translated[i], deep))})
-            elif i in translated:
-                writer.write({"__key__": key, "png": encode(translated[i], "png")})
+        for i, (key, sample, _) in enumerate(pending):
+            if i in translated:  # deeper samples as arrays of their own type, 8-bit ones as PNGs
+                field = "npy" if sample.deep else "png"
+                array = restore(translated[i], sample, translator.output)
+                data = encode(array, field)
+                writer.write({"__key__": key, field: data})
+                colour = field == "png" and array.shape[2] == 3 and not is_grey(array)
+                tally.add({**describe(array), "array": field == "npy"}, colour, key, len(data))
         bar.update(len(pending))
         pending.clear()
-        return len(translated)
 
-    try:
+    with atomic_path(target) as partial:
         with wds.TarWriter(str(partial), encoder=False, mtime=0) as writer:
             for sample in strict_samples(url):
                 try:
-                    pending.append((sample["__key__"], *sample_input(sample, translator)))
+                    decoded = translator.read(sample)
+                    pending.append((sample["__key__"], decoded, decoded.array()))
                 except (ImageDecodeError, ChannelMismatch) as err:
                     skipped.append(str(err))
                     bar.update(1)
                 if len(pending) >= 8 * batch_size:
-                    written += flush(writer)
-            written += flush(writer)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    report_path = target.parent / REPORTS / f"{target.name}.json"
-    report_path.parent.mkdir(exist_ok=True)  # written before the shard's rename: a complete shard has one
-    report_path.write_text(json.dumps({"samples": written, "skipped": skipped}))
-    partial.replace(target)
-    return written, skipped
+                    flush(writer)
+            flush(writer)
+        # written before the shard's rename: a complete shard has one
+        write_json(report_path(target.parent, target.name), {**tally.fields(), "skipped": skipped})
+    return tally.samples, skipped
 
 
 def translate_shards(translator: Translator, spec: str, output: Path, domain: str, batch_size: int = 4,
@@ -176,23 +162,26 @@ def report_path(output: Path, name: str) -> Path:
 
 
 def shard_report(output: Path, name: str) -> dict:
-    """{"samples", "skipped"} of a complete output shard."""
-    return json.loads(report_path(output, name).read_text())
+    """What a complete output shard holds: "samples", "skipped", and the manifest's fields (`Tally`)."""
+    return read_json(report_path(output, name), required=("samples", "skipped"))
 
 
 def write_manifest(output: Path, shards: list[tuple[str, str]], domain: str, about: dict) -> dict:
-    """`manifest.json` of the output's complete shards, from their reports (earlier runs' too)."""
-    complete = [(name, url) for name, url in shards if is_complete(output, name)]
-    entries = {name: shard_report(output, name) for name, _ in complete}
+    """`manifest.json` of the output's complete shards, from their reports (earlier runs' too),
+    with the fields `make_shards` writes, under `domain`: the domain the outputs belong to."""
+    complete = [name for name, _ in shards if is_complete(output, name)]
+    reports = {name: shard_report(output, name) for name in complete}
     splits: dict = {}
-    for name, _ in complete:
+    for name in complete:
         split = Path(name).parent.name if "/" in name else "translated"
-        entry = splits.setdefault(split, {}).setdefault(domain, {"shards": [], "shard_samples": [], "samples": 0})
+        entry = splits.setdefault(split, {}).setdefault(domain, {"shards": [], "shard_samples": [], "tally": Tally()})
         entry["shards"].append(name)
-        entry["shard_samples"].append(entries[name]["samples"])
-        entry["samples"] += entries[name]["samples"]
-    skipped = [reason for name, _ in complete for reason in entries[name]["skipped"]]
+        entry["shard_samples"].append(reports[name]["samples"])
+        entry["tally"].merge(reports[name])
+    for domains in splits.values():
+        domains[domain] |= domains[domain].pop("tally").fields()
+    skipped = [reason for name in complete for reason in reports[name]["skipped"]]
     manifest = {"format": 1, "translation": about, "splits": splits, "skipped": skipped}
-    (output / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_json(output / MANIFEST, manifest)
     return manifest
 

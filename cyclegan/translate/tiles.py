@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cyclegan.errors import DataError
+from cyclegan.images import normalize, to_uint8
 from cyclegan.models.generator import ResnetBlock, ResnetGenerator
 
 
@@ -129,17 +130,17 @@ class DiskPlane(Plane):
 
 
 class ImagePlane(Plane):
-    """The input image, read as the network's [-1, 1] input: 8-bit pixels scaled, or float32
-    values already in [-1, 1] as they are."""
+    """The input image, read as the network's [-1, 1] input: 8-bit pixels normalised block by block
+    as the untiled path normalises them (`cyclegan.images.normalize`), or float32 values already in
+    [-1, 1] as they are."""
 
     def __init__(self, pixels: np.ndarray) -> None:
         super().__init__(*pixels.shape)
         self.pixels = pixels
-        if pixels.dtype == np.uint8:
-            self.scale, self.shift = np.full(self.channels, 2 / 255), np.full(self.channels, -1.0)
 
     def region(self, top: int, bottom: int, left: int, right: int) -> np.ndarray:
-        return self.pixels[top:bottom, left:right]
+        block = self.pixels[top:bottom, left:right]
+        return normalize(torch.from_numpy(np.ascontiguousarray(block))).numpy() if block.dtype == np.uint8 else block
 
 
 class TiledRun:
@@ -273,7 +274,7 @@ def translate_tiled(net: ResnetGenerator, pixels: np.ndarray, tile: int, device:
             image = np.empty((height, width, out.channels), dtype=np.uint8 if eight_bit else np.float32)
             for top, bottom, left, right in run.tiles(height, width):
                 y = np.tanh(out.read(top, bottom, left, right, "zeros"))
-                image[top:bottom, left:right] = np.clip((y + 1) / 2 * 255, 0, 255).astype(np.uint8) if eight_bit else y
+                image[top:bottom, left:right] = to_uint8(torch.from_numpy(y)).numpy() if eight_bit else y
         finally:
             for plane in run.planes:
                 plane.close()

@@ -19,6 +19,8 @@ import numpy as np
 from tqdm import tqdm
 
 from cyclegan.errors import DataError, UserError
+from cyclegan.io.files import atomic_path
+from cyclegan.io.samples import Sample, restore
 from cyclegan.translate.core import Translator
 
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"}
@@ -67,31 +69,39 @@ def flicker(frames_in: list[np.ndarray], frames_out: list[np.ndarray]) -> float:
 
 
 def translate_video(translator: Translator, source: Path, target: Path, batch_size: int = 4,
-                    smoothing: float = 0.0) -> int:
+                    smoothing: float = 0.0) -> tuple[int, str | None]:
     """Translate every frame of `source` into `target` (written under a temporary name, renamed when
-    complete); returns the number of frames."""
+    complete); returns the number of frames, and a warning when frames are missing: a cut-off or
+    damaged file is translated up to where it stops decoding, and said to be short."""
     if {translator.in_channels, translator.out_channels} - {1, 3}:
         raise UserError(f"a video has colour or grey frames, but this generator translates {translator.in_channels} "
                         f"-> {translator.out_channels} bands")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".partial-{target.name}")
     try:
-        with av.open(str(source)) as reader, av.open(str(partial), "w", format=_container(target)) as writer:
-            count = _translate_streams(translator, reader, writer, target, batch_size, smoothing)
+        with atomic_path(target) as partial:
+            with av.open(str(source)) as reader, av.open(str(partial), "w", format=_container(target)) as writer:
+                count, declared, stopped = _translate_streams(translator, reader, writer, target, batch_size, smoothing)
+            if count == 0:
+                raise DataError(f"{source} holds no frame that could be decoded")
     except av.error.FFmpegError as err:
-        partial.unlink(missing_ok=True)
         raise DataError(f"{source} cannot be translated as a video ({err})") from None
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    if count == 0:
-        partial.unlink(missing_ok=True)
-        raise DataError(f"{source} holds no frame that could be decoded")
-    partial.replace(target)
-    return count
+    if count >= declared and stopped is None:
+        return count, None
+    said = f"the container says {declared} frame(s), " if declared > count else ""
+    why = f" (decoding stopped: {stopped})" if stopped else ""
+    return count, f"{source}: {said}{count} could be decoded{why}; the file is cut off or damaged, {target} holds those"
 
 
-def _translate_streams(translator: Translator, reader, writer, target: Path, batch_size: int, smoothing: float) -> int:
+def _declared_frames(reader, stream, rate: Fraction) -> int:
+    """The frame count the container states, or its duration times the frame rate (Matroska and
+    WebM state no count); 0 when it says neither."""
+    if stream.frames:
+        return stream.frames
+    return round(reader.duration / av.time_base * float(rate)) if reader.duration else 0
+
+
+def _translate_streams(translator: Translator, reader, writer, target: Path, batch_size: int,
+                       smoothing: float) -> tuple[int, int, str | None]:
+    """(frames written, frames the container states, why decoding stopped early or None)."""
     if not reader.streams.video:
         raise DataError(f"{reader.name} holds no video stream")
     video_in = reader.streams.video[0]
@@ -103,22 +113,30 @@ def _translate_streams(translator: Translator, reader, writer, target: Path, bat
     video_out.codec_context.time_base = 1 / (Fraction(rate) * TICKS_PER_FRAME)
     audio = {stream.index: _AudioOut(stream, writer, target) for stream in reader.streams.audio}
     frames = _Frames(translator, video_out, writer, batch_size, Smoother(smoothing), rate, video_in.time_base)
-    with tqdm(total=video_in.frames or None, desc="translate", unit="frame") as bar:
-        for packet in reader.demux(video_in, *reader.streams.audio):
-            if packet.stream.index in audio:
-                audio[packet.stream.index].add(packet)
-                continue
-            for frame in packet.decode():
-                bar.update(frames.add(frame))
+    declared, stopped = _declared_frames(reader, video_in, rate), None
+    with tqdm(total=declared or None, desc="translate", unit="frame") as bar:
+        try:
+            for packet in reader.demux(video_in, *reader.streams.audio):
+                if packet.stream.index in audio:
+                    audio[packet.stream.index].add(packet)
+                    continue
+                for frame in packet.decode():
+                    bar.update(frames.add(frame))
+        except av.error.InvalidDataError as err:  # a cut-off file: what decoded so far is kept, and said
+            if not (frames.count or frames.pending):
+                raise  # no frame at all: no video to speak of
+            stopped = getattr(err, "strerror", None) or str(err)
         bar.update(frames.flush())
     writer.mux(video_out.encode())
     for out in audio.values():
         out.finish()
-    return frames.count
+    return frames.count, declared, stopped
 
 
 def _container(path: Path) -> str | None:
-    return {".mkv": "matroska", ".webm": "webm", ".mov": "mov", ".m4v": "mp4"}.get(path.suffix.lower())
+    """The muxer, by the target's suffix (the file is written under a temporary name that has none)."""
+    return {".mkv": "matroska", ".webm": "webm", ".mov": "mov", ".m4v": "mp4", ".mp4": "mp4",
+            ".avi": "avi"}.get(path.suffix.lower())
 
 
 class _AudioOut:
@@ -164,7 +182,7 @@ class _Frames:
         # how far from the nominal frame grid a timestamp may be and still sit on it: the input's
         # timestamp resolution (Matroska rounds to milliseconds), in frame periods
         self.snap = max(0.01, float(time_base or 0) * self.rate)
-        self.pending: list[tuple[np.ndarray, int]] = []
+        self.pending: list[tuple[np.ndarray, Sample, int]] = []
         self.count, self.last_pts = 0, -1
 
     def add(self, frame: av.VideoFrame) -> int:
@@ -177,10 +195,11 @@ class _Frames:
             on_grid = abs(periods - round(periods)) <= self.snap
             pts = round((round(periods) if on_grid else periods) * TICKS_PER_FRAME)
         self.last_pts = max(self.last_pts + 1, pts)
-        if self.translator.in_channels == 1:  # a greyscale generator takes each frame's luma
-            self.pending.append((frame.to_ndarray(format="gray")[:, :, None], self.last_pts))
-        else:
-            self.pending.append((frame.to_ndarray(format="rgb24"), self.last_pts))
+        # a greyscale generator takes each frame's luma; frames are read as images are
+        pixels = frame.to_ndarray(format="gray" if self.translator.in_channels == 1 else "rgb24").reshape(
+            frame.height, frame.width, -1)
+        self.pending.append((pixels, self.translator.read(pixels, f"frame {self.count + len(self.pending)}"),
+                             self.last_pts))
         return self.flush() if len(self.pending) == self.batch_size else 0
 
     def flush(self) -> int:
@@ -188,10 +207,10 @@ class _Frames:
         the same way: a still clip gives identical frames) and encode it."""
         if not self.pending:
             return 0
-        images = [pixels for pixels, _ in self.pending]
+        images = [sample.array() for _, sample, _ in self.pending]
         padding = [images[-1]] * (self.batch_size - len(images))
-        for (pixels, pts), out in zip(self.pending, self.translator.translate(images + padding)):
-            smoothed = self.smoother(pixels, out)
+        for (pixels, sample, pts), out in zip(self.pending, self.translator.translate(images + padding)):
+            smoothed = self.smoother(pixels, restore(out, sample, self.translator.output))
             frame = av.VideoFrame.from_ndarray(np.repeat(smoothed, 3 // smoothed.shape[2], axis=2), format="rgb24")
             frame.pts, frame.time_base = pts, self.stream.codec_context.time_base
             self.writer.mux(self.stream.encode(frame))

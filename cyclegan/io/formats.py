@@ -1,16 +1,12 @@
-"""Samples of any depth and band count: 16-bit and float images and `.npy` arrays as H x W x C
-arrays, `data.normalize` into the networks' [-1, 1] and its inverse back to the input's type.
-
-8-bit greyscale and RGB data keep the official path (`cyclegan.images`: PIL, then
-ToTensor/Normalize arithmetic). Everything else (16-bit PNG/TIFF, float TIFF, arrays of any
-band count, or any data with a `range:` or `percentile:` normalisation) goes through here.
-"""
+"""File formats of samples at any depth and band count: reading 16-bit PNGs (pypng), TIFFs
+beyond Pillow (tifffile) and `.npy` arrays as H x W x C arrays, probing a file's header, and
+encoding arrays as PNG, TIFF or `.npy` bytes. 8-bit images Pillow reads stay PIL images (the
+official path); which path a sample takes is `cyclegan.io.samples`'s decision."""
 
 from __future__ import annotations
 
 import io
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,96 +15,12 @@ import png
 import tifffile
 from PIL import Image
 
-from cyclegan.errors import DataError
-from cyclegan.images import (
-    ARRAY_EXTENSIONS,
-    GREY_TOLERANCE,
-    HIGH_DEPTH_MODES,
-    ChannelMismatch,
-    ImageDecodeError,
-    open_image,
-    to_rgb,
-)
+from cyclegan.images import ARRAY_EXTENSIONS, HIGH_DEPTH_MODES, ImageDecodeError, open_image, to_rgb
 
 logging.getLogger("tifffile").setLevel(logging.CRITICAL)  # a damaged file gets one message, ours, not its warnings
 ARRAY_DTYPES = ("uint8", "uint16", "int16", "float32")  # what `.npy` and TIFF samples may hold
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic TIFF and BigTIFF, either byte order
-NORMALIZE_FORMS = "dtype, range:LO,HI or percentile:P1,P99"
-
-
-@dataclass(frozen=True)
-class Normalize:
-    """How a sample's values map onto [-1, 1]: the full range of its integer type (`dtype`), a
-    fixed window (`range`, e.g. CT Hounsfield units -1000,1000) or its own percentiles
-    (`percentile`). Values outside the window are clipped."""
-
-    kind: str = "dtype"
-    low: float = 0.0
-    high: float = 0.0
-
-    @classmethod
-    def parse(cls, spec: str) -> Normalize:
-        """`dtype`, `range:LO,HI` or `percentile:P1,P99`; a DataError saying which forms exist."""
-        if spec == "dtype":
-            return cls()
-        match = re.fullmatch(r"(range|percentile):\s*([-+.\deE]+)\s*,\s*([-+.\deE]+)", spec.strip())
-        try:
-            kind, low, high = match.group(1), float(match.group(2)), float(match.group(3))
-        except (AttributeError, ValueError):
-            raise DataError(f"{spec!r} is not one of {NORMALIZE_FORMS}") from None
-        if not low < high or (kind == "percentile" and not 0 <= low < high <= 100):
-            raise DataError(f"{spec!r}: needs LO < HI" + (" within 0..100" if kind == "percentile" else ""))
-        return cls(kind, low, high)
-
-    def __str__(self) -> str:
-        """The spec it was parsed from, exactly (a translation's record of settings compares these)."""
-        def number(x: float) -> str:
-            return str(int(x)) if x.is_integer() else repr(x)
-        return self.kind if self.kind == "dtype" else f"{self.kind}:{number(self.low)},{number(self.high)}"
-
-    @property
-    def is_default(self) -> bool:
-        return self.kind == "dtype"
-
-    def window(self, array: np.ndarray, name: str = "sample") -> tuple[float, float]:
-        """The values that map to -1 and 1 for this sample."""
-        if self.kind == "range":
-            return self.low, self.high
-        if self.kind == "percentile":
-            low, high = (float(v) for v in np.percentile(array, (self.low, self.high)))
-            return (low, high) if high > low else (low, low + 1.0)  # a flat image maps to -1
-        return type_range(array.dtype, name)
-
-    def to_unit(self, array: np.ndarray, name: str = "sample") -> np.ndarray:
-        """An H x W x C array -> float32 in [-1, 1] (computed in float64)."""
-        low, high = self.window(array, name)
-        unit = (array.astype(np.float64) - low) / (high - low) * 2.0 - 1.0
-        return np.clip(unit, -1.0, 1.0).astype(np.float32)
-
-
-def type_range(dtype: np.dtype, name: str = "sample") -> tuple[float, float]:
-    """The full range of an integer type; float data has none."""
-    if not np.issubdtype(dtype, np.integer):
-        raise DataError(f"{name}: {dtype} data has no type range to normalise by: set data.normalize to "
-                        "range:LO,HI (a fixed window) or percentile:P1,P99")
-    info = np.iinfo(dtype)
-    return float(info.min), float(info.max)
-
-
-def from_unit(unit: np.ndarray, dtype: np.dtype, window: tuple[float, float]) -> np.ndarray:
-    """[-1, 1] floats -> values of `dtype` on `window`: the inverse of `Normalize.to_unit`
-    (integers rounded and clipped to their type)."""
-    low, high = window
-    return cast((unit.astype(np.float64) + 1.0) / 2.0 * (high - low) + low, dtype)
-
-
-def cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Float values as `dtype`: rounded and clipped to an integer type's range."""
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
-    return values.astype(dtype)
 
 
 def image_array(image: Image.Image, name: str = "image") -> np.ndarray:
@@ -264,59 +176,16 @@ def read_array(source: Path | bytes, name: str, is_npy: bool) -> np.ndarray:
     return opened if isinstance(opened, np.ndarray) else image_array(opened, name)
 
 
-def resize_bands(array: np.ndarray, size: tuple[int, int], resample: int) -> np.ndarray:
-    """An H x W x C array resized to (width, height) band by band in 32-bit float, by a PIL filter
-    (the same kernel as for 8-bit images); float32 out."""
-    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(array[:, :, c], dtype=np.float32), mode="F")
-                                .resize(size, resample)) for c in range(array.shape[2])], axis=2)
-
-
 def npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
     return buffer.getvalue()
 
 
-def fit_bands(array: np.ndarray, channels: int, name: str, from_image: bool) -> np.ndarray:
-    """The sample with the domain's `channels` bands. Image files give greyscale or colour: grey
-    repeats into 3 channels, grey saved as RGB becomes one; arrays must have exactly `channels`."""
-    bands = array.shape[2]
-    if bands == channels:
-        return array
-    if from_image and channels == 3 and bands == 1:
-        return np.repeat(array, 3, axis=2)
-    if from_image and channels == 1 and bands == 3:
-        if not is_grey(array):
-            raise ChannelMismatch(f"{name}: a colour image in a 1-channel (greyscale) domain; convert the domain's "
-                                  "images to greyscale, or give the domain 3 channels")
-        return array[:, :, :1]
-    raise ChannelMismatch(f"{name}: has {bands} band(s), but its domain has {channels} (model.input_nc for A, "
-                          "model.output_nc for B)")
-
-
-def is_grey(array: np.ndarray) -> bool:
-    """Whether a 3-band array is grey: its bands within `GREY_TOLERANCE` levels of 255 of each other
-    (of the type's range for integers, of the image's own range for floats)."""
-    values = array.astype(np.float64)
-    if np.issubdtype(array.dtype, np.integer):
-        low, high = type_range(array.dtype)
-    else:
-        low, high = float(values.min()), float(values.max())
-    spread = max(np.abs(values[:, :, 0] - values[:, :, 1]).max(), np.abs(values[:, :, 1] - values[:, :, 2]).max())
-    return spread <= GREY_TOLERANCE * (high - low) / 255
-
-
 def describe(array: np.ndarray) -> dict:
     """What the manifest records of one sample: type, bands and value range."""
     return {"dtype": array.dtype.name, "bands": int(array.shape[2]),
             "min": float(array.min()), "max": float(array.max())}
-
-
-def is_deep(mode: str | None, normalize: Normalize, *channels: int) -> bool:
-    """Whether an image takes this module's path rather than the official 8-bit one: a Pillow
-    mode deeper than 8 bits, a normalisation other than the type's range, or (in or out) a band
-    count no image file has."""
-    return mode in HIGH_DEPTH_MODES or not normalize.is_default or any(c not in (1, 3) for c in channels)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ not depend on the values. Prints markdown rows ready to paste."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -17,9 +16,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cyclegan.benchmark import write_photo_like_jpegs
+from cyclegan.benchmarks.loader import write_photo_like_jpegs
 from cyclegan.data.shards import find_domains, write_shards
 from cyclegan.hardware import machine
+from cyclegan.io.outputs import prepare_output
 from cyclegan.models import GeneratorSpec, ResnetGenerator, load_generator
 from cyclegan.models.loading import export_generator
 from cyclegan.translate.core import Translator, pick_device, use_bf16
@@ -57,9 +57,7 @@ print(json.dumps({"side": side, "seconds": seconds, "peak_rss_gib": peak, "befor
 
 def timed_run(source: Path | str, output: Path, checkpoint: Path, precision: str, **options) -> float:
     """Seconds to translate `source` into a fresh `output` (a kept one would be resumed: nothing to do)."""
-    if output.is_dir():
-        shutil.rmtree(output)
-    output.unlink(missing_ok=True)
+    prepare_output(output, [Path(source), checkpoint], overwrite=True)
     start = time.perf_counter()
     run(checkpoint, str(source), output, precision=precision, **options)
     return time.perf_counter() - start
@@ -92,6 +90,8 @@ def translate_benchmark(workdir: Path, sizes: list[int], images: int, large: lis
         for kind, source in (("folder", folders / "trainA"), ("shards", shards)):
             seconds = timed_run(source, workdir / f"out-{kind}-{side}", checkpoint, precision, tile=0)
             rows.append({"what": f"{kind}, {side} px", "per_s": images / seconds, "unit": "images/s"})
+    if sizes:
+        rows.append(bf16_difference(checkpoint, sorted((workdir / f"images-{sizes[0]}" / "trainA").glob("*.jpg"))))
     translator = Translator(load_generator(checkpoint), pick_device("auto"), use_bf16(precision, pick_device("auto")))
     coarse = np.random.default_rng(1).integers(0, 256, (16, 16, 3), dtype=np.uint8)
     pixels = np.asarray(Image.fromarray(coarse).resize((1024, 1024), Image.BICUBIC))
@@ -110,10 +110,37 @@ def translate_benchmark(workdir: Path, sizes: list[int], images: int, large: lis
     return {"machine": machine(), "precision": precision, "rows": rows, "markdown": markdown(rows)}
 
 
+def bf16_difference(checkpoint: Path, paths: list[Path], repeats: int = 3) -> dict:
+    """What `--precision bf16` gains and costs against fp32 (the official output) on `paths`: the
+    speed-up of the translation alone, as the median of per-repetition ratios with the two
+    interleaved (a shared machine's load then moves both alike), and how far it moves the
+    pixels, in levels of 255."""
+    device = pick_device("auto")
+    generator = load_generator(checkpoint)
+    images = [np.asarray(Image.open(path).convert("RGB")) for path in paths]
+    translators = {low: Translator(generator, device, bf16=low, tile=0) for low in (False, True)}
+    outputs, ratios = {}, []
+    for _ in range(repeats + 1):  # the first round warms both up, untimed
+        seconds = {}
+        for low, translator in translators.items():
+            start = time.perf_counter()
+            outputs[low] = translator.translate(images)
+            seconds[low] = time.perf_counter() - start
+        ratios.append(seconds[False] / seconds[True])
+    diffs = np.concatenate([np.abs(a.astype(np.int16) - b).ravel() for a, b in zip(outputs[False], outputs[True])])
+    return {"what": f"bf16 vs fp32, {len(paths)} images", "speedup": float(np.median(ratios[1:])),
+            "speedup_runs": ratios[1:], "max_levels": int(diffs.max()), "mean_levels": float(diffs.mean()),
+            "share_over_one_level": float((diffs > 1).mean())}
+
+
 def markdown(rows: list[dict]) -> list[str]:
     lines = []
     for row in rows:
-        if "psnr_db" in row:
+        if "max_levels" in row:
+            lines.append(f"| {row['what']} | bf16 {row['speedup']:.2f}x as fast; pixels off by max "
+                         f"{row['max_levels']}, mean {row['mean_levels']:.2f} levels of 255, "
+                         f"{row['share_over_one_level']:.1%} of values by more than one | |")
+        elif "psnr_db" in row:
             psnr = "identical" if row["psnr_db"] is None else f"PSNR {row['psnr_db']:.1f} dB"
             lines.append(f"| {row['what']} | {psnr} | |")
         elif "per_s" in row:

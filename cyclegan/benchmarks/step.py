@@ -1,0 +1,197 @@
+"""The training step timed (the same code as training): pairs/s, a breakdown by phase, memory,
+FLOPs, MFU, and optionally the official implementation's update beside it."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import parse_flag_from_env
+
+from cyclegan.build import batch_to_device, build_training, make_accelerator
+from cyclegan.config import RunConfig
+from cyclegan.data.sources import find_sources
+from cyclegan.data.stream import UnpairedStream, train_loader
+from cyclegan.hardware import device_name
+from cyclegan.step import Networks, train_step
+
+
+class PhaseTimer:
+    """Wall time per phase of a step; waits for the device at each mark, so only for breakdowns."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.totals: dict[str, float] = {}
+        self.last = time.perf_counter()
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def start(self) -> None:
+        self.sync()
+        self.last = time.perf_counter()
+
+    def seconds_per_step(self, step: Callable[[], None], steps: int) -> float:
+        """Mean wall time of `steps` calls of `step`, the device waited for at both ends."""
+        self.start()
+        for _ in range(steps):
+            step()
+        self.sync()
+        return (time.perf_counter() - self.last) / steps
+
+    def mark(self, phase: str) -> None:
+        self.sync()
+        now = time.perf_counter()
+        self.totals[phase] = self.totals.get(phase, 0.0) + now - self.last
+        self.last = now
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux: process RSS
+
+
+def eager_step(accelerator: Accelerator, cfg: RunConfig) -> tuple[Networks, Callable[[], None]]:
+    """Fresh eager networks of `cfg` and one training step of them on a synthetic batch, to be run
+    under a counter or with hooks (neither can see inside compiled graphs)."""
+    cfg = replace(cfg, perf=replace(cfg.perf, compile=False))
+    nets, opts, pools = build_training(accelerator, cfg)
+    batch = batch_to_device(synthetic_batch(cfg, torch.Generator().manual_seed(0)), accelerator.device,
+                            cfg.perf.channels_last)
+    return nets, lambda: train_step(accelerator, nets, opts, pools, batch, cfg.train)
+
+
+def step_flops(accelerator: Accelerator, cfg: RunConfig) -> int:
+    """FLOPs of one training step (every forward and backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    _, step = eager_step(accelerator, cfg)
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def synthetic_batch(cfg: RunConfig, generator: torch.Generator) -> dict:
+    """Random uint8 batches of each domain's channels."""
+    size, channels = cfg.data.crop_size, {"A": cfg.model.input_nc, "B": cfg.model.output_nc}
+    return {k: torch.randint(0, 256, (cfg.train.batch_size, c, size, size), dtype=torch.uint8, generator=generator)
+            for k, c in channels.items()}
+
+
+def step_benchmark(cfg: RunConfig, steps: int, warmup: int, repeats: int, peak_tflops: float | None,
+                   use_shards: bool, official: Path | None = None) -> dict:
+    """The training step of `cfg` (the same code as training), timed; median over repeats. With
+    `official` (a local checkout of the official code), its update is timed too, its repeats
+    interleaved with ours (a machine whose speed drifts then moves both alike), and the result
+    gives our speed-up as the median of the per-repeat ratios."""
+    accelerator = make_accelerator(cfg)
+    nets, opts, pools = build_training(accelerator, cfg)
+    device = accelerator.device
+    if use_shards:
+        sources = find_sources(cfg.data)
+        stream = UnpairedStream(sources, cfg.data, cfg.train.batch_size, 10**9, cfg.seed,
+                                channels=(cfg.model.input_nc, cfg.model.output_nc))
+        batches = iter(train_loader(stream, pin_memory=device.type == "cuda"))
+    else:
+        generator = torch.Generator().manual_seed(0)
+        fixed = [synthetic_batch(cfg, generator) for _ in range(4)]
+        batches = itertools.cycle(fixed)
+    timer = PhaseTimer(device)
+
+    def one_step(mark) -> None:
+        batch = next(batches)
+        mark("data")
+        train_step(accelerator, nets, opts, pools, batch_to_device(batch, device, cfg.perf.channels_last),
+                   cfg.train, mark)
+
+    compile_start = time.perf_counter()
+    for _ in range(warmup):
+        one_step(lambda phase: None)
+    timer.sync()
+    warmup_seconds = time.perf_counter() - compile_start
+    memory = peak_memory_gib(device)  # before the official model exists: ours alone
+    theirs = official_stepper(official, cfg) if official else None
+    for _ in range(warmup if theirs else 0):
+        theirs()
+    per_step, official_per_step = [], []
+    for repeat in range(repeats):  # with the official code: interleaved, each first in turn
+        ours_first = repeat % 2 == 0 or theirs is None
+        if not ours_first:
+            official_per_step.append(timer.seconds_per_step(theirs, steps))
+        per_step.append(timer.seconds_per_step(lambda: one_step(lambda phase: None), steps))
+        if theirs and ours_first:
+            official_per_step.append(timer.seconds_per_step(theirs, steps))
+    timer.start()
+    for _ in range(steps):
+        one_step(timer.mark)
+    seconds = statistics.median(per_step)
+    flops = step_flops(accelerator, cfg)
+    achieved = flops / seconds / 1e12
+    pairs = cfg.train.batch_size * accelerator.num_processes
+    comparison = {}
+    if theirs:
+        ratios = [o / ours for o, ours in zip(official_per_step, per_step)]
+        comparison = {"official_seconds_per_step": statistics.median(official_per_step),
+                      "official_seconds_per_step_runs": official_per_step,
+                      "speedup_vs_official": statistics.median(ratios), "speedup_vs_official_runs": ratios}
+    return {
+        "size": cfg.data.crop_size, "batch": cfg.train.batch_size, "precision": cfg.train.mixed_precision,
+        "processes": accelerator.num_processes,
+        "channels_last": cfg.perf.channels_last, "compile": cfg.perf.compile, "data": "shards" if use_shards else "synthetic",
+        "device": device_name(device),
+        "pairs_per_s": pairs / seconds, "seconds_per_step": seconds, "seconds_per_step_runs": per_step,
+        "breakdown_seconds_per_step": {k: v / steps for k, v in timer.totals.items()},
+        "warmup_seconds": warmup_seconds, "peak_memory_gib": memory,
+        "flops_per_step": flops, "achieved_tflops": achieved,
+        "mfu": achieved / peak_tflops if peak_tflops else None, **comparison,
+    }
+
+
+def official_stepper(checkout: Path, cfg: RunConfig) -> Callable[[], None]:
+    """One step of the official implementation's update (`CycleGANModel.optimize_parameters` of a
+    local checkout of junyanz/pytorch-CycleGAN-and-pix2pix, imported from there, never copied),
+    built with the networks of `cfg`, on the device ours uses, fed the same synthetic batches;
+    fp32 (the official code has no mixed precision)."""
+    from types import SimpleNamespace
+
+    if not (checkout / "models" / "cycle_gan_model.py").is_file():
+        raise SystemExit(f"--official {checkout}: no models/cycle_gan_model.py there; give a checkout of "
+                         "https://github.com/junyanz/pytorch-CycleGAN-and-pix2pix")
+    if cfg.model.n_blocks not in (6, 9):
+        raise SystemExit("--official: the official code builds 6 or 9 residual blocks only (model.n_blocks)")
+    sys.path.insert(0, str(checkout))
+    from models.cycle_gan_model import CycleGANModel
+
+    m, t = cfg.model, cfg.train
+    cuda = torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
+    opt = SimpleNamespace(
+        input_nc=m.input_nc, output_nc=m.output_nc, ngf=m.ngf, ndf=m.ndf, netG=f"resnet_{m.n_blocks}blocks",
+        netD="basic", n_layers_D=m.n_layers_d, norm=m.norm, no_dropout=not m.dropout, init_type="normal",
+        init_gain=m.init_gain, gpu_ids=[0] if cuda else [], isTrain=True, gan_mode=t.gan_mode,
+        pool_size=t.pool_size, lr=t.lr, beta1=t.beta1, lambda_A=t.lambda_cycle, lambda_B=t.lambda_cycle,
+        lambda_identity=t.lambda_identity, direction="AtoB", checkpoints_dir=str(Path(cfg.output_dir) / "official"),
+        name="benchmark", preprocess="resize_and_crop", continue_train=False, load_iter=0, epoch="latest",
+        verbose=False, lr_policy="linear", epoch_count=1, n_epochs=t.epochs, n_epochs_decay=t.decay_epochs,
+        niter=t.epochs, niter_decay=t.decay_epochs, lr_decay_iters=50)
+    with contextlib.redirect_stdout(sys.stderr):  # it prints as it builds; stdout carries our JSON
+        model = CycleGANModel(opt)
+    generator = torch.Generator().manual_seed(0)
+    fixed = [{k: v.float().div(127.5).sub(1.0) for k, v in synthetic_batch(cfg, generator).items()} for _ in range(4)]
+    batches = itertools.cycle(fixed)
+
+    def one_step() -> None:
+        model.set_input({**next(batches), "A_paths": [""] * t.batch_size, "B_paths": [""] * t.batch_size})
+        model.optimize_parameters()
+
+    return one_step

@@ -1,0 +1,172 @@
+"""Resume defects of issue 23: a changed pool size, fewer GPUs, counters that restarted, and a
+`train.max_steps` beyond the schedule. One tiny run (three steps, the third skipped for a NaN
+gradient) is shared; each test resumes a copy of it."""
+
+import json
+import random
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from cyclegan.build import make_plan
+from cyclegan.checkpoint import restore_rng_state, rng_state
+from cyclegan.config import load_config
+from cyclegan.data.sources import find_sources
+from cyclegan.errors import ConfigError
+from tests.conftest import script, tiny
+from tests.test_faults import inject_nan, skipped_counts
+
+# every run of this module, the base one included: the health warning about a generator that
+# copies its input holds on every log (|G(x) - x| <= 2 on [-1, 1] images), so its streak grows each step
+COMMON = ["tracking.mode=disabled", "train.keep_checkpoints=10", "tracking.warn_identity_change=10"]
+IDENTITY_WARNING = "collapsed to the identity"
+
+
+@pytest.fixture(scope="module")
+def base_run(demo_shards, tmp_path_factory):
+    out = tmp_path_factory.mktemp("resume_defects") / "base"
+    result = inject_nan("grad", "0", demo_shards, out, "train.max_steps=3", "tracking.warn_identity_change=10")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert skipped_counts(out) == [0, 0, 1]
+    assert result.stdout.count(IDENTITY_WARNING) == 2, "both generators' streaks reached 3 logs at step 3"
+    return out
+
+
+def copy_of(base_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(base_run, out)
+    return out
+
+
+def resume(demo_shards, out, *extra):
+    return script("train.py", "--config", "configs/demo.yaml", *tiny(demo_shards, out, *COMMON, "resume=auto", *extra),
+                  check=False)
+
+
+def snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def refused(result):
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    return lines[-1]
+
+
+# 2.8: the skipped-step count and the health streaks go on after a resume
+
+def test_a_resumed_run_goes_on_counting_skipped_steps_and_health_streaks(base_run, demo_shards, tmp_path):
+    out = copy_of(base_run, tmp_path)
+    result = resume(demo_shards, out, "train.max_steps=6")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert skipped_counts(out) == [0, 0, 1, 1, 1, 1], "the step skipped before the resume stays counted"
+    # the streaks reached 3 (and warned) at step 3; counted from zero again they would warn again at step 6
+    assert IDENTITY_WARNING not in result.stdout + result.stderr
+
+
+# 2.4: another train.pool_size is refused in one line, before anything is written
+
+def test_a_changed_pool_size_is_refused_before_any_work(base_run, demo_shards, tmp_path):
+    out = copy_of(base_run, tmp_path)
+    before = snapshot(out)
+    line = refused(resume(demo_shards, out, "train.max_steps=6", "train.pool_size=10"))
+    assert line.startswith("error: checkpoint ") and "train.pool_size=50" in line and "train.pool_size=10" in line
+    assert snapshot(out) == before
+
+
+# 2.14: train.max_steps beyond the schedule is an error before any work, fresh or resumed
+
+def test_max_steps_beyond_the_schedule_is_refused_when_the_run_is_sized(demo_shards):
+    def plan(max_steps):  # a one-epoch schedule of 80 steps: 160 images, batch 2
+        cfg = load_config(None, [f"data.root={demo_shards}", "train.batch_size=2", "train.epochs=0",
+                                 "train.decay_epochs=1", f"train.max_steps={max_steps}"])
+        return make_plan(cfg, find_sources(cfg.data), world_size=1)
+
+    assert plan(80).max_steps == 80
+    with pytest.raises(ConfigError, match=r"'train.max_steps' \(81\) lies beyond the schedule, which ends at step 80 "
+                                          r"\(0 \+ 1 epochs of 80 steps\): lower it, or lengthen .* train.epochs"):
+        plan(81)
+
+
+def test_a_resumed_run_with_max_steps_beyond_the_schedule_stops_before_a_tracker_run(base_run, demo_shards, tmp_path):
+    out = copy_of(base_run, tmp_path)
+    before = snapshot(out)
+    # with W&B offline, a run that got as far as its tracker would leave a wandb/ folder behind
+    line = refused(resume(demo_shards, out, "train.epochs=0", "train.decay_epochs=1", "train.max_steps=81",
+                          "tracking.mode=offline", "tracking.backend=wandb"))
+    assert line.startswith("error: config key 'train.max_steps' (81)") and "ends at step 80" in line
+    assert snapshot(out) == before
+
+
+# 2.5: each process saves and restores its own GPU's RNG state only
+
+class FakeGPUs:
+    """torch.cuda's RNG functions over `count` fake devices, each with its own state; asking for a
+    device that is not there raises IndexError, as torch does."""
+
+    def __init__(self, monkeypatch, count):
+        self.count, self.states = count, {i: torch.full((8,), i, dtype=torch.uint8) for i in range(count)}
+        for module in (torch.cuda, torch.cuda.random):
+            monkeypatch.setattr(module, "device_count", lambda: self.count)
+            monkeypatch.setattr(module, "get_rng_state", self.get)
+            monkeypatch.setattr(module, "set_rng_state", self.set)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+
+    def index(self, device):
+        index = device if isinstance(device, int) else torch.device(device).index or 0
+        if index >= self.count:
+            raise IndexError("tuple index out of range")
+        return index
+
+    def get(self, device="cuda"):
+        return self.states[self.index(device)].clone()
+
+    def set(self, state, device="cuda"):
+        self.states[self.index(device)] = state.clone()
+
+
+def saved_and_loaded(state, tmp_path):
+    """Through a file, as checkpoints keep it."""
+    torch.save(state, tmp_path / "rank.pt")
+    return torch.load(tmp_path / "rank.pt", weights_only=True)
+
+
+def test_rank_1_of_an_8_gpu_node_resumes_on_a_4_gpu_node(monkeypatch, tmp_path):
+    gpus = FakeGPUs(monkeypatch, 8)
+    device = torch.device("cuda", 1)
+    gpus.states[1] = torch.full((8,), 42, dtype=torch.uint8)
+    state = saved_and_loaded(rng_state(device), tmp_path)
+    assert torch.equal(state["cuda"], gpus.states[1]), "the process's own device, and only it"
+    gpus.count, gpus.states = 4, {i: torch.zeros(8, dtype=torch.uint8) for i in range(4)}  # the requeue
+    restore_rng_state(state, device)
+    assert torch.equal(gpus.states[1], torch.full((8,), 42, dtype=torch.uint8))
+    assert all(not gpus.states[i].any() for i in (0, 2, 3)), "other processes' devices are theirs"
+
+
+@pytest.mark.parametrize("saved_devices, restored, expected", [(8, 1, 1), (2, 3, None), (1, None, 0)],
+                         ids=["longer", "shorter", "single-gpu"])
+def test_older_checkpoints_holding_every_visible_gpu_restore_this_device(monkeypatch, saved_devices, restored,
+                                                                         expected):
+    gpus = FakeGPUs(monkeypatch, 4)
+    saved = [torch.full((8,), 100 + i, dtype=torch.uint8) for i in range(saved_devices)]
+    state = {**rng_state(torch.device("cpu")), "cuda": saved}
+    untouched = {i: s.clone() for i, s in gpus.states.items()}
+    restore_rng_state(state, torch.device("cuda", restored) if restored is not None else torch.device("cuda"))
+    for i in range(4):
+        assert torch.equal(gpus.states[i], saved[i] if i == expected else untouched[i]), i
+
+
+def test_the_cpu_rng_states_round_trip_exactly(tmp_path):
+    def draws():
+        return torch.rand(4).tolist(), random.random(), np.random.rand(3).tolist(), np.random.randn()
+
+    torch.manual_seed(1), random.seed(2), np.random.seed(3)
+    np.random.randn()  # leaves a cached Gaussian in NumPy's state
+    state = saved_and_loaded(rng_state(torch.device("cpu")), tmp_path)
+    assert "cuda" not in state
+    first = draws()
+    restore_rng_state(state, torch.device("cpu"))
+    assert json.dumps(draws()) == json.dumps(first)
