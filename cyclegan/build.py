@@ -14,12 +14,13 @@ from accelerate import Accelerator, DistributedDataParallelKwargs, DistributedTy
 from accelerate.utils import set_seed
 
 from cyclegan.config import RunConfig
+from cyclegan.data.shares import mix_seed
 from cyclegan.data.sources import DataSources
-from cyclegan.data.stream import epoch_steps, mix_seed
+from cyclegan.data.stream import epoch_steps
 from cyclegan.errors import ConfigError, UserError
 from cyclegan.diffaug import DiffAugment
 from cyclegan.evaluation import INCEPTION_ENV, Evaluator, load_inception, load_test_split
-from cyclegan.images import normalize
+from cyclegan.io.samples import as_unit
 from cyclegan.models import GeneratorSpec, NLayerDiscriminator, ResnetGenerator
 from cyclegan.optim import StepGuard
 from cyclegan.pool import ImagePool
@@ -122,12 +123,7 @@ def batch_to_device(batch: dict, device: torch.device, channels_last: bool) -> d
     """Batches from the loader (uint8 for 8-bit data, [-1, 1] floats for deeper data) -> [-1, 1]
     floats on the device, in the networks' layout."""
     layout = torch.channels_last if channels_last else torch.contiguous_format
-
-    def unit(x: torch.Tensor) -> torch.Tensor:
-        x = x.to(device, non_blocking=True)
-        return normalize(x) if x.dtype == torch.uint8 else x.to(torch.get_default_dtype())
-
-    return {k: unit(batch[k]).contiguous(memory_format=layout) for k in ("A", "B")}
+    return {k: as_unit(batch[k].to(device, non_blocking=True)).contiguous(memory_format=layout) for k in ("A", "B")}
 
 
 def make_evaluator(accelerator: Accelerator, cfg: RunConfig, sources: DataSources) -> Evaluator:
@@ -140,5 +136,5 @@ def make_evaluator(accelerator: Accelerator, cfg: RunConfig, sources: DataSource
                             e.max_images, (cfg.model.input_nc, cfg.model.output_nc), cfg.data.normalizations)
     evaluator = Evaluator(accelerator, split, features, e.batch_size, e.kid_subsets, e.kid_subset_size)
     if e.metric in ("l1", "psnr", "ssim") and not evaluator.paired:
-        raise UserError(f"eval.metric={e.metric} needs a paired test split (the same names in test A and B)")
+        raise UserError(f"eval.metric={e.metric} needs a paired test split ({evaluator.pairing})")
     return evaluator

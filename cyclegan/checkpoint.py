@@ -5,8 +5,10 @@ A checkpoint is the folder `checkpoints/step_XXXXXXX/` (named by global optimize
     g_ab.safetensors g_ab.json g_ba.safetensors g_ba.json   the generators, also an export
     g_ab_ema.safetensors ...                                the averaged generators (train.ema_decay)
     d_a.safetensors d_b.safetensors                         the discriminators
-    optim.pt                                                optimizers, schedulers, scaler
+    optim.pt                                                optimizers, schedulers, scaler, and the counters
+                                                            (skipped steps, health streaks) that go on counting
     rank_R.pt                                               rank R's image pools, augmentation and RNG states
+                                                            (`cyclegan.rng`), and its position in the data stream
     state.json                                              step, epoch, world size, architecture
 
 Every rank writes into `.step_XXXXXXX.partial/`; after a barrier the main process renames
@@ -17,22 +19,23 @@ back with safetensors or `torch.load(weights_only=True)`.
 
 from __future__ import annotations
 
-import random
+import os
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 
 from cyclegan.ema import GeneratorEMA
 from cyclegan.metrics import HealthMonitor
-from cyclegan.errors import CheckpointError
-from cyclegan.io.files import atomic_folder, atomic_path, replace_folder
+from cyclegan.errors import CheckpointError, UserError
+from cyclegan.io.files import atomic_folder, atomic_path, cannot_write, remove_leftovers, replace_folder
 from cyclegan.io.records import read_json, write_json
 from cyclegan.models.loading import export_generator, load_into, read_state_dict, save_weights
+from cyclegan.rng import restore_rng_state, rng_state
 from cyclegan.step import Networks, Optimizers, Pools
 
 STEP_PATTERN = re.compile(r"step_(\d{7})")
@@ -79,39 +82,6 @@ def find_resume_point(resume: str | None, root: Path) -> Path | None:
     return path
 
 
-def rng_state(device: torch.device) -> dict:
-    """This process's RNG states: CPU, Python, NumPy, and its own GPU's only, so that a resume on a
-    node with fewer GPUs (an elastic requeue) restores it without indexing GPUs it no longer has."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
-                  "has_gauss": has_gauss, "gauss": gauss},
-    }
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def restore_rng_state(state: dict, device: torch.device) -> None:
-    """Undo `rng_state` on this process's device. Older checkpoints hold a list of every GPU the
-    process saw: their entry for this device is used where it exists."""
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    saved = state.get("cuda")
-    if saved is None or device.type != "cuda":
-        return
-    if isinstance(saved, list):
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        if index >= len(saved):
-            return
-        saved = saved[index]
-    torch.cuda.set_rng_state(saved, device)
-
-
 @dataclass
 class Trained:
     """Everything a checkpoint holds besides the TrainState."""
@@ -153,18 +123,19 @@ def save_checkpoint(accelerator: Accelerator, root: Path, state: TrainState, tra
                         "stream": trained.stream}, temporary)
         if accelerator.is_main_process:
             _write_shared_files(accelerator, partial, state, trained)
-    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
+    except (OSError, RuntimeError, UserError) as err:  # torch.save reports a full disk as a RuntimeError
         shutil.rmtree(partial, ignore_errors=True)
-        raise CheckpointError(
-            f"could not write checkpoint {final} ({str(err).splitlines()[0]}); {_newest_kept(root)}. "
-            "Free disk space or fix the folder's permissions, then run again with resume=auto."
-        ) from None
+        reason = err if isinstance(err, OSError) else OSError(str(err).splitlines()[0])
+        raise CheckpointError(str(cannot_write(final, reason, f"then run again with resume=auto; {_newest_kept(root)}"))) \
+            from None
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         replace_folder(partial, final)
         publish_export(final, root.parent / "export", averaged=trained.ema is not None and export_ema)
-        for old in complete_checkpoints(root)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        for old in complete_checkpoints(root)[:-keep]:  # out of sight first, so none is ever seen half removed
+            retired = Path(tempfile.mkdtemp(prefix=f".{old.name}.", suffix=".old", dir=root))
+            os.replace(old, retired / old.name)
+            shutil.rmtree(retired, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
 
@@ -335,6 +306,5 @@ def _torch_load(path: Path) -> dict:
 def clean_partial(root: Path) -> None:
     """Remove leftovers of saves that were cut short: checkpoints, and refreshes of export/ and best/."""
     if root.is_dir():
-        leftovers = [*root.glob(".step_*.partial"), *root.parent.glob(".export.*"), *root.parent.glob(".best.*")]
-        for leftover in leftovers:
-            shutil.rmtree(leftover, ignore_errors=True)
+        remove_leftovers(root)
+        remove_leftovers(root.parent)

@@ -100,9 +100,9 @@ def translate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=4, help="images or frames of equal size per forward pass")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
-                        help="fp32: the official pixels on every machine; bf16: about 1.8x faster where the device "
-                             "computes it natively (recent GPUs, CPUs with AVX512-BF16 or AMX), pixels off by about "
-                             "a level of 255 on average; auto: bf16 where native, else fp32")
+                        help="fp32: the official pixels on every machine; bf16: about 2.1x faster where the device "
+                             "computes it natively (recent GPUs, CPUs with AVX512-BF16 or AMX; measured on an AMX "
+                             "CPU), pixels off by 1.3 levels of 255 on average; auto: bf16 where native, else fp32")
     parser.add_argument("--tile", type=int, default=None,
                         help="translate in N-pixel tiles, exactly (whole-image statistics); 0: never; default: "
                              "only images that would not fit in memory whole")
@@ -125,15 +125,25 @@ def translate_parser() -> argparse.ArgumentParser:
 def translate() -> None:
     args = translate_parser().parse_args()
 
-    from cyclegan.translate import run
+    try:  # the import too: Ctrl-C while torch loads is a stop like any other
+        from cyclegan.translate import run
 
-    try:
         run(args.checkpoint, args.input, args.output, args.direction, args.load_size, args.batch_size, args.device,
             args.precision, args.tile, args.smoothing, args.normalize, args.normalize_output, args.output_range)
-    except KeyboardInterrupt:  # Ctrl-C: every finished output is complete (written under a temporary name)
-        print(f"\nstopped (interrupted): the outputs finished so far in {args.output} are complete; run the same "
-              "command again to translate the rest", file=sys.stderr)
+    except KeyboardInterrupt:
+        if int(os.environ.get("RANK", "0")) == 0:  # under accelerate launch every rank is stopped: one says so
+            print(f"\nstopped (interrupted): {_left_behind(args.input, args.output)}", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+def _left_behind(source: str, output: Path) -> str:
+    """What a stopped translation leaves, by input kind: every finished image or shard is complete
+    (written under a temporary name, renamed when whole) and a rerun keeps it; a video is one
+    output, so a rerun starts it over. The video module is loaded before any video is read."""
+    video = sys.modules.get("cyclegan.translate.video")
+    if video and Path(source).suffix.lower() in video.VIDEO_EXTENSIONS:
+        return f"{output} was not written (a video is written whole); run the same command again to translate it"
+    return f"the outputs finished so far in {output} are complete; run the same command again to translate the rest"
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
@@ -173,11 +183,15 @@ def evaluate() -> None:
     from cyclegan.data.sources import check_samples, find_sources
     from cyclegan.errors import DataError
     from cyclegan.evaluation import Evaluator, format_table, load_generator_pair, load_inception, load_test_split
+    from cyclegan.io.outputs import prepare_output
     from cyclegan.io.records import write_json
 
     accelerator = Accelerator()
     if not args.data.exists():
         raise DataError(f"--data {args.data} does not exist")
+    if args.json:  # before minutes of work: never over a file this command reads
+        prepare_output(args.json, _read_by_evaluation(args.checkpoint, args.data, args.inception_weights),
+                       overwrite=True, staged=True, nested=True)
     source = find_sources(DataConfig(root=str(args.data))) if (args.data / "manifest.json").is_file() else args.data
     features = None if args.paired_only else load_inception(args.inception_weights)
     g_ab, g_ba = (net.to(accelerator.device) for net in load_generator_pair(args.checkpoint))
@@ -192,7 +206,7 @@ def evaluate() -> None:
                             channels, normalizations)
     evaluator = Evaluator(accelerator, split, features, args.batch_size, args.kid_subsets, args.kid_subset_size)
     if features is None and not evaluator.paired:  # every rank decides alike: `paired` is gathered
-        raise DataError(f"--data {args.data}: the test images of A and B do not pair (the same names in both), so "
+        raise DataError(f"--data {args.data}: the test images of A and B do not pair ({evaluator.pairing}), so "
                         "--paired-only has nothing to compute: give paired test data, or drop --paired-only for FID/KID")
     results = evaluator(g_ab, g_ba)
     if accelerator.is_main_process:
@@ -201,6 +215,27 @@ def evaluate() -> None:
         if args.json:
             write_json(args.json, results)
     accelerator.end_training()
+
+
+def _read_by_evaluation(checkpoint: Path, data: Path, inception: str | None) -> list[Path]:
+    """The files and folders `cyclegan-evaluate` reads, which its --json must not replace: the
+    checkpoint, its generators and their sidecars, its run's config, the data and its manifest,
+    the Inception weights."""
+    from cyclegan.errors import UserError
+    from cyclegan.evaluation import INCEPTION_ENV
+    from cyclegan.models.loading import resolve_generator_path
+
+    read = [checkpoint, data, *(data.rglob("*") if data.is_dir() else ())]  # its manifest, shards or images
+    for direction in ("AtoB", "BtoA"):
+        try:
+            weights = resolve_generator_path(checkpoint, direction)
+        except UserError:  # said when the generators are loaded
+            continue
+        read += [weights, weights.with_suffix(".json"), weights.parent / "config.json"]
+    for folder in (checkpoint, *checkpoint.resolve().parents[:3]):
+        read += [folder / "config.yaml", folder / "run.json"]
+    weights_file = inception or os.environ.get(INCEPTION_ENV)
+    return [path for path in read + ([Path(weights_file)] if weights_file else []) if path.exists()]
 
 
 def export_parser() -> argparse.ArgumentParser:
@@ -238,7 +273,9 @@ def export() -> None:
     weights = resolve_generator_path(args.checkpoint, args.direction)
     run = run_folder(weights.resolve())
     # the export is written beside the output and swapped in whole, so nothing goes before it is complete
-    prepare_output(args.output, [args.checkpoint, weights, *([run] if run else [])], args.overwrite, staged=True)
+    # a new file or folder may go inside the run; an existing one there is never replaced
+    prepare_output(args.output, [args.checkpoint, weights, *([run] if run else [])], args.overwrite, staged=True,
+                   nested=not args.output.exists())
     direction = args.direction or generator_direction(weights) or "AtoB"
     net = load_generator(weights)
     if args.format == "onnx":

@@ -4,9 +4,17 @@ PSNR and SSIM against ground truth where the test split is paired.
 Features come from the standard FID Inception network (torch-fidelity's port of the
 TensorFlow graph, through torchmetrics), loaded from a local file; FID and KID are
 torchmetrics' own computations, fed with features computed once per image. Each rank
-translates its share of the test set; features are gathered by image key and put in key
-order, so any number of ranks gives the numbers of one, and an image a rank could not read is
-simply absent from every layout. Nothing here draws from the training RNG.
+translates its share of the test set; features are gathered by each image's position in the
+test split and put in that order (keys name images too, but hand-made or combined shards may
+repeat one), so any number of ranks gives the numbers of one, and an image a rank could not read
+is simply absent from every layout. Nothing here draws from the training RNG.
+
+Pairing is decided from every rank's names (`cyclegan.pairing`): the split is paired when more
+than half of each domain's readable test images have a partner of the same name in the other
+(a repeated name pairs occurrence by occurrence, in test order). Partners need not share a rank:
+a target held elsewhere is sent to the rank of its source once, and the per-pair values are
+gathered by the pair's position and averaged in that order, so L1, PSNR and SSIM, like FID and
+KID, are the same on any number of ranks.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from cyclegan.io.formats import probe
 from cyclegan.io.samples import Decoding, read_sample, to_unit_tensor
 from cyclegan.images import ImageDecodeError, list_images, to_uint8
 from cyclegan.models.loading import read_state_dict
+from cyclegan.pairing import describe, is_paired, local_pairs, match, whole_split
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
@@ -69,12 +78,20 @@ class Precomputed(nn.Module):
 
 @dataclass
 class EvalSplit:
-    """This rank's share of the test images: keys and [-1, 1] tensors, per domain."""
+    """This rank's share of the test images: keys and [-1, 1] tensors, per domain, and each
+    image's position in its domain's test split, which names it across ranks (None: 0, 1, ...,
+    the whole split on one rank)."""
 
     keys_a: list[str]
     images_a: list[torch.Tensor]
     keys_b: list[str]
     images_b: list[torch.Tensor]
+    positions_a: list[int] | None = None
+    positions_b: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        self.positions_a = list(range(len(self.keys_a))) if self.positions_a is None else self.positions_a
+        self.positions_b = list(range(len(self.keys_b))) if self.positions_b is None else self.positions_b
 
 
 def is_deep_file(path: Path) -> bool:
@@ -99,7 +116,7 @@ def _folder_images(folder: Path, size: int, rank: int, world_size: int, limit: i
                 image = read_sample(path, decoding).pixels
             except ImageDecodeError:
                 continue
-            yield key, to_unit_tensor(test_transform(image, size))
+            yield position, key, to_unit_tensor(test_transform(image, size))
 
 
 def load_test_split(source: DataSources | Path, size: int, rank: int = 0, world_size: int = 1,
@@ -115,8 +132,9 @@ def load_test_split(source: DataSources | Path, size: int, rank: int = 0, world_
             raise UserError("the data has no test split (test/A and test/B): nothing to evaluate on")
         pairs = [list(iter_test_images(s, size, rank, world_size, limit, c, n))
                  for s, c, n in zip((source.test_a, source.test_b), channels, normalizations)]
-    (keys_a, images_a), (keys_b, images_b) = ([list(x) for x in zip(*p)] if p else ([], []) for p in pairs)
-    return EvalSplit(keys_a, images_a, keys_b, images_b)
+    (at_a, keys_a, images_a), (at_b, keys_b, images_b) = ([list(x) for x in zip(*p)] if p else ([], [], [])
+                                                          for p in pairs)
+    return EvalSplit(keys_a, images_a, keys_b, images_b, at_a, at_b)
 
 
 class Evaluator:
@@ -128,28 +146,18 @@ class Evaluator:
         self.features = features.to(accelerator.device).eval() if features is not None else None
         self.kid_subsets, self.kid_subset_size = kid_subsets, kid_subset_size
         self.real_features: dict[str, torch.Tensor] = {}
-        self.paired = self._names_pair()
-
-    def _names_pair(self) -> bool:
-        """Whether testA and testB hold the same names, apart from images some rank could not read
-        (the pair of an unreadable image is left out). Both domains are shared out by position, so
-        the two images of a pair sit on the same rank: each rank's lists, less the names the other
-        domain lacks everywhere, must agree."""
-        everywhere = self._all_ranks((self.split.keys_a, self.split.keys_b))
-        names_a = {k for keys, _ in everywhere for k in keys}
-        names_b = {k for _, keys in everywhere for k in keys}
-        return bool(names_a & names_b) and all([k for k in a if k in names_b] == [k for k in b if k in names_a]
-                                               for a, b in everywhere)
+        everywhere = self._all_ranks((split.positions_a, split.keys_a, split.positions_b, split.keys_b))
+        a, b = (whole_split([(part[i], part[i + 1]) for part in everywhere]) for i in (0, 2))
+        pairs = match(a, b)
+        self.paired = is_paired(len(a), len(b), len(pairs))
+        self.pairing = describe(len(a), len(b), len(pairs))  # for messages when not paired
+        # every rank decides `paired` alike, so all or none take part in the exchange of partners
+        self.partners = (local_pairs(pairs, self.acc.process_index, split.images_a, split.images_b, self._all_ranks)
+                         if self.paired else {})
 
     def _all_ranks(self, value: object) -> list:
         """Every rank's `value`, in rank order."""
         return gather_object([value]) if self.acc.num_processes > 1 else [value]
-
-    def _pairs(self) -> tuple[list[int], list[int]]:
-        """Positions in this rank's A and B lists of the images that have their partner here."""
-        index_b = {k: i for i, k in enumerate(self.split.keys_b)}
-        matched = [(i, index_b[k]) for i, k in enumerate(self.split.keys_a) if k in index_b]
-        return [i for i, _ in matched], [j for _, j in matched]
 
     @torch.no_grad()
     def _translate(self, net: nn.Module, images: list[torch.Tensor]) -> torch.Tensor:
@@ -179,35 +187,35 @@ class Evaluator:
     def __call__(self, g_ab: nn.Module, g_ba: nn.Module) -> dict[str, float]:
         results: dict[str, float] = {}
         s = self.split
-        pairs_a, pairs_b = self._pairs()
-        for name, net, source, target, keys, pairs in (
-                ("AtoB", g_ab, s.images_a, s.images_b, (s.keys_a, s.keys_b), (pairs_a, pairs_b)),
-                ("BtoA", g_ba, s.images_b, s.images_a, (s.keys_b, s.keys_a), (pairs_b, pairs_a))):
+        for name, net, source, target, positions in (
+                ("AtoB", g_ab, s.images_a, s.images_b, (s.positions_a, s.positions_b)),
+                ("BtoA", g_ba, s.images_b, s.images_a, (s.positions_b, s.positions_a))):
             was_training = net.training
             net.eval()
             fake = self._translate(net, source)
             net.train(was_training)
             if self.features is not None:
-                results.update(self._distribution_metrics(name, fake, target, *keys))
+                results.update(self._distribution_metrics(name, fake, target, *positions))
             if self.paired:
-                results.update(self._paired_metrics(name, fake[pairs[0]], [target[j] for j in pairs[1]]))
+                results.update(self._paired_metrics(name, fake))
         return results
 
-    def _gathered(self, keys: list[str], features: torch.Tensor) -> torch.Tensor:
-        """Every rank's features, one row per image key, in key order: the same rows in the same
+    def _gathered(self, positions: list[int], features: torch.Tensor) -> torch.Tensor:
+        """Every rank's features, one row per image, in test-split order: the same rows in the same
         order whatever the number of ranks and whichever images a rank skipped."""
-        rows = {key: row for part_keys, part in self._all_ranks((keys, features.cpu()))
-                for key, row in zip(part_keys, part)}
+        rows = {at: row for part_positions, part in self._all_ranks((positions, features.cpu()))
+                for at, row in zip(part_positions, part)}
         if not rows:
             return torch.zeros(0, features.shape[1], dtype=features.dtype)
-        return torch.stack([rows[key] for key in sorted(rows)])
+        return torch.stack([rows[at] for at in sorted(rows)])
 
-    def _distribution_metrics(self, name: str, fake: torch.Tensor, target: list[torch.Tensor], fake_keys: list[str],
-                              target_keys: list[str]) -> dict[str, float]:
+    def _distribution_metrics(self, name: str, fake: torch.Tensor, target: list[torch.Tensor],
+                              fake_positions: list[int], target_positions: list[int]) -> dict[str, float]:
         if name not in self.real_features:
             stacked = torch.stack(target) if target else torch.zeros(0, 3, 1, 1)
-            self.real_features[name] = self._gathered(target_keys, self._features(to_uint8(stacked.to(self.acc.device))))
-        real, fake_f = self.real_features[name], self._gathered(fake_keys, self._features(fake))
+            real = self._features(to_uint8(stacked.to(self.acc.device)))
+            self.real_features[name] = self._gathered(target_positions, real)
+        real, fake_f = self.real_features[name], self._gathered(fake_positions, self._features(fake))
         if len(real) < 2 or len(fake_f) < 2:
             raise UserError(f"{name}: FID and KID need at least 2 readable test images in each domain, "
                             f"not {len(fake_f)} and {len(real)}")
@@ -226,17 +234,20 @@ class Evaluator:
             kid_mean, kid_std = kid.compute()
         return {f"{name}/fid": fid.compute().item(), f"{name}/kid": kid_mean.item(), f"{name}/kid_std": kid_std.item()}
 
-    def _paired_metrics(self, name: str, fake: torch.Tensor, target: list[torch.Tensor]) -> dict[str, float]:
-        sums = torch.zeros(4, device=self.acc.device)  # a rank without pairs adds nothing
-        if target:
-            preds = fake.float() / 255.0
-            truth = to_uint8(torch.stack(target).to(self.acc.device)).float() / 255.0
+    def _paired_metrics(self, name: str, fake: torch.Tensor) -> dict[str, float]:
+        """Mean L1, PSNR and SSIM over the pairs: per-pair values, gathered by the pair's source
+        position and averaged in that order, so any number of ranks gives the numbers of one."""
+        positions, indices, truth = self.partners[name]
+        values = torch.zeros(0, 3, dtype=torch.float64)  # a rank without pairs adds nothing
+        if positions:
+            preds = fake[indices].float() / 255.0
+            truth = truth.to(self.acc.device).float() / 255.0
             l1 = (preds - truth).abs().mean(dim=(1, 2, 3))
             psnr = peak_signal_noise_ratio(preds, truth, data_range=1.0, reduction="none", dim=(1, 2, 3))
             ssim = structural_similarity_index_measure(preds, truth, data_range=1.0, reduction="none")
-            sums = torch.stack([l1.sum(), psnr.sum(), ssim.sum(), torch.tensor(float(len(preds)), device=preds.device)])
-        l1_sum, psnr_sum, ssim_sum, count = self.acc.reduce(sums.double(), "sum").tolist()
-        return {f"{name}/l1": l1_sum / count, f"{name}/psnr": psnr_sum / count, f"{name}/ssim": ssim_sum / count}
+            values = torch.stack([l1, psnr, ssim], dim=1).double()
+        l1, psnr, ssim = self._gathered(positions, values).mean(dim=0).tolist()
+        return {f"{name}/l1": l1, f"{name}/psnr": psnr, f"{name}/ssim": ssim}
 
 
 def headline(results: dict[str, float], metric: str) -> float:
@@ -263,6 +274,8 @@ def load_generator_pair(path: Path) -> tuple[nn.Module, nn.Module]:
     from cyclegan.models import load_generator
     from cyclegan.models.loading import HF_WEIGHTS
 
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
     if not path.is_dir() or (path / HF_WEIGHTS).is_file():
         raise UserError(f"{path} holds one generator; evaluation needs both directions: give a run folder, an export "
                         "or checkpoint folder, or a folder with the official latest_net_G_A.pth and latest_net_G_B.pth")

@@ -143,14 +143,18 @@ def run_facts(run: Path, weights: Path, direction: str) -> list[str]:
     record = _json(run / "run.json") or {}
     state = _json(weights.parent / "state.json") or {}
     facts = []
-    if record:
-        t = record["train"]
-        precision = {"no": "fp32"}.get(t["mixed_precision"], t["mixed_precision"])
-        facts.append(f"global batch {record['global_batch']} ({t['batch_size']} per device x {t['grad_accum']} "
-                     f"accumulation x {record['world_size']} process(es)); precision {precision}; Adam lr {t['lr']}, "
-                     f"betas ({t['beta1']}, {t['beta2']}); {t['epochs']} constant + {t['decay_epochs']} decay "
-                     f"epochs; lambda_cycle {t['lambda_cycle']}, lambda_identity {t['lambda_identity']}")
-        images = record.get("images", {})
+    t = record.get("train") if isinstance(record.get("train"), dict) else {}
+    if record:  # a hand-written or older run.json may lack keys: "?" for those
+        def get(key: str, where: dict = t) -> object:
+            return where.get(key, "?")
+
+        precision = {"no": "fp32"}.get(get("mixed_precision"), get("mixed_precision"))
+        facts.append(f"global batch {get('global_batch', record)} ({get('batch_size')} per device x "
+                     f"{get('grad_accum')} accumulation x {get('world_size', record)} process(es)); precision "
+                     f"{precision}; Adam lr {get('lr')}, betas ({get('beta1')}, {get('beta2')}); {get('epochs')} "
+                     f"constant + {get('decay_epochs')} decay epochs; lambda_cycle {get('lambda_cycle')}, "
+                     f"lambda_identity {get('lambda_identity')}")
+        images = record.get("images") if isinstance(record.get("images"), dict) else {}
         facts.append("images: " + ", ".join(f"{name.replace('_', ' ')} {n}" for name, n in sorted(images.items())))
     step = state.get("step")
     rows = [row for row in _json_lines(run / "metrics.jsonl") if "loss/adv_ab" in row
@@ -165,11 +169,11 @@ def run_facts(run: Path, weights: Path, direction: str) -> list[str]:
     best = _json(run / "best" / "best.json")
     if best:
         scores = {k.split("/", 1)[1]: v for k, v in best.get("results", {}).items() if k.startswith(f"{direction}/")}
-        evaluated_averaged = bool(record and record["train"].get("ema_decay"))  # evaluation uses the average
-        if best["step"] == step and evaluated_averaged == averaged:
+        evaluated_averaged = bool(t.get("ema_decay"))  # evaluation uses the average
+        if best.get("step") == step and evaluated_averaged == averaged:
             whose = "these weights"
         else:
-            whose = f"the {'averaged' if evaluated_averaged else 'trained'} generators of step {best['step']}, in best/"
+            whose = f"the {'averaged' if evaluated_averaged else 'trained'} generators of step {best.get('step', '?')}, in best/"
         facts.append(f"best evaluation ({whose}): " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(scores.items())))
     return facts
 

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
+from cyclegan.data.normalize import type_range
 from cyclegan.errors import DataError
 
 GREY_TOLERANCE = 2  # levels by which the channels of "grey saved as RGB" may differ (JPEG chroma rounding)
+LUMA_WEIGHTS = np.array([19595, 38470, 7471])  # ITU-R 601-2 in 1/65536ths, as Pillow's convert("L") weighs R, G, B
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"}
 ARRAY_EXTENSIONS = {".npy"}  # H x W x C arrays of any depth and band count (`cyclegan.io.formats`)
 HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
@@ -34,21 +36,30 @@ class ChannelMismatch(DataError):
 
 def list_images(root: Path) -> list[Path]:
     """Image files and `.npy` arrays under `root` (recursively, into linked folders too, as a user
-    expects; a folder reached a second time, such as a link to an ancestor, is listed once), in a
-    stable order."""
+    expects), in a stable order. A folder reached a second time is listed once: by its real path
+    when it lies inside `root` (a link to it is passed over), else by the first link in name order.
+    A folder that cannot be read is an error, not a silent gap in the data."""
+    if not root.is_dir():
+        return []
     listed = IMAGE_EXTENSIONS | ARRAY_EXTENSIONS
+    inside = os.path.join(os.path.realpath(root), "")
     found, seen = [], {os.path.realpath(root)}
-    for folder, subfolders, names in os.walk(root, followlinks=True):
-        # folders before links, then by name: the path kept for a folder reached twice is the real one
-        ordered = sorted(subfolders, key=lambda s: (os.path.islink(os.path.join(folder, s)), s))
-        subfolders.clear()
-        for sub in ordered:
-            real = os.path.realpath(os.path.join(folder, sub))
-            if real not in seen:
+    for folder, subfolders, names in os.walk(root, followlinks=True, onerror=_unreadable):
+        kept = []
+        for sub in sorted(subfolders):
+            path = os.path.join(folder, sub)
+            real = os.path.realpath(path)
+            if real not in seen and not (os.path.islink(path) and real.startswith(inside)):
                 seen.add(real)
-                subfolders.append(sub)
+                kept.append(sub)
+        subfolders[:] = kept
         found += [Path(folder, n) for n in names if Path(n).suffix.lower() in listed and Path(folder, n).is_file()]
     return sorted(found)
+
+
+def _unreadable(err: OSError) -> None:
+    """os.walk's error hook: by default it passes over a folder it cannot read, and its images with it."""
+    raise DataError(f"cannot read folder {err.filename} ({err.strerror}): its images would be left out")
 
 
 def open_image(source: Path | bytes, name: str | None = None, draft: tuple[int, int] | None = None) -> Image.Image:
@@ -108,18 +119,43 @@ def to_rgb(image: Image.Image) -> tuple[Image.Image, str | None]:
     return image.convert("RGB"), mode
 
 
-def is_greyscale(rgb: Image.Image) -> bool:
-    """Whether an 8-bit RGB image is grey: its channels within `GREY_TOLERANCE` of each other."""
-    red, green, blue = rgb.split()
-    return all(ImageChops.difference(a, b).getextrema()[1] <= GREY_TOLERANCE for a, b in ((red, green), (green, blue)))
+def is_grey(array: np.ndarray) -> bool:
+    """Whether a 3-band H x W x 3 array is grey: its bands within `GREY_TOLERANCE` levels of 255 of
+    each other (of the type's range for integers, of the image's own range for floats)."""
+    values = array.astype(np.float64)
+    if np.issubdtype(array.dtype, np.integer):
+        low, high = type_range(array.dtype)
+    else:
+        low, high = float(values.min()), float(values.max())
+    spread = max(np.abs(values[:, :, 0] - values[:, :, 1]).max(), np.abs(values[:, :, 1] - values[:, :, 2]).max())
+    return spread <= GREY_TOLERANCE * (high - low) / 255
+
+
+def luma(array: np.ndarray) -> np.ndarray:
+    """A grey H x W x 3 array as H x W x 1 of its type: its luma, by the weights and the rounding of
+    Pillow's convert("L"), so that an 8-bit image gives what the official path takes on either path."""
+    if np.issubdtype(array.dtype, np.integer):
+        return ((array.astype(np.int64) @ LUMA_WEIGHTS + 0x8000) >> 16).astype(array.dtype)[:, :, None]
+    return (array.astype(np.float64) @ (LUMA_WEIGHTS / 65536)).astype(array.dtype)[:, :, None]
+
+
+def band_mismatch(name: str, bands: int, channels: int, image: bool = True) -> ChannelMismatch:
+    """The one message for a sample of other bands than its domain takes (`image`: a colour image
+    rather than an array of bands, when 3 meet 1)."""
+    if image and (bands, channels) == (3, 1):
+        what = ("a colour image in a 1-channel (greyscale) domain; convert the domain's images to greyscale, or give "
+                "the domain 3 channels")
+    else:
+        what = f"has {bands} band(s), but its domain has {channels}"
+    return ChannelMismatch(f"{name}: {what} (model.input_nc for A, model.output_nc for B)")
 
 
 def to_channels(image: Image.Image, channels: int, name: str = "image") -> Image.Image:
     """Any mode as the domain's bands: 8-bit RGB for 3 channels, 8-bit greyscale ("L") for 1.
 
     A greyscale domain takes greyscale files of any depth, and colour files whose three channels
-    are equal (greyscale saved as RGB, within `GREY_TOLERANCE`; their luma is taken); a truly
-    coloured image there is refused, not averaged.
+    are equal (greyscale saved as RGB, within `GREY_TOLERANCE`; their luma is taken, as `luma`
+    takes it on the deep path); a truly coloured image there is refused, not averaged.
     """
     if channels not in (1, 3):
         raise DataError(f"{name}: image files give 1 (greyscale) or 3 (RGB) channels, not {channels}")
@@ -128,10 +164,8 @@ def to_channels(image: Image.Image, channels: int, name: str = "image") -> Image
     rgb, _ = to_rgb(image)
     if channels == 3:
         return rgb
-    if not is_greyscale(rgb):
-        raise ChannelMismatch(f"{name}: a colour image in a 1-channel (greyscale) domain; convert the domain's "
-                              "images to greyscale, or give the domain 3 channels (model.input_nc for A, "
-                              "model.output_nc for B)")
+    if not is_grey(hwc_array(rgb)):
+        raise band_mismatch(name, 3, 1)
     return rgb.convert("L")
 
 
@@ -139,11 +173,6 @@ def hwc_array(image: Image.Image) -> np.ndarray:
     """An 8-bit RGB or greyscale image as a writable H x W x C uint8 array (C = 1 for greyscale)."""
     array = np.array(image, dtype=np.uint8, copy=True)
     return array[:, :, None] if array.ndim == 2 else array
-
-
-def to_pixels(image: Image.Image, channels: int, name: str = "image") -> np.ndarray:
-    """Any mode as an H x W x `channels` uint8 array (see `to_channels`)."""
-    return hwc_array(to_channels(image, channels, name))
 
 
 def to_image(pixels: np.ndarray) -> Image.Image:

@@ -205,7 +205,7 @@ class Trainer:
     def after_step(self, window: MetricWindow, bar: tqdm) -> None:
         """Everything between two optimizer steps, in this order: the schedules and the step count,
         logging, sample grids, evaluation, checkpoints and the rank check."""
-        used_lr = self.advance()
+        used_lr = self.schedule_step()
         bar.update(1)
         if self.due(self.cfg.tracking.log_every, final=True):
             self.log_step(window, used_lr, bar)
@@ -223,7 +223,7 @@ class Trainer:
         step = self.state.step
         return (every > 0 and step % every == 0) or (final and step == self.plan.max_steps)
 
-    def advance(self) -> dict[str, float]:
+    def schedule_step(self) -> dict[str, float]:
         """Step the schedules, the step count and the averaged generators; returns the learning rates
         the step just taken was taken with."""
         used_lr = {name: scheduler.get_last_lr()[0] for name, scheduler in self.schedulers.items()}

@@ -102,8 +102,6 @@ def main() -> None:
         result = translate_benchmark(args.workdir, args.sizes, args.images, args.large, args.frames, args.precision,
                                      args.tile)
     elif args.mode == "resume":
-        if not all(0 <= p < args.images for p in args.positions):
-            parser.error("--positions must lie in the epoch: from 0 to --images - 1")
         result = resume_benchmark(args.workdir, args.images, args.positions, args.repeats)
     elif args.mode == "loader":
         result = loader_benchmark(args.workdir, args.images, args.workers, args.batches, args.repeats,

@@ -104,6 +104,25 @@ def max_difference(weights: dict, reference: dict) -> float:
                for k in reference[n])
 
 
+def read_only_folder(folder: Path) -> Path:
+    """A new folder nobody may write into: by its mode, and for root (whom modes do not stop, as
+    in CI) by the immutable attribute. `writable_again` undoes it."""
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(folder)], check=True)
+    return folder
+
+
+def writable_again(root: Path) -> None:
+    """Undo `read_only_folder` for every folder at and below `root`, so pytest can clean up."""
+    for folder in [root, *root.rglob("*")]:
+        if folder.is_dir() and not folder.is_symlink():
+            if os.geteuid() == 0:
+                subprocess.run(["chattr", "-i", str(folder)], check=False, capture_output=True)
+            folder.chmod(0o755)
+
+
 def make_image_zoo(folder: Path) -> dict[str, str]:
     """Images of every awkward kind, plus broken files; returns name -> what it is."""
     import numpy as np

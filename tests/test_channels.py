@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from cyclegan.checkpoint import complete_checkpoints
 from cyclegan.config import load_config
 from cyclegan.errors import ConfigError, UserError
-from cyclegan.images import ChannelMismatch, to_channels, to_pixels
+from cyclegan.images import ChannelMismatch, to_channels
+from cyclegan.io.samples import Decoding, read_sample
 from cyclegan.models import NLayerDiscriminator, ResnetGenerator, load_generator
 from cyclegan.models.generator import GeneratorSpec
 from cyclegan.models.loading import export_generator
@@ -23,13 +24,14 @@ def test_images_become_the_domains_channels():
     rng = np.random.default_rng(0)
     grey = rng.integers(0, 256, (12, 10), dtype=np.uint8)
     for image in (Image.fromarray(grey), Image.fromarray(np.stack([grey] * 3, axis=-1))):  # L, and grey saved as RGB
-        assert np.array_equal(to_pixels(image, 1), grey[:, :, None])
-        assert np.array_equal(to_pixels(image, 3), np.stack([grey] * 3, axis=-1))
+        assert np.array_equal(read_sample(image, Decoding(1)).array(), grey[:, :, None])
+        assert np.array_equal(read_sample(image, Decoding(3)).array(), np.stack([grey] * 3, axis=-1))
     deep = Image.fromarray(grey.astype(np.uint16) * 257)
     assert deep.mode.startswith("I;16")
-    assert np.array_equal(to_pixels(deep, 1)[:, :, 0], grey), "16-bit greyscale scaled to 8 bits, as for RGB"
+    assert np.array_equal(np.asarray(to_channels(deep, 1)), grey), "16-bit greyscale scaled to 8 bits, as for RGB"
     nearly_grey = np.stack([grey, np.clip(grey.astype(int) + 2, 0, 255).astype(np.uint8), grey], axis=-1)
-    assert to_pixels(Image.fromarray(nearly_grey), 1).shape == (12, 10, 1), "JPEG's chroma rounding is still grey"
+    assert read_sample(Image.fromarray(nearly_grey), Decoding(1)).array().shape == (12, 10, 1), \
+        "JPEG's chroma rounding is still grey"
     colour = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
     with pytest.raises(ChannelMismatch, match="x.png: a colour image in a 1-channel"):
         to_channels(Image.fromarray(colour), 1, "x.png")

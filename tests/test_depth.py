@@ -81,11 +81,11 @@ def test_the_manifest_records_types_bands_and_range(deep_data):
 def test_a_12_bit_slice_keeps_its_4096_levels_through_shards_and_loader(deep_data):
     window = "range:0,4095"
     deep = find_sources(DataConfig(root=str(deep_data / "deep")))
-    _, tensor = next(iter_test_images(deep.test_a, SIZE, channels=1, normalize=window))
+    *_, tensor = next(iter_test_images(deep.test_a, SIZE, channels=1, normalize=window))
     assert tensor.shape == (1, SIZE, SIZE) and tensor.unique().numel() == 4096
     # the negative control: the same files in 8-bit shards keep at most 256 levels
     eight = find_sources(DataConfig(root=str(deep_data / "eight")))
-    _, quantised = next(iter_test_images(eight.test_a, SIZE, channels=1))
+    *_, quantised = next(iter_test_images(eight.test_a, SIZE, channels=1))
     assert quantised.unique().numel() <= 256
 
 

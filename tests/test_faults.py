@@ -88,7 +88,7 @@ def test_signal_to_two_ranks_stops_both_at_the_same_step(demo_shards, tmp_path, 
 
     process = start([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                      "--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no",
-                     *TRAIN[1:], *tiny(demo_shards, out, "train.max_steps=500", "tracking.mode=disabled")],
+                     *TRAIN[1:], *tiny(demo_shards, out, "train.max_steps=400", "tracking.mode=disabled")],
                     env={"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"})
     wait_for(lambda: logged_steps(out) >= 3)
     os.killpg(process.pid, signum)  # the launcher and both ranks, as a scheduler or Ctrl-C does

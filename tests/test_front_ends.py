@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from cyclegan.evaluation import EvalSplit, Evaluator
+from cyclegan.evaluation import EvalSplit, Evaluator, load_test_split
 from cyclegan.models import GeneratorSpec, ResnetGenerator
 from cyclegan.models.loading import export_generator
 from tests.conftest import ROOT, launch, script
@@ -73,9 +74,42 @@ def test_a_test_size_that_is_no_multiple_of_4_is_evaluated():
     split = EvalSplit(["a", "b", "c"], images, ["a", "b", "c"], images[::-1])
     torch.manual_seed(0)
     net = ResnetGenerator(GeneratorSpec(ngf=8, n_blocks=1))
-    results = Evaluator(Accelerator(cpu=True), split, None)(net, net)
+    evaluator = Evaluator(Accelerator(cpu=True), split, None)
+    results = evaluator(net, net)
     assert set(results) == {f"{d}/{m}" for d in ("AtoB", "BtoA") for m in ("l1", "psnr", "ssim")}
     assert all(np.isfinite(v) for v in results.values())
+    from cyclegan.translate import Translator  # the numbers are of the translation a user gets
+
+    pixels = np.random.default_rng(0).integers(0, 256, (30, 30, 3), dtype=np.uint8)
+    with torch.no_grad():
+        evaluated = evaluator._translate(net, [torch.from_numpy(pixels).permute(2, 0, 1) / 127.5 - 1])[0]
+    translated = Translator(net, torch.device("cpu")).translate([pixels])[0]
+    assert translated.shape == (30, 30, 3)
+    assert np.abs(evaluated.permute(1, 2, 0).numpy().astype(int) - translated.astype(int)).max() <= 1
+
+
+class ChannelMeans(torch.nn.Module):
+    """Features a test can follow: each image's channel means."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.float().mean(dim=(2, 3))
+
+
+def test_test_images_that_share_a_key_all_count(demo_folders, tmp_path):
+    # hand-made or combined shards may repeat a key: the images are told apart by their position
+    g = torch.Generator().manual_seed(0)
+    a, b = ([torch.rand(3, 16, 16, generator=g) * scale - 1 for _ in range(6)] for scale in (2, 1))
+    shared = EvalSplit(["x"] * 6, a, ["y"] * 6, b)
+    unique = EvalSplit([f"x{i}" for i in range(6)], a, [f"y{i}" for i in range(6)], b)
+    scores = [Evaluator(Accelerator(cpu=True), split, ChannelMeans(), kid_subsets=2)(torch.nn.Identity(),
+                                                                                      torch.nn.Identity())
+              for split in (shared, unique)]
+    assert scores[0] == scores[1] and scores[0]["AtoB/fid"] > 0
+    # positions come from the whole split: an unreadable image leaves a gap, on every layout
+    names = paired_test_folders(demo_folders, tmp_path / "data", 3)
+    (tmp_path / "data" / "testA" / names[1]).write_bytes(b"not a png at all")
+    shares = [load_test_split(tmp_path / "data", 16, rank, 2) for rank in (0, 1)]
+    assert [(s.positions_a, s.positions_b) for s in shares] == [([0, 2], [0, 2]), ([], [1])]
 
 
 def test_paired_only_on_names_that_do_not_pair_is_an_error(generators, demo_folders, tmp_path):
@@ -148,6 +182,28 @@ def test_a_linked_folder_in_the_input_is_translated(generators, tmp_path):
     assert report.written == 2 and (tmp_path / "out" / "linked" / "b.png").is_file()
 
 
+def test_listing_prefers_real_paths_and_refuses_an_unreadable_folder(tmp_path, monkeypatch):
+    import os
+
+    from cyclegan.errors import DataError
+    from cyclegan.images import list_images
+
+    _image(tmp_path / "in" / "z" / "real" / "b.png")
+    (tmp_path / "in" / "a_link").symlink_to(tmp_path / "in" / "z" / "real", target_is_directory=True)
+    assert list_images(tmp_path / "in") == [tmp_path / "in" / "z" / "real" / "b.png"], "listed once, by its real path"
+    _image(tmp_path / "in" / "locked" / "c.png")
+    scandir = os.scandir
+
+    def refusing(path=".", *args):
+        if Path(path).name == "locked":  # as for a folder without read permission (the tests may run as root)
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path, *args)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    with pytest.raises(DataError, match=r"cannot read folder .*in/locked \(Permission denied\)"):
+        list_images(tmp_path / "in")
+
+
 def test_a_cut_off_video_is_translated_as_far_as_it_goes_and_said_to_be_short(generators, tmp_path, capsys):
     import av
 
@@ -176,18 +232,26 @@ def test_ctrl_c_stops_a_translation_with_one_line(tmp_path):
 
     torch.manual_seed(0)
     export_generator(ResnetGenerator(GeneratorSpec()), tmp_path / "g_ab.safetensors")  # the paper's: slow enough
-    for i in range(40):
+    for i in range(24):
         _image(tmp_path / "in" / f"{i:02d}.png", i)
     command = [sys.executable, str(ROOT / "scripts/translate.py"), "--checkpoint", str(tmp_path / "g_ab.safetensors"),
                "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--load-size", "256",
                "--batch-size", "1", "--device", "cpu"]
     child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert child.stdout.readline().startswith("translating")  # the model is loaded, the work begun
-    child.send_signal(signal.SIGINT)
+    done = lambda: sorted(p.name for p in (tmp_path / "out").glob("*.png"))  # noqa: E731
+    deadline = time.monotonic() + 300
+    while not done() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGINT)  # mid-work: one output is written, the paper's network is slow on the rest
     out, err = child.communicate(timeout=300)
     lines = [line for line in err.splitlines() if line.strip() and "translate:" not in line]  # not the progress bar
     assert child.returncode == 130, err
     assert len(lines) == 1 and lines[0].startswith("stopped (interrupted)") and "Traceback" not in err
+    finished = {name: (tmp_path / "out" / name).stat().st_mtime_ns for name in done()}
+    assert 1 <= len(finished) < 24 and not list((tmp_path / "out").glob(".*.partial")), "no half-written file left"
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+    assert len(done()) == 24, "the rerun translates the rest"
+    assert {name: (tmp_path / "out" / name).stat().st_mtime_ns for name in finished} == finished, "and keeps those"
 
 
 # ---- make_shards
@@ -198,8 +262,13 @@ def test_make_shards_refuses_one_folder_for_both_domains_and_a_file_as_input(dem
     from cyclegan.errors import DataError
 
     folder = demo_folders / "trainA"
+    with pytest.raises(DataError, match="are the same folder"):  # spelled another way: x/../trainA
+        find_domains(None, folder, demo_folders / "testA" / ".." / "trainA")
+    (tmp_path / "link").symlink_to(folder, target_is_directory=True)
     with pytest.raises(DataError, match="are the same folder"):
-        find_domains(None, folder, Path(str(folder) + "/"))
+        find_domains(None, tmp_path / "link", folder)
+    with pytest.raises(DataError, match="nowhere does not exist"):
+        find_domains(tmp_path / "nowhere", None, None)
     video = tmp_path / "clip.mp4"
     video.write_bytes(b"\0" * 64)
     with pytest.raises(DataError, match="is a file, not a folder"):
@@ -212,3 +281,12 @@ def test_messages_name_the_installed_program_not_the_script():
                  and any("scripts/make_shards.py" in line and ("Error(" in line or line.strip().startswith(('"', 'f"')))
                          for line in p.read_text().splitlines())]
     assert not offending
+
+
+def test_the_runtime_imports_no_benchmark_code():
+    import subprocess
+
+    code = ("import sys, cyclegan.trainer, cyclegan.cli, cyclegan.translate, cyclegan.evaluation, cyclegan.export; "
+            "print(sorted(m for m in sys.modules if m.startswith('cyclegan.benchmarks')))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

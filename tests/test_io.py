@@ -14,6 +14,7 @@ from cyclegan.errors import DataError, UserError
 from cyclegan.io.files import atomic_folder, atomic_path, atomic_write, replace_folder, writing
 from cyclegan.io.outputs import LOCK, lock_holder, output_lock, prepare_output
 from cyclegan.io.records import append_jsonl, read_json, read_jsonl, write_json
+from tests.conftest import read_only_folder, writable_again
 
 
 def mode(path: Path) -> int:
@@ -181,26 +182,28 @@ def test_a_second_writer_is_told_who_holds_the_output(tmp_path):
         assert (tmp_path / "out" / LOCK).is_file()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_a_read_only_output_is_one_line(tmp_path):
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    folder.chmod(0o555)
+    folder = read_only_folder(tmp_path / "ro")
     try:
-        with pytest.raises(UserError, match="cannot write to the output"):
+        with pytest.raises(UserError, match=r"cannot write .*ro \(Permission denied\)"):
             with output_lock(folder):
                 pass
     finally:
-        folder.chmod(0o755)
+        writable_again(tmp_path)
 
 
-def test_a_read_only_file_system_is_one_line(tmp_path, monkeypatch):
-    def refuse(*args, **kwargs):
-        raise OSError(30, "Read-only file system")
+def test_a_read_only_file_system_is_one_line_saying_so(tmp_path, monkeypatch):
+    """Not "Permission denied": the file system is mounted read-only (faked for this folder only)."""
+    folder, real_access, real_statvfs = tmp_path / "mnt", os.access, os.statvfs
+    folder.mkdir()
 
-    monkeypatch.setattr("cyclegan.io.outputs.os.open", refuse)
-    with pytest.raises(UserError, match=r"cannot write to the output .*\(Read-only file system\)"):
-        with output_lock(tmp_path):
+    class ReadOnly:
+        f_flag = os.ST_RDONLY
+
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != folder and real_access(path, mode, **kw))
+    monkeypatch.setattr(os, "statvfs", lambda path: ReadOnly() if Path(path) == folder else real_statvfs(path))
+    with pytest.raises(UserError, match=r"cannot write .*mnt \(Read-only file system\)"):
+        with output_lock(folder):
             pass
 
 
@@ -325,6 +328,18 @@ def test_a_second_translation_into_one_output_is_told_who_holds_it(generator, ph
         holder.kill()
         holder.wait()
     assert not list((tmp_path / "out").glob("*.png"))
+
+
+def test_a_translation_removes_what_a_killed_run_left_half_written(generator, photos, tmp_path):
+    output = tmp_path / "out"
+    leftovers = [output / ".0.png.k3j4.partial", output / "deep" / ".1.png.x9y8.partial"]
+    for leftover in leftovers:
+        leftover.parent.mkdir(parents=True, exist_ok=True)
+        leftover.write_bytes(b"half a png")
+    (output / "keep.partial").write_text("a user's file, not hidden: not ours to remove")
+    translate(generator, photos / "trainA", output)
+    assert not any(leftover.exists() for leftover in leftovers)
+    assert (output / "keep.partial").is_file() and (output / "0.png").is_file()
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

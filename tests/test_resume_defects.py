@@ -1,21 +1,23 @@
-"""Resume defects of issue 23: a changed pool size, fewer GPUs, counters that restarted, and a
-`train.max_steps` beyond the schedule. One tiny run (three steps, the third skipped for a NaN
-gradient) is shared; each test resumes a copy of it."""
+"""Resume defects of issue 23: a changed pool size, fewer GPUs, counters that restarted, a
+`train.max_steps` beyond the schedule, and the stream's position. One tiny run (three steps, the
+third skipped for a NaN gradient) is shared by most tests; each resumes a copy of it."""
 
+import io
 import json
 import random
 import shutil
+import tarfile
 
 import numpy as np
 import pytest
 import torch
 
 from cyclegan.build import make_plan
-from cyclegan.checkpoint import restore_rng_state, rng_state
+from cyclegan.rng import restore_rng_state, rng_state
 from cyclegan.config import load_config
 from cyclegan.data.sources import find_sources
 from cyclegan.errors import ConfigError
-from tests.conftest import script, tiny
+from tests.conftest import final_weights, script, tiny
 from tests.test_faults import inject_nan, skipped_counts
 
 # every run of this module, the base one included: the health warning about a generator that
@@ -74,6 +76,45 @@ def test_a_changed_pool_size_is_refused_before_any_work(base_run, demo_shards, t
     line = refused(resume(demo_shards, out, "train.max_steps=6", "train.pool_size=10"))
     assert line.startswith("error: checkpoint ") and "train.pool_size=50" in line and "train.pool_size=10" in line
     assert snapshot(out) == before
+
+
+# 2.11: each rank's stream position goes into its checkpoint and comes back
+
+def with_corrupt_samples(demo_shards, folder):
+    """A copy of the demo shards in which every third training sample of domain A is garbage; the
+    counts stay, so the loader only finds out when it decodes one."""
+    shutil.copytree(demo_shards, folder)
+    for shard in sorted((folder / "train").glob("A-*.tar")):
+        with tarfile.open(shard) as tar:
+            members = [(member, tar.extractfile(member).read()) for member in tar.getmembers()]
+        with tarfile.open(shard, "w") as tar:
+            for i, (member, data) in enumerate(members):
+                data = b"not a png" if i % 3 == 1 else data
+                member.size = len(data)
+                tar.addfile(member, io.BytesIO(data))
+    return folder
+
+
+def test_a_resume_seeks_past_the_corrupt_samples_its_lanes_had_read(demo_shards, tmp_path):
+    # Two loader workers read past corrupt samples before the checkpoint at step 3. Resumed there,
+    # each lane must seek past what it had read (the position in rank_0.pt), not past the samples
+    # it had trained on: the 3 + 3 steps then give the 6 uninterrupted ones, bit for bit.
+    shards = with_corrupt_samples(demo_shards, tmp_path / "shards")
+    common = [*COMMON, "data.num_workers=2", "train.checkpoint_every=3", "train.max_steps=6"]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    script("train.py", "--config", "configs/demo.yaml", *tiny(shards, whole, *common))
+    shutil.copytree(whole, split)
+    shutil.rmtree(split / "checkpoints" / "step_0000006")  # as if stopped after the checkpoint at step 3
+    position = torch.load(split / "checkpoints" / "step_0000003" / "rank_0.pt", weights_only=True)["stream"]
+    trained_on = {0: 4, 1: 2}  # batches of 2: lane 0 gave batches 0 and 2, lane 1 batch 1
+    assert position["layout"] == [1, 2]
+    assert any(position["read"][lane]["A"] > n for lane, n in trained_on.items()), "corrupt samples were read"
+    result = script("train.py", "--config", "configs/demo.yaml", *tiny(shards, split, *common, "resume=auto"))
+    assert "at step 3" in result.stdout
+    resumed, reference = final_weights(split), final_weights(whole)
+    for name, tensors in reference.items():
+        for key, tensor in tensors.items():
+            assert torch.equal(resumed[name][key], tensor), f"{name}.{key}"
 
 
 # 2.14: train.max_steps beyond the schedule is an error before any work, fresh or resumed
@@ -148,8 +189,8 @@ def test_rank_1_of_an_8_gpu_node_resumes_on_a_4_gpu_node(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("saved_devices, restored, expected", [(8, 1, 1), (2, 3, None), (1, None, 0)],
                          ids=["longer", "shorter", "single-gpu"])
-def test_older_checkpoints_holding_every_visible_gpu_restore_this_device(monkeypatch, saved_devices, restored,
-                                                                         expected):
+def test_older_checkpoints_holding_every_visible_gpu_restore_this_device(monkeypatch, caplog, saved_devices,
+                                                                         restored, expected):
     gpus = FakeGPUs(monkeypatch, 4)
     saved = [torch.full((8,), 100 + i, dtype=torch.uint8) for i in range(saved_devices)]
     state = {**rng_state(torch.device("cpu")), "cuda": saved}
@@ -157,6 +198,11 @@ def test_older_checkpoints_holding_every_visible_gpu_restore_this_device(monkeyp
     restore_rng_state(state, torch.device("cuda", restored) if restored is not None else torch.device("cuda"))
     for i in range(4):
         assert torch.equal(gpus.states[i], saved[i] if i == expected else untouched[i]), i
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    if expected is None:  # a device the checkpoint has no state for is said, not passed over
+        assert len(warned) == 1 and "none for cuda:3" in warned[0] and "not bitwise" in warned[0]
+    else:
+        assert not warned
 
 
 def test_the_cpu_rng_states_round_trip_exactly(tmp_path):

@@ -12,15 +12,19 @@ import pytest
 import torch
 from PIL import Image
 
+from cyclegan.build import batch_to_device
+from cyclegan.data.normalize import Normalize
 from cyclegan.data.shards import write_shards
 from cyclegan.data.stream import decode
 from cyclegan.errors import DataError, UserError
 from cyclegan.evaluation import load_test_split
-from cyclegan.io.samples import Decoding, read_sample
+from cyclegan.images import ChannelMismatch
+from cyclegan.io.samples import Decoding, read_sample, to_unit_tensor
 from cyclegan.models import GeneratorSpec, ResnetGenerator
 from cyclegan.models.loading import export_generator
 from cyclegan.translate import Translator, core
 from cyclegan.translate.files import translate_files
+from cyclegan.translate.tiles import ImagePlane
 
 
 class Identity(torch.nn.Module):
@@ -157,3 +161,83 @@ def test_every_kind_of_source_gives_the_same_input(tmp_path):
     buffer = io.BytesIO()
     np.save(buffer, pixels)
     assert np.array_equal(read_sample(buffer.getvalue(), deep).array(), unit), ".npy bytes, by their header"
+
+
+def test_photos_of_one_stored_size_but_other_orientations_translate_in_one_batch(tmp_path):
+    """The batches are grouped by the size the header gives: the size as read, upright."""
+    (tmp_path / "in").mkdir()
+    pixels = np.zeros((32, 48, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "in" / "landscape.jpg")
+    phone_photo(tmp_path / "in" / "portrait.jpg")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(tmp_path / "in" / "portrait.png", exif=exif)
+    Image.fromarray(pixels).save(tmp_path / "in" / "portrait.tif", exif=exif)
+    report = translate_files(Translator(Identity(), torch.device("cpu"), tile=0), tmp_path / "in", tmp_path / "out",
+                             batch_size=4)
+    assert report.written == 4 and not report.skipped
+    sizes = {p.name: Image.open(p).size for p in (tmp_path / "out").iterdir()}
+    assert sizes == {"landscape.png": (48, 32), "portrait.jpg.png": (32, 48), "portrait.png": (32, 48),
+                     "portrait.tif.png": (32, 48)}
+
+
+def test_grey_saved_as_rgb_takes_one_rule_on_both_paths():
+    rng = np.random.default_rng(2)
+    grey = rng.integers(0, 254, (12, 10), dtype=np.uint8)
+    nearly = np.stack([grey, grey + rng.integers(0, 3, grey.shape, dtype=np.uint8), grey], axis=-1)  # JPEG-like
+    official = read_sample(nearly, Decoding(1))
+    assert not official.deep
+    deep = read_sample(nearly, Decoding.of(1, "range:0,255"))
+    assert deep.deep and np.array_equal(deep.values, official.array()), "the luma, as the official path takes it"
+    colour = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    messages = []
+    for array in (colour, colour.astype(np.uint16) * 257):  # 8-bit, and deep
+        with pytest.raises(ChannelMismatch) as info:
+            read_sample(array, Decoding(1), "x.png")
+        messages.append(str(info.value))
+    assert messages[0] == messages[1] and "model.input_nc for A" in messages[0]
+
+
+def test_inputs_reach_the_network_in_its_dtype_on_every_path():
+    """One rule (uint8 normalised, floats cast to torch's default dtype) for training batches,
+    evaluation, translation and tiles: under float64, as reference runs use, deep inputs too."""
+    pixels = low_contrast(16, 12)
+    unit = read_sample(pixels, Decoding.of(3, "percentile:1,99")).array()
+    torch.set_default_dtype(torch.float64)
+    try:
+        net = ResnetGenerator(GeneratorSpec(3, 3, ngf=4, n_blocks=1))
+        for normalize in ("dtype", "percentile:1,99"):
+            out = Translator(net, torch.device("cpu"), tile=0, normalize=Normalize.parse(normalize))(pixels)
+            assert out.shape == pixels.shape and out.dtype == np.uint8
+        for stored in (pixels, unit):
+            chw = torch.from_numpy(np.ascontiguousarray(stored.transpose(2, 0, 1)))
+            expected = to_unit_tensor(stored if stored.dtype != np.uint8 else Image.fromarray(stored))
+            on_device = batch_to_device({"A": chw[None], "B": chw[None]}, torch.device("cpu"), False)["A"][0]
+            assert expected.dtype == on_device.dtype == torch.float64 and torch.equal(on_device, expected)
+            region = torch.from_numpy(ImagePlane(stored).region(0, 12, 0, 16)).permute(2, 0, 1)
+            assert torch.equal(region, expected)
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_an_untiled_tensor_stays_on_its_device(tmp_path, monkeypatch):
+    translator = Translator.from_pretrained(generator(tmp_path / "g.safetensors"), device="cpu", tile=0)
+    tensor = torch.linspace(-1, 1, 3 * 16 * 20).reshape(1, 3, 16, 20)
+    expected = torch.from_numpy(translator.translate([tensor[0].permute(1, 2, 0).numpy()])[0]).permute(2, 0, 1)
+    monkeypatch.setattr(Translator, "translate", lambda *_: pytest.fail("an untiled tensor went through the host"))
+    assert torch.equal(translator(tensor)[0], expected)
+    assert torch.equal(translator(tensor.clone().requires_grad_())[0], expected), "no numpy, so no grad trouble"
+
+
+def test_the_api_says_what_to_pass_instead(tmp_path):
+    weights = generator(tmp_path / "g.safetensors")
+    wide = Translator.from_pretrained(weights, device="cpu", normalize="range:0,255", normalize_output="range:-1000,1000")
+    assert wide(low_contrast()).dtype == np.float32, "a window no uint8 holds comes back as float32"
+    with pytest.raises(UserError, match="3 band.s. of float32, which no PIL image holds: pass the image as a numpy"):
+        wide(Image.fromarray(low_contrast()))
+    floats = Translator.from_pretrained(weights, device="cpu", normalize="range:0,1")
+    assert floats(np.full((16, 16, 3), 0.5)).dtype == np.float32, "float64 is read, and comes back, as float32"
+    with pytest.raises(UserError, match="^precision must be one of auto, fp32, bf16, not 'fast'"):
+        Translator.from_pretrained(weights, device="cpu", precision="fast")
+    with pytest.raises(UserError, match="^--precision must be one of"):
+        Translator.from_pretrained(weights, device="cpu", precision="fast", names=core.CLI_NAMES)

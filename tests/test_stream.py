@@ -184,11 +184,11 @@ def test_empty_or_too_small_streams_fail_with_a_clear_message(demo_folders, tmp_
 
 def test_test_images_are_ordered_and_split_across_ranks(demo_shards):
     sources = find_sources(DataConfig(root=str(demo_shards)))
-    everything = [k for k, _ in iter_test_images(sources.test_a, 32)]
+    everything = [k for _, k, _ in iter_test_images(sources.test_a, 32)]
     assert everything == sorted(everything) and len(everything) == 24
-    shares = [[k for k, _ in iter_test_images(sources.test_a, 32, rank=r, world_size=2)] for r in (0, 1)]
+    shares = [[k for _, k, _ in iter_test_images(sources.test_a, 32, rank=r, world_size=2)] for r in (0, 1)]
     assert sorted(shares[0] + shares[1]) == everything and not set(shares[0]) & set(shares[1])
-    key, image = next(iter_test_images(sources.test_b, 48))
+    _, key, image = next(iter_test_images(sources.test_b, 48))
     assert key == everything[0] and image.shape == (3, 48, 48) and image.dtype == torch.float32
 
 

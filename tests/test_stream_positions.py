@@ -18,8 +18,10 @@ from torch.utils.data import DataLoader
 
 import cyclegan.data.stream as stream_module
 from cyclegan.config import DataConfig
-from cyclegan.data.sources import find_sources
-from cyclegan.data.stream import UnpairedStream
+from cyclegan.data.shares import Piece, read_piece
+from cyclegan.data.sources import ShardSet, count_samples, find_sources
+from cyclegan.data.stream import UnpairedStream, iter_test_images
+from cyclegan.errors import DataError
 from cyclegan.images import ImageDecodeError
 
 
@@ -41,7 +43,7 @@ def decoded(monkeypatch):
     """The keys of the samples decoded, in order; lanes are chosen by setting `lane[0]`."""
     keys, lane = [], [0]
 
-    def decode(sample, draft=None, decoding=None):
+    def decode(sample, decoding=None, draft=None):
         keys.append(sample["__key__"])
         if sample["__key__"].endswith("bad"):
             raise ImageDecodeError(f"{sample['__key__']} is corrupt")
@@ -142,3 +144,72 @@ def test_without_counts_each_lane_draws_its_images_its_draws_over_its_share_time
     tenths = [statistics.mean(total[f"A{shard}_{i:04d}"] for shard in (0, 1) for i in range(t * 60, t * 60 + 60))
               / epochs for t in range(10)]
     assert all(abs(mean - 1.5) < 0.12 for mean in tenths), f"draws per epoch by tenth of the shard: {tenths}"
+
+
+def test_an_elastic_resume_then_a_second_resume_continues_the_new_split_exactly(tmp_path, decoded):
+    # 2 lanes train 41 batches; an elastic resume goes on with 3 lanes (the old lanes' counts do not
+    # fit the new split); at batch 301 the 3-lane run checkpoints and resumes again. The position it
+    # saved must describe the 3-lane split, so that the second resume seeks past the corrupt samples
+    # read since the first one and gives what the uninterrupted 3-lane run gives.
+    urls = {"A": write_shards(tmp_path, "A", [300, 250, 120], bad={3, 77, 140, 141, 200}),
+            "B": write_shards(tmp_path, "B", [400, 270], bad={5, 60, 61})}
+
+    def make(workers):
+        return stream_of(urls["A"], urls["B"], workers, 500, batch_size=2, shuffle_buffer=64)
+
+    before = make(2)
+    two, _ = lane_batches(before, decoded, epoch=1)
+    position = None
+    for i in range(41):
+        position = before.advance(position, two[i % 2][i // 2])
+    assert position["layout"] == [1, 2]
+    three = make(3)
+    after_elastic, _ = lane_batches(three, decoded, 1, 41, position)
+    for i in range(41, 301):  # the elastic run takes batch after batch, and checkpoints at 301
+        position = three.advance(position, after_elastic[i % 3][i // 3 - len(range(i % 3, 41, 3))])
+    assert position["layout"] == [1, 3] and sorted(position["read"]) == [0, 1, 2]
+    done = {lane: 2 * len(range(lane, 301, 3)) for lane in range(3)}
+    assert any(position["read"][lane] != {"A": done[lane], "B": done[lane]} for lane in range(3)), \
+        "corrupt samples were read between the two resumes"
+    resumed, _ = lane_batches(make(3), decoded, 1, 301, position)
+    for lane in range(3):
+        want = after_elastic[lane][len(range(lane, 301, 3)) - len(range(lane, 41, 3)):]
+        assert len(resumed[lane]) == len(want)
+        for got, expected in zip(resumed[lane], want):
+            assert (got["key_a"], got["key_b"]) == (expected["key_a"], expected["key_b"])
+            assert torch.equal(got["A"], expected["A"]) and torch.equal(got["B"], expected["B"])
+
+
+def png(value):
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (value, 0, 0)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_counting_training_and_test_reading_group_a_shard_into_the_same_samples(tmp_path):
+    # metadata and extension-less files belong to no sample; a sample's files share the name before
+    # the first dot of the base name, so a dot in a folder's name does not split it
+    names = ["__meta__", "README", "a.png", "a.json", "dir.v1/b.png", "dir.v1/b.cls", "c.png", "d.png"]
+    path = tmp_path / "odd.tar"
+    with tarfile.open(path, "w") as tar:
+        for i, name in enumerate(names):
+            data = png(i) if name.endswith(".png") else b"{}"
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    keys = ["a", "dir.v1/b", "c", "d"]
+    assert [sample["__key__"] for _, sample in read_piece(Piece(str(path)))] == keys
+    assert count_samples(str(path)) == len(keys)
+    shards = ShardSet((str(path),), len(keys))
+    assert [(position, key) for position, key, _ in iter_test_images(shards, 8)] == list(enumerate(keys))
+
+
+def test_a_sample_with_two_files_of_one_suffix_is_refused_naming_both(tmp_path):
+    path = tmp_path / "twice.tar"
+    with tarfile.open(path, "w") as tar:
+        for name in ("x.png", "y.png", "y.PNG"):
+            info = tarfile.TarInfo(name)
+            info.size = len(png(0))
+            tar.addfile(info, io.BytesIO(png(0)))
+    with pytest.raises(DataError, match=r"twice.tar: sample y holds two files ending in .png \(y.PNG is the second\)"):
+        list(read_piece(Piece(str(path))))

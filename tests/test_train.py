@@ -131,8 +131,8 @@ def test_a_tiny_run_learns_the_demo_translation(demo_shards, tmp_path):
     assert len(health) == 4 and all(0 <= r["health/d_a_real"] <= 1 and r["health/g_ab_change"] > 0 for r in health)
     assert "warning:" not in result.stdout + result.stderr, "the health checks stay quiet on a healthy run"
     sources = find_sources(DataConfig(root=str(demo_shards)))
-    real_a = torch.stack([t for _, t in iter_test_images(sources.test_a, 64)])
-    truth_b = torch.stack([t for _, t in iter_test_images(sources.test_b, 64)])
+    real_a = torch.stack([t for *_, t in iter_test_images(sources.test_a, 64)])
+    truth_b = torch.stack([t for *_, t in iter_test_images(sources.test_b, 64)])
     torch.manual_seed(0)
     untrained = ResnetGenerator(GeneratorSpec(ngf=16, n_blocks=3))
     with torch.no_grad():

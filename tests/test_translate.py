@@ -368,6 +368,19 @@ def test_video_keeps_variable_frame_times_and_fits_audio_to_the_container(tmp_pa
     assert codecs == ["aac"], "MOV takes no Opus: re-encoded"
 
 
+def test_complete_matroska_and_webm_clips_with_sound_are_not_called_cut_off(tmp_path):
+    """Matroska and WebM state no frame count; their container duration spans the sound too,
+    which ends after the last frame here: a complete clip must not be called short."""
+    save_generator(tmp_path / "g.pth")
+    make_clip(tmp_path / "in.mkv")
+    for source, target in (("in.mkv", "out.webm"), ("out.webm", "back.mkv")):
+        result = script("translate.py", "--checkpoint", tmp_path / "g.pth", "--input", tmp_path / source,
+                        "--output", tmp_path / target, "--precision", "fp32")
+        assert "cut off" not in result.stdout + result.stderr, result.stdout
+        frames, _, audio = read_clip(tmp_path / target)
+        assert len(frames) == 20 and len(audio) == 1
+
+
 def test_a_still_clip_gives_identical_frames_and_smoothing_lowers_flicker(tmp_path):
     save_generator(tmp_path / "g.pth")
     make_clip(tmp_path / "still.mkv", moving=False, audio=False)

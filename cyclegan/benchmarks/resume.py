@@ -15,7 +15,9 @@ from PIL import Image
 from cyclegan.config import DataConfig
 from cyclegan.data.sources import find_sources
 from cyclegan.data.stream import UnpairedStream, train_loader
+from cyclegan.errors import UserError
 from cyclegan.hardware import machine
+from cyclegan.io.files import atomic_path
 
 SHARD_SIZE = 1000
 
@@ -34,8 +36,8 @@ def write_small_shards(folder: Path, images: int, side: int = 32) -> tuple[str, 
         shards = -(-images // SHARD_SIZE)
         for shard in range(shards):
             path = folder / f"{domain}-{shard:06d}.tar"
-            if not path.is_file():
-                with tarfile.open(path, "w") as tar:
+            if not path.is_file():  # reused by the next run: so written whole or not at all
+                with atomic_path(path) as partial, tarfile.open(partial, "w") as tar:
                     for i in range(shard * SHARD_SIZE, min(images, (shard + 1) * SHARD_SIZE)):
                         info = tarfile.TarInfo(f"{domain}_{i:07d}.png")
                         info.size = len(encoded[i % 256])
@@ -56,6 +58,12 @@ def resume_benchmark(workdir: Path, images: int, positions: list[int], repeats: 
     """Time to the first batch at each epoch position (samples, batch 1, one rank, one lane),
     median of `repeats`; and, for scale, the time to draw as many samples as the largest position,
     which a resume that replays the epoch would spend decoding."""
+    outside = [position for position in positions if not 0 <= position < images]
+    if outside:
+        raise UserError(f"--positions {outside[0]} lies outside the epoch: give positions from 0 to {images - 1} "
+                        "(--images - 1)")
+    if workdir.exists() and not workdir.is_dir():
+        raise UserError(f"--workdir {workdir} is a file, not a folder")
     train_a, train_b = write_small_shards(workdir, images)
     cfg = DataConfig(train_a=train_a, train_b=train_b, load_size=32, crop_size=32, num_workers=0)
     stream = UnpairedStream(find_sources(cfg), cfg, batch_size=1, batches_per_epoch=images, seed=0)

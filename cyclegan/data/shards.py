@@ -17,7 +17,7 @@ import io
 import itertools
 from collections import Counter
 from dataclasses import dataclass, field
-from multiprocessing import Pool
+import multiprocessing
 from pathlib import Path
 
 import numpy as np
@@ -28,20 +28,20 @@ from tqdm import tqdm
 from cyclegan.data.normalize import cast
 from cyclegan.data.transforms import resize_bands
 from cyclegan.errors import DataError
-from cyclegan.io.files import atomic_folder
+from cyclegan.io.files import atomic_folder, remove_leftovers
 from cyclegan.io.outputs import prepare_output
 from cyclegan.io.records import write_json
 from cyclegan.images import (
     ARRAY_EXTENSIONS,
     HIGH_DEPTH_MODES,
     ImageDecodeError,
-    is_greyscale,
+    hwc_array,
+    is_grey,
     list_images,
     open_image,
     to_rgb,
 )
 from cyclegan.io.formats import describe, encode, fits_png, image_array, load_npy, npy_bytes, probe, read_array
-from cyclegan.io.samples import is_grey
 
 MANIFEST = "manifest.json"
 SPLIT_FOLDERS = {("train", "A"): "trainA", ("train", "B"): "trainB", ("test", "A"): "testA", ("test", "B"): "testB"}
@@ -108,7 +108,7 @@ def prepare_image(job: tuple[Path, Path, int | None, bool]) -> Prepared:
     rgb, mode = to_rgb(image)
     if probed.beyond_pillow:  # Pillow reads it, but not at its depth; --keep-depth keeps the depth
         mode = prepared.converted_from = f"{probed.dtype} {fmt} with {probed.bands} band(s), read as 8 bits"
-    prepared.colour = not is_greyscale(rgb)
+    prepared.colour = not is_grey(hwc_array(rgb))
     low, high = min(band[0] for band in rgb.getextrema()), max(band[1] for band in rgb.getextrema())
     prepared.content = {"dtype": "uint8", "bands": 3 if prepared.colour else 1, "min": low, "max": high, "array": False}
     if fmt in KEPT_FORMATS and image.mode == "RGB" and not too_big:
@@ -158,6 +158,8 @@ def find_domains(root: Path | None, domain_a: Path | None, domain_b: Path | None
             raise DataError(f"--domain-a and --domain-b are the same folder ({domain_a}): give one folder per domain")
         sources = {("train", "A"): domain_a, ("train", "B"): domain_b}
     elif root is not None:
+        if not root.exists():
+            raise DataError(f"--input {root} does not exist")
         if root.is_file():
             raise DataError(f"--input {root} is a file, not a folder: give the folder holding trainA/ trainB/, or "
                             "--domain-a DIR --domain-b DIR")
@@ -183,13 +185,17 @@ def write_shards(
     keep_depth: bool = False,
 ) -> dict:
     """Write `output/{split}/{domain}-NNNNNN.tar` and `output/manifest.json`; return the manifest."""
-    if shard_size < 1 or workers < 1:
-        raise DataError("--shard-size and --workers must be at least 1")
+    for option, value in (("--shard-size", shard_size), ("--workers", workers)):
+        if value < 1:
+            raise DataError(f"{option} {value}: must be at least 1")
     prepare_output(output, sources.values(), overwrite, staged=True)  # replaced whole once the new one is complete
+    remove_leftovers(output.parent, name=output.name)  # of a killed make_shards into this output, not others'
     manifest: dict = {"format": 1, "shard_size": shard_size, "max_side": max_side, "keep_depth": keep_depth,
                       "splits": {}, "skipped": []}
     converted: Counter = Counter()
-    with atomic_folder(output) as staging, Pool(workers) as pool:
+    # forkserver, not fork: a process that has run torch (the Python API, a notebook) holds threads
+    # whose locks a forked child can inherit taken, and then hangs
+    with atomic_folder(output) as staging, multiprocessing.get_context("forkserver").Pool(workers) as pool:
         for (split, domain), folder in sorted(sources.items()):
             files = list_images(folder)
             jobs = [(path, folder, max_side, keep_depth) for path in files]

@@ -20,6 +20,7 @@ import hashlib
 import itertools
 import logging
 import random
+import re
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -77,14 +78,26 @@ def interleaved_share(urls: tuple[str, ...], slot: int, n_slots: int, seed: int)
     return [Piece(urls[index], stride=n_slots, offset=(slot + k) % n_slots) for k, index in enumerate(layout(urls, seed))]
 
 
-def read_piece(piece: Piece, wanted: Callable[[int], bool]) -> Iterator[tuple[int, dict]]:
-    """(ordinal within the piece, sample) for the samples of `piece` that `wanted` takes, grouped
-    as WebDataset groups files; the bytes of the others are passed over, never kept or decoded."""
+META_FILE = re.compile(r"__[^/]*__($|/)")  # WebDataset's metadata files, which hold no sample
+
+
+def group_key(name: str) -> str | None:
+    """The sample a tar member belongs to, as WebDataset groups files: consecutive files whose
+    names share everything before the first dot of their base name are one sample. None for files
+    that belong to none (metadata, no extension), which WebDataset drops too. Counting a shard
+    (`cyclegan.data.sources.count_samples`) and reading it (`read_piece`) both group by it."""
+    return None if META_FILE.match(name) else base_plus_ext(name)[0]
+
+
+def read_piece(piece: Piece, wanted: Callable[[int], bool] = lambda ordinal: True) -> Iterator[tuple[int, dict]]:
+    """(ordinal within the piece, sample) for the samples of `piece` that `wanted` takes (all by
+    default), grouped by `group_key`; the bytes of the others are passed over, never kept or
+    decoded. A sample with two files of one suffix is refused (it could only be read one way)."""
     state = {"key": None, "index": -1, "ordinal": -1, "take": False}
 
     def select(name: str) -> bool:
-        key = base_plus_ext(name)[0]
-        if key is None:  # no extension: WebDataset drops such files too
+        key = group_key(name)
+        if key is None:
             return False
         if key != state["key"]:
             state["key"], state["index"] = key, state["index"] + 1
@@ -104,7 +117,11 @@ def read_piece(piece: Piece, wanted: Callable[[int], bool]) -> Iterator[tuple[in
             if piece.stop is not None and state["index"] >= piece.stop:
                 return
             sample = sample or {"__key__": state["key"], "__url__": piece.url, "__ordinal__": state["ordinal"]}
-            sample[base_plus_ext(file["fname"])[1].lower()] = file["data"]
+            suffix = base_plus_ext(file["fname"])[1].lower()
+            if suffix in sample:
+                raise DataError(f"shard {piece.url}: sample {state['key']} holds two files ending in .{suffix} "
+                                f"({file['fname']} is the second): give each file of a sample its own suffix")
+            sample[suffix] = file["data"]
         if sample:
             yield sample.pop("__ordinal__"), sample
     except (tarfile.TarError, OSError, EOFError) as err:

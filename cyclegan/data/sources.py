@@ -11,17 +11,16 @@ read every shard; see `cyclegan.data.stream`).
 from __future__ import annotations
 
 import logging
-import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from braceexpand import braceexpand
-from webdataset.tariterators import base_plus_ext
 
 from cyclegan.data.normalize import Normalize
 from cyclegan.config import DataConfig
 from cyclegan.data.shards import MANIFEST
+from cyclegan.data.shares import group_key
 from cyclegan.errors import DataError
 from cyclegan.io.records import read_json, require
 
@@ -114,7 +113,7 @@ def find_sources(cfg: DataConfig) -> DataSources:
             counts = count_local_shards(urls, what) if split == "train" else ()
             shards = ShardSet(tuple(urls), count or sum(counts), counts)
         elif entry is not None:
-            require(entry, ("shards", "samples"), f"{listing} (splits.{split}.{domain})")
+            require(entry, {"shards": list, "samples": int}, f"{listing} (splits.{split}.{domain})")
             urls = expand_urls(",".join(entry["shards"]), root)
             check_shards(urls, what)
             colour = (entry["colour_samples"], entry.get("colour_example")) if "colour_samples" in entry else None
@@ -205,15 +204,13 @@ def count_local_shards(urls: list[str], what: str) -> tuple[int, ...]:
 
 
 def count_samples(path: str) -> int:
-    """The samples in one tar shard, read from its headers alone, grouped as WebDataset groups
-    files into samples: consecutive files whose names share everything before the first dot."""
+    """The samples in one tar shard, read from its headers alone, grouped as the loader reads them
+    (`cyclegan.data.shares.group_key`)."""
     count, previous = 0, None
     try:
         with tarfile.open(path, "r:*") as tar:
             for member in tar:
-                if not member.isreg() or re.match(r"__[^/]*__($|/)", member.name):
-                    continue
-                key, _ = base_plus_ext(member.name)
+                key = group_key(member.name) if member.isreg() else None
                 if key is not None and key != previous:
                     count, previous = count + 1, key
     except (tarfile.TarError, OSError, EOFError) as err:

@@ -18,6 +18,7 @@ The loader is not passed through `accelerator.prepare`: it is split here already
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -28,12 +29,11 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from cyclegan.config import DataConfig
-from cyclegan.data.shares import ShareStream, counted_share, interleaved_share, mix_seed
+from cyclegan.data.shares import Piece, ShareStream, counted_share, interleaved_share, mix_seed, read_piece
 from cyclegan.data.sources import DataSources, ShardSet
 from cyclegan.data.transforms import draft_size, test_transform, train_transform
 from cyclegan.errors import DataError
@@ -41,13 +41,6 @@ from cyclegan.images import ImageDecodeError
 from cyclegan.io.samples import Decoding, as_tensor, read_sample, to_unit_tensor
 
 log = logging.getLogger(__name__)
-
-
-def raw_samples(urls: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
-    """(index within its shard, sample) for each sample of the shards, in order."""
-    for url in urls:
-        samples = wds.tarfile_samples([{"url": url}], handler=wds.warn_and_continue)
-        yield from enumerate(samples)
 
 
 def domain_decoding(shards: ShardSet, channels: int, normalize: str) -> Decoding:
@@ -71,8 +64,10 @@ def decode(sample: dict, decoding: Decoding, draft: tuple[int, int] | None = Non
 class UnpairedStream(IterableDataset):
     """Unpaired training samples for one rank: `A` and `B` as CHW tensors of `channels` (A's, B's)
     bands (uint8 for 8-bit data, normalised on the device, which moves a quarter of the bytes;
-    float32 in [-1, 1] for deeper data: see `Decoding`), `key_a`, `key_b`, and `skipped`, the
-    corrupt samples passed over just before this one."""
+    float32 in [-1, 1] for deeper data: see `Decoding`), `key_a`, `key_b`, `skipped`, the corrupt
+    samples passed over just before this one, and where it came from: `lane`, the lane that drew
+    it, and `read_A`, `read_B`, the raw samples (corrupt ones included) that lane had read of each
+    domain in the epoch through this one, which `advance` keeps for a checkpoint."""
 
     def __init__(
         self,
@@ -104,17 +99,21 @@ class UnpairedStream(IterableDataset):
     def set_epoch(self, epoch: int, skip_batches: int = 0, position: dict | None = None) -> None:
         """Start `epoch` at batch `skip_batches` (non-zero when resuming mid-epoch). `position`
         (from `advance`) says how many raw samples each lane had read, corrupt ones included, so
-        that a lane seeks past them; without it (an older checkpoint, another split after an elastic
-        resume) a lane assumes it had met no corrupt sample."""
+        that a lane seeks past them; without one that fits (another split after an elastic resume)
+        a lane assumes it had met no corrupt sample. A checkpoint of a version before positions were
+        saved drew its epoch in another order (one buffer RNG per lane, tar order in the last pass):
+        resumed mid-epoch, the rest of that epoch repeats some images and skips others."""
         self.epoch, self.skip = epoch, skip_batches
         fits = position and (position["epoch"], position["layout"]) == (epoch, [self.world_size, self.lanes])
         self.read = dict(position["read"]) if fits else {}
 
     def advance(self, position: dict | None, batch: dict) -> dict:
         """The stream's position after `batch`, the latest the training loop has taken (a rank
-        checkpoints it with its pools)."""
-        if not position or position["epoch"] != self.epoch:
-            position = {"epoch": self.epoch, "layout": [self.world_size, self.lanes], "read": {}}
+        checkpoints it with its pools). A position of another epoch or another layout (restored by
+        an elastic resume) is started afresh: its lanes' counts do not describe this split."""
+        layout = [self.world_size, self.lanes]
+        if not position or position["epoch"] != self.epoch or list(position["layout"]) != layout:
+            position = {"epoch": self.epoch, "layout": layout, "read": {}}
         position["read"][int(batch["lane"][-1])] = {d: int(batch[f"read_{d}"][-1]) for d in "AB"}
         return position
 
@@ -220,10 +219,12 @@ def train_loader(stream: UnpairedStream, pin_memory: bool = False) -> DataLoader
 
 def iter_test_images(shards: ShardSet, size: int, rank: int = 0, world_size: int = 1, limit: int | None = None,
                      channels: int = 3, normalize: str = "dtype"):
-    """(key, [-1, 1] tensor of `channels` bands) for this rank's share of the first `limit`
-    samples of a test split, in shard order: rank r takes positions r, r + world_size, ..."""
+    """(position, key, [-1, 1] tensor of `channels` bands) for this rank's share of the first
+    `limit` samples of a test split, in shard order: rank r takes positions r, r + world_size, ...
+    The position names a sample across ranks where keys need not (hand-made shards may repeat one)."""
     decoding = domain_decoding(shards, channels, normalize)
-    for position, (_, sample) in enumerate(raw_samples(shards.urls)):
+    samples = itertools.chain.from_iterable(read_piece(Piece(url)) for url in shards.urls)
+    for position, (_, sample) in enumerate(samples):
         if limit is not None and position >= limit:
             return
         if position % world_size != rank:
@@ -233,4 +234,4 @@ def iter_test_images(shards: ShardSet, size: int, rank: int = 0, world_size: int
         except ImageDecodeError as err:
             log.warning("skipping corrupt test sample: %s", err)
             continue
-        yield sample["__key__"], to_unit_tensor(test_transform(image, size))
+        yield position, sample["__key__"], to_unit_tensor(test_transform(image, size))

@@ -6,11 +6,13 @@ with the final name is always complete, and a write cut short leaves only a hidd
 `.NAME.*.partial` entry. Temporary names are unique per write, so two processes writing
 the same target never rename each other's half-written file. New files get the mode the
 umask gives any other file (safetensors and `mkstemp` would leave 0600, which teammates on
-a shared cluster cannot read).
+a shared cluster cannot read). A write that fails (a read-only or full file system) ends in one
+line naming the path (`cannot_write`), never a traceback.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import tempfile
@@ -21,10 +23,50 @@ from pathlib import Path
 from cyclegan.errors import UserError
 
 
-def _umask() -> int:
-    mask = os.umask(0)  # the only way to read it portably is to set it, so set it back at once
+def _umask_from_proc() -> int | None:
+    """The umask as Linux reports it (`Umask:` in /proc/self/status), read without changing it."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _umask_by_setting() -> int:
+    mask = os.umask(0)  # elsewhere the only way to read it is to set it: done once, at import
     os.umask(mask)
     return mask
+
+
+_UMASK_AT_IMPORT = _umask_from_proc()
+if _UMASK_AT_IMPORT is None:
+    _UMASK_AT_IMPORT = _umask_by_setting()
+
+
+def _umask() -> int:
+    """The process's umask, read (from /proc where there is one, so that a later change counts)
+    without ever setting it: setting it, even for an instant, races with threads creating files."""
+    mask = _umask_from_proc() if os.path.exists("/proc/self/status") else None
+    return _UMASK_AT_IMPORT if mask is None else mask
+
+
+def cannot_write(path: Path, err: OSError, then: str = "") -> UserError:
+    """The one message for a write that failed: the path, the system's reason, what to do."""
+    advice = f", {then}" if then else ""
+    return UserError(f"cannot write {path} ({err.strerror or err}); free disk space or fix the folder's "
+                     f"permissions{advice}")
+
+
+def _ours(err: OSError, temporary: Path) -> bool:
+    """Whether an error raised while filling `temporary` is a failed write there (not, say, a
+    failed read of an input): no file named (a full disk) or a file at or under `temporary`."""
+    if err.filename is None:
+        return True
+    named = Path(os.fsdecode(err.filename))
+    return named == temporary or temporary in named.parents
 
 
 def _settle(path: Path) -> None:
@@ -43,14 +85,25 @@ def atomic_path(target: Path) -> Iterator[Path]:
     ONNX): renamed over `target` when the block ends without error, removed otherwise. The
     path exists (empty) when the block starts."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-    os.close(fd)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+        os.close(fd)
+    except OSError as err:
+        raise cannot_write(target, err) from None
     temporary = Path(name)
     try:
-        yield temporary
-        _settle(temporary)
-        os.replace(temporary, target)
+        try:
+            yield temporary
+        except OSError as err:
+            if _ours(err, temporary):
+                raise cannot_write(target, err) from None
+            raise
+        try:
+            _settle(temporary)
+            os.replace(temporary, target)
+        except OSError as err:
+            raise cannot_write(target, err) from None
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
@@ -67,25 +120,71 @@ def atomic_folder(target: Path) -> Iterator[Path]:
     """A new, empty folder beside `target` to fill: swapped in as `target` (`replace_folder`) when
     the block ends without error, removed otherwise."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
-        os.chmod(staging, 0o777 & ~_umask())
-        yield staging
-        replace_folder(staging, target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    except OSError as err:
+        raise cannot_write(target, err) from None
+    try:
+        try:
+            os.chmod(staging, 0o777 & ~_umask())
+            yield staging
+        except OSError as err:
+            if _ours(err, staging):
+                raise cannot_write(target, err) from None
+            raise
+        try:
+            replace_folder(staging, target)
+        except OSError as err:
+            raise cannot_write(target, err) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
 
+def _sync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def replace_folder(staging: Path, target: Path) -> None:
-    """Swap the fully written folder `staging` into place as `target`, by renames: a reader sees
-    the old folder or the new one, never a mix; the old one is removed afterwards."""
-    old = Path(tempfile.mkdtemp(prefix=f".{Path(target).name}.", suffix=".old", dir=Path(target).parent))
-    if Path(target).exists():
+    """Swap the fully written folder `staging` into place as `target`, by renames, once everything
+    in it is flushed to disk (so that a crash after the swap cannot leave a folder of empty files).
+    A reader sees the old folder or the new one, never a mix of them; between the two renames
+    `target` does not exist for an instant (a reader then finds nothing, and a crash there leaves
+    the old folder as `.NAME.*.old/previous`). The old one is removed afterwards."""
+    staging, target = Path(staging), Path(target)
+    for folder, _, files in os.walk(staging):
+        for name in files:
+            if not os.path.islink(os.path.join(folder, name)):
+                _sync(Path(folder) / name)
+        _sync(Path(folder))
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    if target.exists():
         os.replace(target, old / "previous")
     os.replace(staging, target)
+    _sync(target.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_leftovers(folder: Path, recursive: bool = False, name: str | None = None) -> None:
+    """Remove what writes cut short by a killed process left in `folder` (and below it, if
+    `recursive`): the hidden `.NAME.*.partial` and `.NAME.*.old` entries of this module; with
+    `name`, only those of that one target. Call it only where no other process is writing
+    (under the folder's lock, or before a run starts)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    stem = f".{glob.escape(name)}." if name is not None else "."
+    for pattern in (f"{stem}*.partial", f"{stem}*.old"):
+        for leftover in folder.rglob(pattern) if recursive else folder.glob(pattern):
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -95,6 +194,4 @@ def writing(path: Path, then: str = "") -> Iterator[None]:
     try:
         yield
     except OSError as err:
-        advice = f", {then}" if then else ""
-        raise UserError(f"cannot write {path} ({err.strerror or err}); free disk space or fix the folder's "
-                        f"permissions{advice}") from None
+        raise cannot_write(path, err, then) from None

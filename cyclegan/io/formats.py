@@ -20,6 +20,8 @@ from cyclegan.images import ARRAY_EXTENSIONS, HIGH_DEPTH_MODES, ImageDecodeError
 logging.getLogger("tifffile").setLevel(logging.CRITICAL)  # a damaged file gets one message, ours, not its warnings
 ARRAY_DTYPES = ("uint8", "uint16", "int16", "float32")  # what `.npy` and TIFF samples may hold
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+ORIENTATION = 0x0112  # the EXIF (and TIFF) tag saying how to turn an image to show it
+TURNED = (5, 6, 7, 8)  # orientations that turn it by 90 degrees: width and height swap
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic TIFF and BigTIFF, either byte order
 
 
@@ -82,6 +84,7 @@ class TiffHeader:
     dtype: np.dtype
     pages: int
     cmyk: bool = False
+    orientation: int = 1
 
     @property
     def for_pillow(self) -> bool:
@@ -99,8 +102,9 @@ def tiff_header(source: Path | bytes, name: str = "image") -> TiffHeader:
             samples, extras = page.samplesperpixel, tuple(page.extrasamples or ())
             alpha = bool(extras) and int(extras[-1]) in (1, 2)  # associated or unassociated alpha
             cmyk = int(page.photometric) == 5  # SEPARATED (ink planes)
+            turn = page.tags.get(ORIENTATION)
             return TiffHeader((page.imagewidth, page.imagelength), samples - alpha, alpha, np.dtype(page.dtype),
-                              pages, cmyk)
+                              pages, cmyk, int(turn.value) if turn is not None else 1)
     except Exception as err:  # tifffile raises many kinds for a damaged file
         raise ImageDecodeError(f"{name}: cannot be read as a TIFF ({str(err).splitlines()[0] if str(err) else err})") \
             from None
@@ -190,9 +194,11 @@ def describe(array: np.ndarray) -> dict:
 
 @dataclass(frozen=True)
 class Probe:
-    """What a file's header says: (width, height), its kind ("npy", "tif", "png" or another
-    image format), value type, bands (alpha left out), and whether only this module reads it at
-    its depth (arrays, 16-bit colour PNGs, TIFFs beyond Pillow)."""
+    """What a file's header says: (width, height) as the sample is read (turned by its EXIF
+    orientation where Pillow reads it, as `cyclegan.images.upright` turns it, so that files
+    grouped by size can be stacked), its kind ("npy", "tif", "png" or another image format),
+    value type, bands (alpha left out), and whether only this module reads it at its depth
+    (arrays, 16-bit colour PNGs, TIFFs beyond Pillow)."""
 
     size: tuple[int, int]
     kind: str
@@ -237,11 +243,15 @@ def _probe(path: Path, name: str) -> Probe:
         if header.pages > 1:
             raise ImageDecodeError(f"{name}: a TIFF of {header.pages} pages; samples are single 2-D images")
         bands = 3 if header.cmyk and header.for_pillow else header.bands  # Pillow turns CMYK into RGB
-        return Probe(header.size, "tif", header.dtype, bands, not header.for_pillow)
+        turned = header.for_pillow and header.orientation in TURNED  # tifffile reads the pixels as stored
+        return Probe(header.size[::-1] if turned else header.size, "tif", header.dtype, bands, not header.for_pillow)
     with Image.open(path) as image:
         size, dtype = image.size, pillow_dtype(image)
         bands = 1 if image.mode in ("1", "L", "LA", "I", "F") or image.mode.startswith("I;16") else 3
-    return Probe(size, (image.format or "image").lower(), dtype, bands, False)
+        # a PNG's EXIF after its pixels (against the PNG specification) would need them decoded: not looked for
+        late = image.format == "PNG" and "exif" not in image.info
+        turned = not late and image.getexif().get(ORIENTATION) in TURNED
+    return Probe(size[::-1] if turned else size, (image.format or "image").lower(), dtype, bands, False)
 
 
 def pillow_dtype(image: Image.Image) -> np.dtype:

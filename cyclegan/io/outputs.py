@@ -7,17 +7,23 @@ cannot remove the user's data, whatever paths they mistype.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import shutil
 import socket
+import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from cyclegan.errors import UserError
+from cyclegan.io.files import cannot_write, remove_leftovers
 
 LOCK = ".cyclegan.lock"  # in an output folder while a run writes it; the lock dies with the process
+# what flock gives where the file system cannot lock (Lustre without -o flock, some NFS mounts)
+UNSUPPORTED = {errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP}
+_warned: set[str] = set()
 
 
 def _clash(output: Path, protected: Path) -> str | None:
@@ -38,13 +44,14 @@ def prepare_output(output: Path, protected: Iterable[Path | str], overwrite: boo
     unless `resume` (the command goes on with what it finds there); with
     `overwrite`, remove it now, unless `staged` (the caller builds the new output beside it
     and swaps it in whole when complete, with `files.replace_folder` or `files.atomic_path`).
-    With `nested`, the output may lie inside a protected folder (a command that never removes
-    its output, and leaves it out of what it reads)."""
+    With `nested`, the output may hold or lie inside a protected folder, only never be a
+    protected path: for a command that removes and replaces nothing there but its own output,
+    checks each file it writes against what it reads, and leaves its output out of what it reads."""
     output = Path(output)
     resolved = output.resolve()
     for path in protected:
         clash = _clash(resolved, Path(path).resolve())
-        if clash and not (nested and clash == "lies inside"):
+        if clash and not (nested and clash != "is"):
             raise UserError(f"the output {output} {clash} {path}, which this command reads: choose another output")
     if not output.exists() or resume:
         return
@@ -61,45 +68,96 @@ def prepare_output(output: Path, protected: Iterable[Path | str], overwrite: boo
         output.unlink()
 
 
+def _holder(fd: int) -> str:
+    """Who the lock file open as `fd` says holds it."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    return os.read(fd, 200).decode(errors="replace").strip() or "another process"
+
+
+def _flock(fd: int, folder: Path, operation: int) -> bool:
+    """`flock`, False where the file system cannot lock (warned about once per folder);
+    BlockingIOError where another process holds a conflicting lock."""
+    try:
+        fcntl.flock(fd, operation)
+        return True
+    except BlockingIOError:
+        raise
+    except OSError as err:
+        if err.errno not in UNSUPPORTED:
+            raise
+        if str(folder) not in _warned:
+            _warned.add(str(folder))
+            print(f"warning: the file system of {folder} cannot lock files ({err.strerror}): going on unlocked; "
+                  "make sure no other run writes there at the same time", file=sys.stderr)
+        return False
+
+
 def lock_holder(folder: Path) -> str | None:
-    """Who holds `folder`'s output lock ("pid N on HOST"), or None if nobody does."""
+    """Who holds `folder`'s output lock ("pid N on HOST"), or None if nobody does (or the file
+    system cannot tell). Tried as an exclusive lock, which every holder's lock blocks."""
     path = Path(folder) / LOCK
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return None
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        _flock(fd, Path(folder), fcntl.LOCK_EX | fcntl.LOCK_NB)
         return None
     except BlockingIOError:
-        return os.read(fd, 200).decode(errors="replace").strip() or "a process"
+        return _holder(fd)
+    finally:
+        os.close(fd)
+
+
+def _open_lock(folder: Path) -> int:
+    """The lock file's descriptor, `folder` made if need be; a one-line error where it cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK):
+            read_only = os.statvfs(folder).f_flag & os.ST_RDONLY
+            code = errno.EROFS if read_only else errno.EACCES
+            raise OSError(code, os.strerror(code))
+        return os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:
+        raise cannot_write(folder, err, "or choose another output") from None
+
+
+@contextmanager
+def output_lock(folder: Path) -> Iterator[None]:
+    """Hold `folder` (created if need be) for this run until the block ends. Another run gets a
+    one-line error naming the holder; an unwritable folder gets one too. Taken exclusively
+    first, so that nobody else holds it; then the leftovers of killed writers are removed
+    (`remove_leftovers`), and the lock is turned shared, so that this run's other processes
+    can hold it too (`join_output_lock`): while any of them lives, a second run is refused and
+    their half-written files are safe. The lock is the kernel's (`flock`), so a killed process
+    leaves none behind; where the file system cannot lock, a warning says so and the run goes
+    on unlocked (without removing leftovers, which a live writer may own)."""
+    folder = Path(folder)
+    fd = _open_lock(folder)
+    try:
+        try:
+            locked = _flock(fd, folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if locked:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+                remove_leftovers(folder, recursive=True)
+                # not atomic (flock drops, then takes): a run that slips in between is refused here
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"the output {folder} is being written by another run ({_holder(fd)}): wait for it "
+                            "to end or stop it, or choose another output") from None
+        yield
     finally:
         os.close(fd)
 
 
 @contextmanager
-def output_lock(folder: Path) -> Iterator[None]:
-    """Hold `folder` (created if need be) as its only writer until the block ends. Another run
-    gets a one-line error naming the holder; an unwritable folder gets one too. The lock is
-    the kernel's (`flock`), so a killed run leaves none behind."""
-    folder = Path(folder)
+def join_output_lock(folder: Path) -> Iterator[None]:
+    """Hold the lock that this run's main process took with `output_lock`, shared, until the
+    block ends: a rerun is refused while this process lives, even if the main one died."""
+    fd = os.open(Path(folder) / LOCK, os.O_RDWR)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        if not os.access(folder, os.W_OK):
-            raise PermissionError(13, "Permission denied")
-        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as err:
-        raise UserError(f"cannot write to the output {folder} ({err.strerror or err}): choose a writable "
-                        "folder") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
-            raise UserError(f"the output {folder} is being written by another run ({holder}): wait for it to "
-                            "end or stop it, or choose another output") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        _flock(fd, Path(folder), fcntl.LOCK_SH | fcntl.LOCK_NB)  # the main process holds it shared: no conflict
         yield
     finally:
         os.close(fd)

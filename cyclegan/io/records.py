@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from cyclegan.errors import DataError, UserError
@@ -33,14 +33,22 @@ def read_json(path: Path, required: Sequence[str] = (), error: type[UserError] =
     return require(value, required, str(path), error)
 
 
-def require(record: object, keys: Sequence[str], where: str, error: type[UserError] = DataError) -> dict:
-    """`record`, a JSON object holding `keys`; `where` names it in the message (a file, or a
-    file and the path of keys to a part of it)."""
+KINDS = {list: "a list", int: "a whole number", str: "a string", dict: "a JSON object"}  # for messages
+
+
+def require(record: object, keys: Sequence[str] | Mapping[str, type], where: str,
+            error: type[UserError] = DataError) -> dict:
+    """`record`, a JSON object holding `keys` (with a mapping, each of its type); `where` names it
+    in the message (a file, or a file and the path of keys to a part of it)."""
     if not isinstance(record, dict):
         raise error(f"{where}: not a JSON object but {type(record).__name__}")
     for key in keys:
         if key not in record:
             raise error(f"{where}: has no '{key}' key")
+        kind = keys[key] if isinstance(keys, Mapping) else object
+        value = record[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise error(f"{where}: '{key}' must be {KINDS.get(kind, kind.__name__)}, not {value!r}")
     return record
 
 
@@ -55,12 +63,12 @@ def read_jsonl(path: Path) -> list[dict]:
     rows = []
     for position, (number, line) in enumerate(numbered):
         try:
-            row = json.loads(line)
+            row, parsed = json.loads(line), True
         except json.JSONDecodeError:
-            row = None
+            row, parsed = None, False
         if isinstance(row, dict):
             rows.append(row)
-        elif position == len(numbered) - 1:
+        elif position == len(numbered) - 1 and not parsed:  # valid JSON of another kind is no cut-off line
             print(f"warning: {path}: dropped its last line ({number}), which was cut off", file=sys.stderr)
         else:
             raise DataError(f"{path}: line {number} is not a JSON object; repair or remove that line")

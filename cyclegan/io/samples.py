@@ -27,11 +27,12 @@ from cyclegan.data.transforms import resize
 from cyclegan.errors import DataError, UserError
 from cyclegan.images import (
     ARRAY_EXTENSIONS,
-    GREY_TOLERANCE,
     HIGH_DEPTH_MODES,
-    ChannelMismatch,
     ImageDecodeError,
+    band_mismatch,
     hwc_array,
+    is_grey,
+    luma,
     normalize,
     to_channels,
     to_image,
@@ -146,33 +147,17 @@ def read_sample(source: Source, decoding: Decoding = Decoding(), name: str | Non
 
 
 def fit_bands(array: np.ndarray, channels: int, name: str, from_image: bool) -> np.ndarray:
-    """The sample with the domain's `channels` bands. Images give greyscale or colour: grey
-    repeats into 3 channels, grey saved as RGB becomes one; `.npy` arrays must have exactly
-    `channels`."""
+    """The sample with the domain's `channels` bands, by the rule of `cyclegan.images.to_channels`
+    for images: grey repeats into 3 channels, grey saved as RGB becomes its luma (for 8-bit data
+    what the official path takes); `.npy` arrays must have exactly `channels`."""
     bands = array.shape[2]
     if bands == channels:
         return array
     if from_image and channels == 3 and bands == 1:
         return np.repeat(array, 3, axis=2)
-    if from_image and channels == 1 and bands == 3:
-        if not is_grey(array):
-            raise ChannelMismatch(f"{name}: a colour image in a 1-channel (greyscale) domain; convert the domain's "
-                                  "images to greyscale, or give the domain 3 channels")
-        return array[:, :, :1]
-    raise ChannelMismatch(f"{name}: has {bands} band(s), but its domain has {channels} (model.input_nc for A, "
-                          "model.output_nc for B)")
-
-
-def is_grey(array: np.ndarray) -> bool:
-    """Whether a 3-band array is grey: its bands within `GREY_TOLERANCE` levels of 255 of each other
-    (of the type's range for integers, of the image's own range for floats)."""
-    values = array.astype(np.float64)
-    if np.issubdtype(array.dtype, np.integer):
-        low, high = type_range(array.dtype)
-    else:
-        low, high = float(values.min()), float(values.max())
-    spread = max(np.abs(values[:, :, 0] - values[:, :, 1]).max(), np.abs(values[:, :, 1] - values[:, :, 2]).max())
-    return spread <= GREY_TOLERANCE * (high - low) / 255
+    if from_image and channels == 1 and bands == 3 and is_grey(array):
+        return luma(array)
+    raise band_mismatch(name, bands, channels, from_image)
 
 
 def as_tensor(pixels: Image.Image | np.ndarray) -> torch.Tensor:
@@ -183,10 +168,17 @@ def as_tensor(pixels: Image.Image | np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
 
 
+def as_unit(tensor: torch.Tensor) -> torch.Tensor:
+    """Network input of either path (`as_tensor`, or `Sample.array` as a tensor, in any layout) as
+    [-1, 1] floats of torch's default dtype: uint8 normalised with the official arithmetic
+    (`cyclegan.images.normalize`), a deep sample's floats, already in [-1, 1], cast. Training,
+    evaluation, translation and tiles all decide here."""
+    return normalize(tensor) if tensor.dtype == torch.uint8 else tensor.to(torch.get_default_dtype())
+
+
 def to_unit_tensor(pixels: Image.Image | np.ndarray) -> torch.Tensor:
     """Decoded pixels as a CHW tensor in [-1, 1] of torch's default dtype."""
-    tensor = as_tensor(pixels)
-    return normalize(tensor) if tensor.dtype == torch.uint8 else tensor.to(torch.get_default_dtype())
+    return as_unit(as_tensor(pixels))
 
 
 @dataclass(frozen=True)
@@ -227,3 +219,13 @@ def restore(translated: np.ndarray, sample: Sample, output: Output = Output()) -
                         f"float data: give {normalize_name} range:LO,HI or percentile:P1,P99")
     window = type_range(dtype) if output.full_range else output.normalize.window(sample.values, "the input")
     return from_unit(translated, dtype, window)
+
+
+def as_pil(restored: np.ndarray) -> Image.Image:
+    """A restored translation of a PIL image as a PIL image of its bands: 1 or 3 bands of uint8, or
+    1 band of uint16 or float32; a UserError naming the way out for what no PIL image holds."""
+    dtype, bands = restored.dtype, restored.shape[2]
+    if (dtype == np.uint8 and bands in (1, 3)) or (dtype in (np.uint16, np.float32) and bands == 1):
+        return to_image(restored)
+    raise UserError(f"input: its translation is {bands} band(s) of {dtype}, which no PIL image holds: pass the "
+                    "image as a numpy array (numpy.asarray(image)) to get the translation back as one")

@@ -27,8 +27,8 @@ from cyclegan.config import run_normalize
 from cyclegan.data.normalize import Normalize
 from cyclegan.errors import DataError, UserError
 from cyclegan.hardware import native_bf16
-from cyclegan.images import normalize, to_image, to_uint8
-from cyclegan.io.samples import Decoding, Output, Sample, read_sample, restore
+from cyclegan.images import to_uint8
+from cyclegan.io.samples import Decoding, Output, Sample, as_pil, as_unit, read_sample, restore
 from cyclegan.models import load_generator
 from cyclegan.models.loading import generator_direction, resolve_generator_path
 from cyclegan.translate.onnx import OnnxGenerator
@@ -40,12 +40,21 @@ PRECISIONS = ("auto", "fp32", "bf16")
 MIN_SIDE = 8  # the innermost layers reflect-pad a quarter of the image by one pixel: two are needed
 TENSOR_SLACK = 1e-3  # how far outside [-1, 1] a tensor's values may stray (rounding of a caller's normalisation)
 # how a caller names the settings, for messages: the Python API's parameters, or the command line's flags
-API_NAMES = {"normalize": "normalize", "normalize_output": "normalize_output", "full_range": "full_range=True"}
-CLI_NAMES = {"normalize": "--normalize", "normalize_output": "--normalize-output", "full_range": "--output-range dtype"}
+API_NAMES = {"normalize": "normalize", "normalize_output": "normalize_output", "full_range": "full_range=True",
+             "precision": "precision"}
+CLI_NAMES = {"normalize": "--normalize", "normalize_output": "--normalize-output", "full_range": "--output-range dtype",
+             "precision": "--precision"}
 
 
 class ImageTooSmall(DataError):
     """An image the generator cannot take."""
+
+
+def check_size(height: int, width: int) -> tuple[int, int]:
+    """(height, width) of an image the generator can take; ImageTooSmall otherwise."""
+    if min(height, width) < MIN_SIDE:
+        raise ImageTooSmall(f"{width} x {height} px is too small to translate (both sides need {MIN_SIDE} px)")
+    return height, width
 
 
 def is_hub_id(source: str) -> bool:
@@ -74,11 +83,12 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def use_bf16(precision: str, device: torch.device) -> bool:
+def use_bf16(precision: str, device: torch.device, name: str = "precision") -> bool:
     """`fp32` (the default: the official pixels on every machine), `bf16`, or `auto`: bf16 where
-    the device computes it natively, else fp32 (faster there, but other pixels on other machines)."""
+    the device computes it natively, else fp32 (faster there, but other pixels on other machines).
+    `name`: how the caller spells the setting, for the message (`--precision` on the command line)."""
     if precision not in PRECISIONS:
-        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}")
+        raise UserError(f"{name} must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     return native_bf16(device) if precision == "auto" else precision == "bf16"
 
 
@@ -191,27 +201,31 @@ class Translator:
         weights = resolve_generator_path(path, direction)
         named = direction or generator_direction(path if path.is_dir() else weights) or "AtoB"
         reading, writing = _normalizations(path, named, normalize, normalize_output, names)
-        return cls(load_generator(weights), dev, use_bf16(precision, dev), tile, named, reading, full_range,
-                   precision == "bf16", writing, names)
+        bf16 = use_bf16(precision, dev, names["precision"])
+        return cls(load_generator(weights), dev, bf16, tile, named, reading, full_range, precision == "bf16", writing,
+                   names)
 
     def __call__(self, images: Image.Image | np.ndarray | torch.Tensor) -> Image.Image | np.ndarray | torch.Tensor:
         """A PIL image -> its translation as a PIL image of the same size (tiled if need be); an
-        H x W x C (or H x W) array of any type -> the translated array of that type. Both are read
-        as `cyclegan-translate` reads a file of theirs (`read`: the same normalisation, band
-        conversion and checks) and restored as it writes one. A [-1, 1] CHW or NCHW tensor of any
-        float type -> the translated tensor, of its type and on its device."""
+        H x W x C (or H x W) array -> the translated array. Both are read as `cyclegan-translate`
+        reads a file of theirs (`read`: the same normalisation, band conversion and checks) and
+        restored as it writes one (`cyclegan.io.samples.restore`): in the input's type for uint8,
+        uint16, int16 and float32; float32 for the types read as float32 (float16, float64, 32-bit
+        integers), and where the output domain's `range:` window does not fit the input's type; a
+        translation no PIL image holds is refused for a PIL input (`as_pil`). A [-1, 1] CHW or NCHW
+        tensor of any float type -> the translated tensor, of its type and on its device."""
         if isinstance(images, (Image.Image, np.ndarray)):
             sample = self.read(images)
             out = restore(self.translate([sample.array()])[0], sample, self.output)
             if isinstance(images, Image.Image):
-                return to_image(out)
+                return as_pil(out)
             return out[:, :, 0] if images.ndim == 2 and out.shape[2] == 1 else out
         if isinstance(images, torch.Tensor):
             return self._translate_tensor(images)
         raise TypeError(f"a Translator takes a PIL image, a numpy array or a tensor, not {type(images).__name__}")
 
     def _translate_tensor(self, images: torch.Tensor) -> torch.Tensor:
-        """Tensors through `translate`, as every other input: the same tiling decision and checks."""
+        """Tensors checked and tiled as every other input; untiled, translated on their own device."""
         if not images.is_floating_point() or images.dim() not in (3, 4):
             raise UserError("a Translator takes float tensors in [-1, 1], CHW or NCHW")
         if images.shape[-3] != self.in_channels:
@@ -222,8 +236,13 @@ class Translator:
         if batch.numel() and batch.abs().max() > 1 + TENSOR_SLACK:
             raise UserError(f"input: tensors hold the networks' values in [-1, 1], not {batch.min():.4g} .. "
                             f"{batch.max():.4g}: normalise them, or pass a PIL image or a numpy array")
-        arrays = list(batch.permute(0, 2, 3, 1).cpu().numpy())
-        out = torch.from_numpy(np.stack(self.translate(arrays, self.bf16))).permute(0, 3, 1, 2)
+        height, width = batch.shape[-2:]
+        if self.tile_for(*check_size(height, width)):  # the tiled path works on host arrays
+            arrays = list(batch.permute(0, 2, 3, 1).cpu().numpy())
+            out = torch.from_numpy(np.stack(self.translate(arrays, self.bf16))).permute(0, 3, 1, 2)
+        else:  # on the tensor's device, without a round trip through the host
+            out = torch.cat([self.forward(as_unit(part.to(self.device)), self.bf16)
+                             for part in batch.split(self.per_pass(height, width))])
         out = out.to(images.device, images.dtype)
         return out[0] if images.dim() == 3 else out
 
@@ -239,6 +258,10 @@ class Translator:
 
     def untiled_bytes(self, height: int, width: int) -> int:
         return height * width * self.net.spec.ngf * BYTES_PER_PIXEL_PER_NGF
+
+    def per_pass(self, height: int, width: int) -> int:
+        """How many images of this size one untiled forward pass takes: what half the free memory holds."""
+        return max(1, self.free_bytes() // 2 // self.untiled_bytes(height, width))
 
     def free_bytes(self) -> int:
         """Memory this process can still take: on a GPU counting PyTorch's cached blocks, on the CPU
@@ -262,22 +285,18 @@ class Translator:
         """Network inputs of one size (`Sample.array`) -> their translations: 8-bit to 8-bit, or
         float32 in [-1, 1] (deeper data, normalised) to float32 in [-1, 1]; in bf16 as `bf16` says,
         else as the precision asked for the kind of data."""
-        height, width = images[0].shape[:2]
-        if min(height, width) < MIN_SIDE:
-            raise ImageTooSmall(f"{width} x {height} px is too small to translate (both sides need {MIN_SIDE} px)")
+        height, width = check_size(*images[0].shape[:2])
         tile = self.tile_for(height, width)
+        eight_bit = images[0].dtype == np.uint8
         if bf16 is None:
-            bf16 = self.bf16 if images[0].dtype == np.uint8 else self.deep_bf16
+            bf16 = self.bf16 if eight_bit else self.deep_bf16
         if tile:
             return [translate_tiled(self.net, image, tile, self.device, bf16) for image in images]
-        per_pass = max(1, self.free_bytes() // 2 // self.untiled_bytes(height, width))
-        out = []
+        per_pass, out = self.per_pass(height, width), []
         for start in range(0, len(images), per_pass):
             batch = torch.from_numpy(np.stack(images[start:start + per_pass])).to(self.device).permute(0, 3, 1, 2)
-            if batch.dtype == torch.uint8:
-                out += list(to_uint8(self.forward(normalize(batch), bf16)).permute(0, 2, 3, 1).cpu().numpy())
-            else:
-                out += list(self.forward(batch.float(), bf16).permute(0, 2, 3, 1).cpu().numpy())
+            translated = self.forward(as_unit(batch), bf16)
+            out += list((to_uint8(translated) if eight_bit else translated).permute(0, 2, 3, 1).cpu().numpy())
         return out
 
     @torch.no_grad()

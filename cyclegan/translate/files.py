@@ -10,6 +10,7 @@ interrupted job keeps the outputs it finds and translates only the rest.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from tqdm import tqdm
@@ -66,9 +67,11 @@ def load(path: Path, load_size: int | None, translator: Translator, report: Tran
 
 
 def translate_files(translator: Translator, source: Path, output: Path, load_size: int | None = None,
-                    batch_size: int = 4, rank: int = 0, world_size: int = 1) -> TranslateReport:
+                    batch_size: int = 4, rank: int = 0, world_size: int = 1,
+                    checked: Callable[[], None] | None = None) -> TranslateReport:
     """Translate `source` (an image, or a folder searched recursively) into files under `output`,
-    keeping relative paths; this rank's share of the files."""
+    keeping relative paths; this rank's share of the files. `checked` is called once the inputs
+    are listed and their outputs named, before the first output is written."""
     if source.is_file():
         files, root = [source], source.parent
     elif source.is_dir():  # leaving out an output folder inside the input, which a rerun would find
@@ -99,6 +102,8 @@ def translate_files(translator: Translator, source: Path, output: Path, load_siz
             report.done_before += 1
             continue
         groups[((load_size, load_size) if load_size else size) + (deep,)].append((path, target))
+    if checked is not None:
+        checked()
     with tqdm(total=sum(map(len, groups.values())), desc="translate", unit="img", disable=rank != 0) as bar:
         for _, jobs in sorted(groups.items()):  # one size and kind per forward pass
             for start in range(0, len(jobs), batch_size):

@@ -14,8 +14,9 @@ from accelerate.utils import broadcast_object_list, gather_object, parse_flag_fr
 from PIL import Image
 
 from cyclegan.data.shards import MANIFEST
+from cyclegan.data.sources import is_local
 from cyclegan.errors import DataError, UserError
-from cyclegan.io.outputs import output_lock, prepare_output
+from cyclegan.io.outputs import join_output_lock, output_lock, prepare_output
 from cyclegan.io.records import read_json, write_json
 from cyclegan.translate.core import CLI_NAMES, TranslateReport, Translator, pick_device
 from cyclegan.translate.files import translate_files
@@ -38,35 +39,45 @@ def input_kind(spec: str) -> str:
     return "shards" if ".tar" in spec else "images"
 
 
-def check_settings(output: Path, settings: dict, state: PartialState) -> None:
-    """Refuse to finish another translation's output; record this one's settings (main process)."""
+def check_settings(output: Path, settings: dict) -> bool:
+    """Refuse to finish another translation's output; returns whether `output` has no record yet
+    (the main process writes one once the inputs are listed and checked, before the first output)."""
     recorded = output / SETTINGS
-    previous = read_json(recorded) if recorded.is_file() else None
-    if previous is not None and previous != settings:
+    if not recorded.is_file():
+        return True
+    previous = read_json(recorded)
+    old_input = previous.get("input")  # earlier versions recorded the raw --input (`photos/`)
+    if isinstance(old_input, str) and Path(old_input).exists():
+        previous = {**previous, "input": str(Path(old_input).resolve())}
+    if previous != settings:
         changed = ", ".join(f"{k}: {previous.get(k)} there, {settings[k]} here" for k in settings
                             if previous.get(k) != settings[k])
         raise UserError(f"{output} holds a translation made otherwise ({changed}): choose another --output")
-    state.wait_for_everyone()  # every rank has read it before the main process writes it
-    if previous is None and state.is_main_process:
-        write_json(recorded, settings)
+    return False
 
 
 @contextmanager
 def holding(output: Path, state: PartialState) -> Iterator[None]:
-    """`output`'s lock for this run: its main process holds it for all of its ranks (which share
-    the work); when another run holds it, or the folder cannot be written, every rank stops
-    with the same one-line message."""
+    """`output`'s lock for this run, held by each of its processes (`output_lock` on the main one,
+    which also removes a killed run's leftovers before the others start; shared by the others):
+    while any of them lives, another run is refused. When another run holds it, the folder
+    cannot be written, or taking it fails in any way, every rank stops (the main one with its
+    error, the others with its message) rather than wait for the main one forever."""
     with ExitStack() as stack:
-        refusal = None
+        refusal, failure = None, None
         if state.is_main_process:
             try:
                 stack.enter_context(output_lock(output))
-            except UserError as err:
-                refusal = str(err)
+            except Exception as err:
+                refusal, failure = str(err) or type(err).__name__, err
         if state.num_processes > 1:
             refusal = broadcast_object_list([refusal])[0]
+        if failure is not None:
+            raise failure
         if refusal:
             raise UserError(refusal)
+        if not state.is_main_process:
+            stack.enter_context(join_output_lock(output))
         yield
 
 
@@ -77,8 +88,11 @@ def run(checkpoint: Path, source: str, output: Path, direction: str | None = Non
     """Translate `source` into `output`, print a summary once; returns the report of all ranks.
     `normalize` and `normalize_output` (the input's and output's domains) None take the run's
     settings for those domains (see `run_normalize`)."""
-    if batch_size < 1 or (tile is not None and tile < 0) or not 0 <= smoothing < 1:
-        raise UserError("--batch-size must be at least 1, --tile at least 0, --smoothing in [0, 1)")
+    for option, value, fits, needed in (("--batch-size", batch_size, batch_size >= 1, "at least 1"),
+                                        ("--tile", tile, tile is None or tile >= 0, "at least 0"),
+                                        ("--smoothing", smoothing, 0 <= smoothing < 1, "in [0, 1)")):
+        if not fits:
+            raise UserError(f"{option} {value}: must be {needed}")
     kind = input_kind(source)
     if Path(source).exists() and Path(source).resolve() == output.resolve():
         raise UserError("--output is the input itself: choose another folder or file")
@@ -128,20 +142,27 @@ def _translate(state: PartialState, kind: str, checkpoint: Path, source: str, ou
                 "load_size": load_size, "normalize": str(translator.normalize),
                 "normalize_output": str(translator.output_normalize), "output_range": output_range}
     domain = "A" if direction == "AtoB" else "B"  # of the input
-    if kind == "shards":
-        input_shards(source, domain)  # a mistyped input stops here, before the output records anything
+    read = [Path(checkpoint), Path(source)]
+    if kind == "shards":  # a mistyped input stops here, before the output records anything
+        read += [Path(url) for _, url in input_shards(source, domain) if is_local(url)]  # patterns, lists
     elif not local:
         raise DataError(f"input {source} does not exist")
-    prepare_output(output, [p for p in (Path(source), Path(checkpoint)) if p.exists()], overwrite=False, resume=True,
-                   nested=True)
+    # translation removes nothing and checks each file it writes, so the output may hold what it reads
+    prepare_output(output, [p for p in read if p.exists()], overwrite=False, resume=True, nested=True)
     with holding(output, state):
-        check_settings(output, settings, state)
+        unrecorded = check_settings(output, settings)
+        state.wait_for_everyone()  # every rank has compared before the main process records
+
+        def record() -> None:  # once the inputs are listed and checked, before the first output
+            if unrecorded and state.is_main_process:
+                write_json(output / SETTINGS, settings)
+
         if kind == "shards":
             mine, shards = translate_shards(translator, source, output, domain, batch_size, state.process_index,
-                                            state.num_processes)
+                                            state.num_processes, checked=record)
         else:
             mine = translate_files(translator, Path(source), output, load_size, batch_size, state.process_index,
-                                   state.num_processes)
+                                   state.num_processes, checked=record)
         report = TranslateReport()
         for part in gather_object([mine]) if state.num_processes > 1 else [mine]:
             report.merge(part)

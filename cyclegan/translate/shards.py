@@ -12,7 +12,7 @@ not divide evenly across ranks cost nothing but idle ranks. The main process wri
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from cyclegan.data.shards import MANIFEST, Tally
 from cyclegan.data.sources import check_shards, count_samples, expand_urls, is_local
-from cyclegan.errors import DataError
+from cyclegan.errors import DataError, UserError
 from cyclegan.images import ChannelMismatch, ImageDecodeError
 from cyclegan.io.files import atomic_path
 from cyclegan.io.records import read_json, require, write_json
@@ -45,7 +45,7 @@ def input_shards(spec: str, domain: str) -> list[tuple[str, str]]:
         splits = require(read_json(manifest, required=("splits",))["splits"], (), f"{manifest} (splits)")
         entries = [require(split, (), f"{manifest} (splits.{name})").get(domain) for name, split in splits.items()]
         names = [name for entry in entries if entry is not None
-                 for name in require(entry, ("shards",), f"{manifest} ({domain} domain)")["shards"]]
+                 for name in require(entry, {"shards": list}, f"{manifest} ({domain} domain)")["shards"]]
         if not names:
             raise DataError(f"{folder / MANIFEST} lists no shards of domain {domain}")
         shards = [(name, url) for name, url in zip(names, expand_urls(",".join(names), folder))]
@@ -123,10 +123,17 @@ def translate_shard(translator: Translator, url: str, target: Path, batch_size: 
 
 
 def translate_shards(translator: Translator, spec: str, output: Path, domain: str, batch_size: int = 4,
-                     rank: int = 0, world_size: int = 1) -> tuple[TranslateReport, list[tuple[str, str]]]:
+                     rank: int = 0, world_size: int = 1,
+                     checked: Callable[[], None] | None = None) -> tuple[TranslateReport, list[tuple[str, str]]]:
     """This rank's share of the input shards; returns its report and every (name, url) pair.
-    A shard that cannot be read is reported as failed, and the others are translated."""
+    A shard that cannot be read is reported as failed, and the others are translated. `checked`
+    is called once the inputs are listed and checked, before the first output is written."""
     shards = input_shards(spec, domain)
+    for name, url in shards:  # every rank checks every shard, so that all stop before any work
+        if is_local(url) and (output / name).resolve() == Path(url).resolve():
+            raise UserError(f"translating shard {url} into {output} would overwrite it: choose another --output")
+    if checked is not None:
+        checked()
     mine, report = [], TranslateReport()
     for name, url in shards[rank::world_size]:
         if is_complete(output, name):

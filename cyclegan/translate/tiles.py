@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cyclegan.errors import DataError
-from cyclegan.images import normalize, to_uint8
+from cyclegan.images import to_uint8
+from cyclegan.io.samples import as_unit
 from cyclegan.models.generator import ResnetBlock, ResnetGenerator
 
 
@@ -131,8 +132,8 @@ class DiskPlane(Plane):
 
 class ImagePlane(Plane):
     """The input image, read as the network's [-1, 1] input: 8-bit pixels normalised block by block
-    as the untiled path normalises them (`cyclegan.images.normalize`), or float32 values already in
-    [-1, 1] as they are."""
+    as the untiled path normalises them, or float32 values already in [-1, 1] as they are
+    (`cyclegan.io.samples.as_unit`)."""
 
     def __init__(self, pixels: np.ndarray) -> None:
         super().__init__(*pixels.shape)
@@ -140,7 +141,7 @@ class ImagePlane(Plane):
 
     def region(self, top: int, bottom: int, left: int, right: int) -> np.ndarray:
         block = self.pixels[top:bottom, left:right]
-        return normalize(torch.from_numpy(np.ascontiguousarray(block))).numpy() if block.dtype == np.uint8 else block
+        return as_unit(torch.from_numpy(np.ascontiguousarray(block))).numpy()
 
 
 class TiledRun:

@@ -91,12 +91,14 @@ def translate_video(translator: Translator, source: Path, target: Path, batch_si
     return count, f"{source}: {said}{count} could be decoded{why}; the file is cut off or damaged, {target} holds those"
 
 
-def _declared_frames(reader, stream, rate: Fraction) -> int:
-    """The frame count the container states, or its duration times the frame rate (Matroska and
-    WebM state no count); 0 when it says neither."""
+def _declared_frames(stream, rate: Fraction) -> int:
+    """The frame count the container states, or the video stream's own duration times the frame
+    rate; 0 when it says neither (Matroska and WebM state neither per stream), and then only a
+    decoding error says that a file is cut off. The container's duration is no measure: it spans
+    the audio too, which may run on past the last frame."""
     if stream.frames:
         return stream.frames
-    return round(reader.duration / av.time_base * float(rate)) if reader.duration else 0
+    return round(float(stream.duration * stream.time_base) * float(rate)) if stream.duration and stream.time_base else 0
 
 
 def _translate_streams(translator: Translator, reader, writer, target: Path, batch_size: int,
@@ -113,7 +115,7 @@ def _translate_streams(translator: Translator, reader, writer, target: Path, bat
     video_out.codec_context.time_base = 1 / (Fraction(rate) * TICKS_PER_FRAME)
     audio = {stream.index: _AudioOut(stream, writer, target) for stream in reader.streams.audio}
     frames = _Frames(translator, video_out, writer, batch_size, Smoother(smoothing), rate, video_in.time_base)
-    declared, stopped = _declared_frames(reader, video_in, rate), None
+    declared, stopped = _declared_frames(video_in, rate), None
     with tqdm(total=declared or None, desc="translate", unit="frame") as bar:
         try:
             for packet in reader.demux(video_in, *reader.streams.audio):
