@@ -19,10 +19,8 @@ back with safetensors or `torch.load(weights_only=True)`.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +30,8 @@ from accelerate import Accelerator
 from cyclegan.ema import GeneratorEMA
 from cyclegan.metrics import HealthMonitor
 from cyclegan.errors import CheckpointError, UserError
-from cyclegan.io.files import atomic_folder, atomic_path, cannot_write, remove_leftovers, replace_folder
+from cyclegan.io.files import (atomic_folder, atomic_path, cannot_write, remove_folder, remove_leftovers,
+                               replace_folder)
 from cyclegan.io.records import read_json, write_json
 from cyclegan.models.loading import export_generator, load_into, read_state_dict, save_weights
 from cyclegan.rng import restore_rng_state, rng_state
@@ -103,6 +102,8 @@ def save_checkpoint(accelerator: Accelerator, root: Path, state: TrainState, tra
     the run with a message; the checkpoints already written are left as they were.
     """
     final = step_dir(root, state.step)
+    # not `atomic_folder`, whose staging name is unique to one process: every rank writes its own
+    # file into this one folder, so all of them need its name without being told it
     partial = root / f".{final.name}.partial"
     broken = non_finite_parts(accelerator, trained.nets, trained.opts)
     if broken:
@@ -132,10 +133,8 @@ def save_checkpoint(accelerator: Accelerator, root: Path, state: TrainState, tra
     if accelerator.is_main_process:
         replace_folder(partial, final)
         publish_export(final, root.parent / "export", averaged=trained.ema is not None and export_ema)
-        for old in complete_checkpoints(root)[:-keep]:  # out of sight first, so none is ever seen half removed
-            retired = Path(tempfile.mkdtemp(prefix=f".{old.name}.", suffix=".old", dir=root))
-            os.replace(old, retired / old.name)
-            shutil.rmtree(retired, ignore_errors=True)
+        for old in complete_checkpoints(root)[:-keep]:
+            remove_folder(old)  # out of sight first, so none is ever seen half removed
     accelerator.wait_for_everyone()
     return final
 

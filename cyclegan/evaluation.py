@@ -37,8 +37,7 @@ from cyclegan.data.sources import DataSources
 from cyclegan.data.stream import iter_test_images
 from cyclegan.data.transforms import test_transform
 from cyclegan.errors import CheckpointError, UserError
-from cyclegan.io.formats import probe
-from cyclegan.io.samples import Decoding, read_sample, to_unit_tensor
+from cyclegan.io.samples import domain_decoding, read_sample, stored_deep, to_unit_tensor
 from cyclegan.images import ImageDecodeError, list_images, to_uint8
 from cyclegan.models.loading import read_state_dict
 from cyclegan.pairing import describe, is_paired, local_pairs, match, whole_split
@@ -94,21 +93,15 @@ class EvalSplit:
         self.positions_b = list(range(len(self.keys_b))) if self.positions_b is None else self.positions_b
 
 
-def is_deep_file(path: Path) -> bool:
-    """A file off the official 8-bit path, by its header (an unreadable one is reported when decoded)."""
-    try:
-        return probe(path).deep
-    except ImageDecodeError:
-        return False
-
-
 def _folder_images(folder: Path, size: int, rank: int, world_size: int, limit: int | None, channels: int,
                    normalize: str):
-    """Like `iter_test_images`, from a folder; keys as make_shards would give them. Deep when
-    `normalize` or `channels` ask for it, or the folder holds .npy arrays."""
+    """Like `iter_test_images`, from a folder; keys as make_shards would give them. Read as one
+    domain (`domain_decoding`): deep when `normalize` or `channels` ask for it, or when any of the
+    folder's files is stored deeper than 8 bits."""
     seen: set[str] = set()
-    files = list_images(folder)[:limit]
-    decoding = Decoding.of(channels, normalize, deep=any(is_deep_file(path) for path in files))
+    listed = list_images(folder)
+    files = listed[:limit]
+    decoding = domain_decoding(channels, normalize, (stored_deep(path) for path in listed))
     for position, path in enumerate(files):
         key = sample_key(path.relative_to(folder), seen)
         if position % world_size == rank:

@@ -177,6 +177,21 @@ def inception_weights(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def generators(tmp_path_factory) -> Path:
+    """A folder with a tiny pair of generators, as an export holds them (tests only read it)."""
+    import torch
+
+    from cyclegan.models import GeneratorSpec, ResnetGenerator
+    from cyclegan.models.loading import export_generator
+
+    folder = tmp_path_factory.mktemp("generators")
+    torch.manual_seed(0)
+    for name in ("g_ab", "g_ba"):
+        export_generator(ResnetGenerator(GeneratorSpec(ngf=8, n_blocks=1)), folder / f"{name}.safetensors")
+    return folder
+
+
+@pytest.fixture(scope="session")
 def trained_run(demo_shards, tmp_path_factory) -> Path:
     """One tiny real run folder shared by every module that only reads a run: config, metrics, a
     sample grid, checkpoints, export. Tests that change a run copy it first."""

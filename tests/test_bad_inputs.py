@@ -295,6 +295,23 @@ def _no_samples(manifest: dict) -> None:
     del manifest["splits"]["train"]["A"]["samples"]
 
 
+def _clip(w: World) -> Path:
+    """A real three-frame video: translated, were its output not refused."""
+    import av
+    import numpy as np
+
+    path = w.tmp / "clip.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=12)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        for value in (0, 100, 200):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), value, np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
 # in a list of their own, so that rows added to CASES elsewhere do not collide with these
 MORE_CASES = [
     Case("train: random bytes for shards", "train.py",
@@ -333,6 +350,9 @@ MORE_CASES = [
     Case("translate: record not an object", "translate.py",
          lambda w: ["--checkpoint", str(w.run), "--input", str(w.copy(w.folders / "testA", "in")), "--output",
                     str(w.file("o/.translation.json", '["input"]').parent)], ".translation.json"),
+    Case("translate: the output video exists", "translate.py",  # a video is written whole: nothing to resume
+         lambda w: ["--checkpoint", str(w.run), "--input", str(_clip(w)), "--output",
+                    str(w.file("out.mp4", b"an earlier translation"))], "out.mp4 already exists: remove it"),
     Case("translate: input a dangling link", "translate.py",
          lambda w: _translate(w, w.run, _link_to_nowhere(w, "photo.png")), "photo.png does not exist"),
     Case("translate: a discriminator for a generator", "translate.py",

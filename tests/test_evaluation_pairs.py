@@ -13,18 +13,7 @@ from accelerate import Accelerator
 
 from cyclegan.evaluation import EvalSplit, Evaluator, load_test_split
 from cyclegan.images import to_uint8
-from cyclegan.models import GeneratorSpec, ResnetGenerator
-from cyclegan.models.loading import export_generator
 from tests.conftest import ROOT, launch, script
-
-
-@pytest.fixture(scope="module")
-def generators(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("generators")
-    torch.manual_seed(0)
-    for name in ("g_ab", "g_ba"):
-        export_generator(ResnetGenerator(GeneratorSpec(ngf=8, n_blocks=1)), folder / f"{name}.safetensors")
-    return folder
 
 
 def named_scenes(demo_folders: Path, root: Path, names_a: str, names_b: str) -> Path:

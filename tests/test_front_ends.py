@@ -21,16 +21,6 @@ from cyclegan.models.loading import export_generator
 from tests.conftest import ROOT, launch, script
 
 
-@pytest.fixture(scope="module")
-def generators(tmp_path_factory) -> Path:
-    """A folder with a tiny pair of generators, as an export holds them."""
-    folder = tmp_path_factory.mktemp("generators")
-    torch.manual_seed(0)
-    for name in ("g_ab", "g_ba"):
-        export_generator(ResnetGenerator(GeneratorSpec(ngf=8, n_blocks=1)), folder / f"{name}.safetensors")
-    return folder
-
-
 def paired_test_folders(demo_folders: Path, root: Path, count: int) -> list[str]:
     """testA/ and testB/ with the first `count` demo test scenes (their names pair); the names."""
     names = [p.name for p in sorted((demo_folders / "testA").glob("*.png"))[:count]]

@@ -269,7 +269,7 @@ def test_damaged_records_are_one_line(tmp_path, photos):
     from cyclegan.data.sources import find_sources
     from cyclegan.translate.shards import input_shards
 
-    with pytest.raises(DataError, match="--workers must be at least 1"):
+    with pytest.raises(DataError, match="--workers 0: must be at least 1"):
         write_shards(find_domains(photos, None, None), tmp_path / "shards", workers=0)
     write_shards(find_domains(photos, None, None), tmp_path / "shards", workers=1)
     manifest = tmp_path / "shards" / "manifest.json"

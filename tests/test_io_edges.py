@@ -212,3 +212,76 @@ def test_a_model_card_takes_a_hand_written_run_record(tmp_path):
     facts = run_facts(tmp_path, tmp_path / "g_ab.safetensors", "AtoB")
     assert "lr 0.0002" in facts[0] and "global batch ?" in facts[0]
 
+
+
+HOLD_SHARDS = """
+import sys, time
+from pathlib import Path
+from cyclegan.io.outputs import replacement_lock
+output = Path(sys.argv[1])
+with replacement_lock(output):
+    (output.parent / f".{output.name}.live.partial").mkdir()  # this run's staging folder
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_second_make_shards_is_told_who_holds_the_output(photos, tmp_path):
+    from cyclegan.data.shards import find_domains, write_shards
+
+    output, sources = tmp_path / "shards", find_domains(photos, None, None)
+    staging = tmp_path / ".shards.live.partial"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_SHARDS, str(output)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match=f"shards is being written by another run \\(pid {holder.pid} on "):
+            write_shards(sources, output, shard_size=2, workers=1)
+        assert staging.is_dir() and not output.exists(), "the other run's staging folder was cleared"
+    finally:
+        holder.kill()
+        holder.wait()
+    write_shards(sources, output, shard_size=2, workers=1)  # the lock died with its holder
+    assert (output / "manifest.json").is_file() and not staging.exists()  # a killed run's leftover: cleared
+    assert not (tmp_path / ".shards.lock").exists()  # removed by the run that ended, while it still held it
+
+
+def test_a_folder_removal_cut_short_leaves_no_half_folder_under_its_name(tmp_path, monkeypatch):
+    import cyclegan.io.files as files
+
+    (tmp_path / "step_2" / "deep").mkdir(parents=True)
+    (tmp_path / "step_2" / "deep" / "g_ab.safetensors").write_bytes(b"w")
+
+    def killed(path, ignore_errors=False):
+        raise KeyboardInterrupt  # the process dies while deleting
+
+    monkeypatch.setattr(files.shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        files.remove_folder(tmp_path / "step_2")
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".step_2.")] == []
+    files.remove_leftovers(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _onnx_with_metadata(path: Path, metadata: str) -> Path:
+    """The smallest ONNX model (an identity) carrying `metadata` as its generator description."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    tensor = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 3, "h", "w"]) for name in ("x", "y")]
+    model = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", tensor[:1],
+                                              tensor[1:]), opset_imports=[helper.make_opsetid("", 17)])
+    helper.set_model_props(model, {"cyclegan.generator": metadata})
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("metadata, wrong", [('{"ngf": 8, "n_bl', "not valid JSON"), ("[8]", "not a JSON object"),
+                                             ('{"depth": 3}', "is not a valid generator description")])
+def test_an_onnx_model_with_damaged_metadata_is_one_line(tmp_path, metadata, wrong):
+    from cyclegan.errors import CheckpointError
+    from cyclegan.translate.onnx import OnnxGenerator
+
+    with pytest.raises(CheckpointError, match=f"g.onnx \\(its cyclegan.generator metadata\\):? {wrong}"):
+        OnnxGenerator(_onnx_with_metadata(tmp_path / "g.onnx", metadata))
+    assert OnnxGenerator(_onnx_with_metadata(tmp_path / "g.onnx", '{"ngf": 8}')).spec.ngf == 8

@@ -13,17 +13,22 @@ import torch
 from PIL import Image
 
 from cyclegan.build import batch_to_device
+from cyclegan.config import DataConfig
 from cyclegan.data.normalize import Normalize
 from cyclegan.data.shards import write_shards
-from cyclegan.data.stream import decode
+from cyclegan.data.sources import find_sources
+from cyclegan.data.stream import UnpairedStream, decode
+from cyclegan.data import transforms
 from cyclegan.errors import DataError, UserError
 from cyclegan.evaluation import load_test_split
 from cyclegan.images import ChannelMismatch
-from cyclegan.io.samples import Decoding, read_sample, to_unit_tensor
+from cyclegan.io.formats import encode
+from cyclegan.io.samples import Decoding, as_tensor, as_unit, read_sample, to_unit_tensor
 from cyclegan.models import GeneratorSpec, ResnetGenerator
 from cyclegan.models.loading import export_generator
 from cyclegan.translate import Translator, core
 from cyclegan.translate.files import translate_files
+from cyclegan.translate.shards import translate_shards
 from cyclegan.translate.tiles import ImagePlane
 
 
@@ -241,3 +246,60 @@ def test_the_api_says_what_to_pass_instead(tmp_path):
         Translator.from_pretrained(weights, device="cpu", precision="fast")
     with pytest.raises(UserError, match="^--precision must be one of"):
         Translator.from_pretrained(weights, device="cpu", precision="fast", names=core.CLI_NAMES)
+
+
+class Recording(torch.nn.Module):
+    """A small generator that keeps every input it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = ResnetGenerator(GeneratorSpec(3, 3, ngf=4, n_blocks=1))
+        self.spec, self.inputs = self.net.spec, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.inputs += list(x.detach().clone())
+        return self.net(x)
+
+
+def test_a_domain_of_8_and_16_bit_images_is_read_alike_by_every_path(tmp_path):
+    """An 8-bit image in a domain that also holds a 16-bit one takes the domain's (deep) path
+    everywhere: the same network input in training, evaluation, and translation of files and of
+    shards, and the same translation, stored as the rest of its domain is."""
+    rng = np.random.default_rng(3)
+    eight = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    for folder in ("trainA", "trainB", "testA", "testB"):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+        Image.fromarray(eight).save(tmp_path / "data" / folder / "a.png")
+        (tmp_path / "data" / folder / "b.png").write_bytes(
+            encode(rng.integers(0, 65536, (28, 20, 3), dtype=np.uint16), "png"))
+    write_shards({(s, d): tmp_path / "data" / f"{s}{d}" for s in ("train", "test") for d in "AB"},
+                 tmp_path / "shards", workers=1, keep_depth=True)
+    with tarfile.open(tmp_path / "shards" / "train" / "A-000000.tar") as tar:
+        stored = {"__key__": "a", "png": tar.extractfile("a.png").read()}
+    cfg = DataConfig(root=str(tmp_path / "shards"))
+    decoding = UnpairedStream(find_sources(cfg), cfg, 1, 1, 0).decodings["A"]
+    trained = as_unit(as_tensor(decode(stored, decoding)))
+    assert trained.dtype == torch.float32 and trained.shape == (3, 24, 32)
+
+    split = load_test_split(tmp_path / "data", 16)
+    evaluated = split.images_a[split.keys_a.index("a")]
+    assert torch.equal(evaluated, to_unit_tensor(transforms.test_transform(decode(stored, decoding), 16))), "evaluation folders"
+
+    net = Recording()
+    translator = Translator(net, torch.device("cpu"), tile=0)
+    translate_files(translator, tmp_path / "data" / "testA", tmp_path / "files")
+    translate_shards(translator, str(tmp_path / "shards"), tmp_path / "translated", "A")
+    inputs = [x for x in net.inputs if x.shape == trained.shape]
+    assert len(inputs) == 3, "a.png of testA through files, of trainA and testA through shards"
+    assert all(torch.equal(x, trained) for x in inputs), "translation of files and of shards"
+
+    members = {}
+    for tar_path in (tmp_path / "translated").rglob("A-*.tar"):
+        with tarfile.open(tar_path) as tar:
+            members |= {f"{tar_path.parent.name}/{m.name}": tar.extractfile(m).read() for m in tar.getmembers()}
+    assert sorted(members) == ["test/a.npy", "test/b.npy", "train/a.npy", "train/b.npy"], \
+        "one field for the domain: arrays of each input's type"
+    from_shards = np.load(io.BytesIO(members["test/a.npy"]))
+    from_files = np.asarray(Image.open(tmp_path / "files" / "a.png"))
+    assert from_shards.dtype == from_files.dtype == np.uint8 and np.array_equal(from_shards, from_files)

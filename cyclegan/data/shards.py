@@ -29,7 +29,7 @@ from cyclegan.data.normalize import cast
 from cyclegan.data.transforms import resize_bands
 from cyclegan.errors import DataError
 from cyclegan.io.files import atomic_folder, remove_leftovers
-from cyclegan.io.outputs import prepare_output
+from cyclegan.io.outputs import prepare_output, replacement_lock
 from cyclegan.io.records import write_json
 from cyclegan.images import (
     ARRAY_EXTENSIONS,
@@ -189,27 +189,28 @@ def write_shards(
         if value < 1:
             raise DataError(f"{option} {value}: must be at least 1")
     prepare_output(output, sources.values(), overwrite, staged=True)  # replaced whole once the new one is complete
-    remove_leftovers(output.parent, name=output.name)  # of a killed make_shards into this output, not others'
-    manifest: dict = {"format": 1, "shard_size": shard_size, "max_side": max_side, "keep_depth": keep_depth,
-                      "splits": {}, "skipped": []}
-    converted: Counter = Counter()
-    # forkserver, not fork: a process that has run torch (the Python API, a notebook) holds threads
-    # whose locks a forked child can inherit taken, and then hangs
-    with atomic_folder(output) as staging, multiprocessing.get_context("forkserver").Pool(workers) as pool:
-        for (split, domain), folder in sorted(sources.items()):
-            files = list_images(folder)
-            jobs = [(path, folder, max_side, keep_depth) for path in files]
-            results = tqdm(
-                pool.imap(prepare_image, jobs, chunksize=8), total=len(jobs), desc=f"{split}/{domain}", unit="img"
-            )
-            entry = _write_domain(results, staging, split, domain, shard_size, manifest["skipped"], converted)
-            if entry["samples"] == 0:
-                raise DataError(f"domain {split}/{domain} ({folder}) has no usable image: nothing to train on")
-            entry["source"] = str(folder.resolve())
-            manifest["splits"].setdefault(split, {})[domain] = entry
-        manifest["converted"] = dict(sorted(converted.items()))
-        write_json(staging / MANIFEST, manifest)
-    return manifest
+    with replacement_lock(output):  # a second make_shards into it would clear this one's staging folder
+        remove_leftovers(output.parent, name=output.name)  # of a killed make_shards into this output, not others'
+        manifest: dict = {"format": 1, "shard_size": shard_size, "max_side": max_side, "keep_depth": keep_depth,
+                          "splits": {}, "skipped": []}
+        converted: Counter = Counter()
+        # forkserver, not fork: a process that has run torch (the Python API, a notebook) holds threads
+        # whose locks a forked child can inherit taken, and then hangs
+        with atomic_folder(output) as staging, multiprocessing.get_context("forkserver").Pool(workers) as pool:
+            for (split, domain), folder in sorted(sources.items()):
+                files = list_images(folder)
+                jobs = [(path, folder, max_side, keep_depth) for path in files]
+                results = tqdm(
+                    pool.imap(prepare_image, jobs, chunksize=8), total=len(jobs), desc=f"{split}/{domain}", unit="img"
+                )
+                entry = _write_domain(results, staging, split, domain, shard_size, manifest["skipped"], converted)
+                if entry["samples"] == 0:
+                    raise DataError(f"domain {split}/{domain} ({folder}) has no usable image: nothing to train on")
+                entry["source"] = str(folder.resolve())
+                manifest["splits"].setdefault(split, {})[domain] = entry
+            manifest["converted"] = dict(sorted(converted.items()))
+            write_json(staging / MANIFEST, manifest)
+        return manifest
 
 
 def _write_domain(results, staging: Path, split: str, domain: str, shard_size: int, skipped: list, converted: Counter) -> dict:

@@ -23,6 +23,7 @@ from cyclegan.data.shards import MANIFEST
 from cyclegan.data.shares import group_key
 from cyclegan.errors import DataError
 from cyclegan.io.records import read_json, require
+from cyclegan.io.samples import manifest_deep
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class ShardSet:
     @property
     def deep(self) -> bool:
         """Whether the manifest lists samples other than 8-bit images (arrays, 16-bit, float)."""
-        return bool(self.array_bands) or any(dtype != "uint8" for dtype in self.dtypes or {})
+        return manifest_deep(self.dtypes, self.array_bands)
 
 
 @dataclass(frozen=True)

@@ -38,15 +38,9 @@ from cyclegan.data.sources import DataSources, ShardSet
 from cyclegan.data.transforms import draft_size, test_transform, train_transform
 from cyclegan.errors import DataError
 from cyclegan.images import ImageDecodeError
-from cyclegan.io.samples import Decoding, as_tensor, read_sample, to_unit_tensor
+from cyclegan.io.samples import Decoding, as_tensor, domain_decoding, read_sample, to_unit_tensor
 
 log = logging.getLogger(__name__)
-
-
-def domain_decoding(shards: ShardSet, channels: int, normalize: str) -> Decoding:
-    """How a domain's samples are read: all on the deep path when its manifest lists deeper ones
-    (arrays, 16-bit, float), so that every batch holds one kind."""
-    return Decoding.of(channels, normalize, deep=shards.deep)
 
 
 def decode(sample: dict, decoding: Decoding, draft: tuple[int, int] | None = None) -> Image.Image | np.ndarray:
@@ -81,7 +75,7 @@ class UnpairedStream(IterableDataset):
         channels: tuple[int, int] = (3, 3),
     ) -> None:
         self.sources, self.cfg = sources, cfg
-        self.decodings = {domain: domain_decoding(shards, n, normalize) for domain, shards, n, normalize
+        self.decodings = {domain: domain_decoding(n, normalize, [shards.deep]) for domain, shards, n, normalize
                           in zip("AB", (sources.train_a, sources.train_b), channels, cfg.normalizations)}
         self.batch_size, self.batches_per_epoch = batch_size, batches_per_epoch
         self.seed, self.rank, self.world_size = seed, rank, world_size
@@ -222,7 +216,7 @@ def iter_test_images(shards: ShardSet, size: int, rank: int = 0, world_size: int
     """(position, key, [-1, 1] tensor of `channels` bands) for this rank's share of the first
     `limit` samples of a test split, in shard order: rank r takes positions r, r + world_size, ...
     The position names a sample across ranks where keys need not (hand-made shards may repeat one)."""
-    decoding = domain_decoding(shards, channels, normalize)
+    decoding = domain_decoding(channels, normalize, [shards.deep])
     samples = itertools.chain.from_iterable(read_piece(Piece(url)) for url in shards.urls)
     for position, (_, sample) in enumerate(samples):
         if limit is not None and position >= limit:

@@ -16,7 +16,7 @@ import glob
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -71,11 +71,7 @@ def _ours(err: OSError, temporary: Path) -> bool:
 
 def _settle(path: Path) -> None:
     """Flush `path` to disk and give it the mode a newly created file would have."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _sync(path)
     os.chmod(path, 0o666 & ~_umask())
 
 
@@ -92,21 +88,13 @@ def atomic_path(target: Path) -> Iterator[Path]:
     except OSError as err:
         raise cannot_write(target, err) from None
     temporary = Path(name)
-    try:
-        try:
-            yield temporary
-        except OSError as err:
-            if _ours(err, temporary):
-                raise cannot_write(target, err) from None
-            raise
-        try:
-            _settle(temporary)
-            os.replace(temporary, target)
-        except OSError as err:
-            raise cannot_write(target, err) from None
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+
+    def finish() -> None:
+        _settle(temporary)
+        os.replace(temporary, target)
+
+    with _filled(target, temporary, finish, lambda: temporary.unlink(missing_ok=True)):
+        yield temporary
 
 
 def atomic_write(target: Path, data: bytes | str) -> None:
@@ -125,20 +113,30 @@ def atomic_folder(target: Path) -> Iterator[Path]:
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     except OSError as err:
         raise cannot_write(target, err) from None
+    with _filled(target, staging, lambda: replace_folder(staging, target),
+                 lambda: shutil.rmtree(staging, ignore_errors=True)):
+        os.chmod(staging, 0o777 & ~_umask())
+        yield staging
+
+
+@contextmanager
+def _filled(target: Path, staging: Path, finish: Callable[[], None], discard: Callable[[], None]) -> Iterator[None]:
+    """The block fills `staging`; then `finish()` puts it in place as `target`. Should anything
+    fail, `discard()` removes it; a failed write there or in `finish` (a full disk, a read-only
+    folder) ends in one line naming `target`."""
     try:
         try:
-            os.chmod(staging, 0o777 & ~_umask())
-            yield staging
+            yield
         except OSError as err:
             if _ours(err, staging):
                 raise cannot_write(target, err) from None
             raise
         try:
-            replace_folder(staging, target)
+            finish()
         except OSError as err:
             raise cannot_write(target, err) from None
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        discard()
         raise
 
 
@@ -162,12 +160,26 @@ def replace_folder(staging: Path, target: Path) -> None:
             if not os.path.islink(os.path.join(folder, name)):
                 _sync(Path(folder) / name)
         _sync(Path(folder))
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-    if target.exists():
-        os.replace(target, old / "previous")
+    old = _set_aside(target)
     os.replace(staging, target)
     _sync(target.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _set_aside(path: Path) -> Path:
+    """Move `path` (if it exists) out of sight, into a new hidden `.NAME.*.old` folder beside it,
+    which `remove_leftovers` clears should the process die before removing it; returns that folder."""
+    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+    if path.exists() or path.is_symlink():
+        os.replace(path, old / "previous")
+    return old
+
+
+def remove_folder(path: Path) -> None:
+    """Remove the folder `path` by first renaming it out of sight (`_set_aside`): a process killed
+    mid-removal leaves a hidden leftover, never a half-deleted folder under the real name, which
+    readers would take for a complete one (a checkpoint missing some of its files)."""
+    shutil.rmtree(_set_aside(Path(path)), ignore_errors=True)
 
 
 def remove_leftovers(folder: Path, recursive: bool = False, name: str | None = None) -> None:

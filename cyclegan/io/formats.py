@@ -212,13 +212,13 @@ class Probe:
         return self.beyond_pillow or self.dtype not in (np.uint8, np.bool_)
 
 
-def probe(path: Path) -> Probe:
-    """A file's `Probe`, from its header alone; ImageDecodeError for what cannot be a sample (an
-    empty, unreadable or damaged file, a multi-page TIFF, an array of other than 2 or 3
-    dimensions)."""
-    name = str(path)
+def probe(path: Path | bytes, name: str | None = None) -> Probe:
+    """A file's (or a tar member's image bytes') `Probe`, from its header alone; ImageDecodeError
+    for what cannot be a sample (an empty, unreadable or damaged file, a multi-page TIFF, an array
+    of other than 2 or 3 dimensions)."""
+    name = name or str(path)
     try:
-        if path.stat().st_size == 0:
+        if (path.stat().st_size if isinstance(path, Path) else len(path)) == 0:
             raise ImageDecodeError(f"{name}: empty file (0 bytes)")
         return _probe(path, name)
     except ImageDecodeError:
@@ -227,8 +227,8 @@ def probe(path: Path) -> Probe:
         raise ImageDecodeError(f"{name}: cannot be decoded ({err})") from None
 
 
-def _probe(path: Path, name: str) -> Probe:
-    if path.suffix.lower() in ARRAY_EXTENSIONS:
+def _probe(path: Path | bytes, name: str) -> Probe:
+    if isinstance(path, Path) and path.suffix.lower() in ARRAY_EXTENSIONS:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
         if not isinstance(array, np.ndarray) or array.ndim not in (2, 3):
             raise ImageDecodeError(f"{name}: a .npy sample must be an H x W or H x W x C array")
@@ -245,7 +245,7 @@ def _probe(path: Path, name: str) -> Probe:
         bands = 3 if header.cmyk and header.for_pillow else header.bands  # Pillow turns CMYK into RGB
         turned = header.for_pillow and header.orientation in TURNED  # tifffile reads the pixels as stored
         return Probe(header.size[::-1] if turned else header.size, "tif", header.dtype, bands, not header.for_pillow)
-    with Image.open(path) as image:
+    with Image.open(path if isinstance(path, Path) else io.BytesIO(path)) as image:
         size, dtype = image.size, pillow_dtype(image)
         bands = 1 if image.mode in ("1", "L", "LA", "I", "F") or image.mode.startswith("I;16") else 3
         # a PNG's EXIF after its pixels (against the PNG specification) would need them decoded: not looked for

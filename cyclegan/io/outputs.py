@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import shutil
 import socket
 import sys
 from collections.abc import Iterable, Iterator
@@ -18,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cyclegan.errors import UserError
-from cyclegan.io.files import cannot_write, remove_leftovers
+from cyclegan.io.files import cannot_write, remove_folder, remove_leftovers
 
 LOCK = ".cyclegan.lock"  # in an output folder while a run writes it; the lock dies with the process
 # what flock gives where the file system cannot lock (Lustre without -o flock, some NFS mounts)
@@ -37,12 +36,13 @@ def _clash(output: Path, protected: Path) -> str | None:
     return None
 
 
-def prepare_output(output: Path, protected: Iterable[Path | str], overwrite: bool, *, resume: bool = False,
+def prepare_output(output: Path, protected: Iterable[Path | str], overwrite: bool | None, *, resume: bool = False,
                    staged: bool = False, nested: bool = False) -> None:
     """Check `output` before anything is written there: refuse one that is, holds or lies inside a
-    `protected` path (what the command reads); refuse an existing output without `overwrite`,
-    unless `resume` (the command goes on with what it finds there); with
-    `overwrite`, remove it now, unless `staged` (the caller builds the new output beside it
+    `protected` path (what the command reads); refuse an existing output without `overwrite`
+    (None: the command has no `--overwrite`, so the user removes it), unless `resume` (the
+    command goes on with what it finds there); with `overwrite`, remove it now (out of sight
+    first: `files.remove_folder`), unless `staged` (the caller builds the new output beside it
     and swaps it in whole when complete, with `files.replace_folder` or `files.atomic_path`).
     With `nested`, the output may hold or lie inside a protected folder, only never be a
     protected path: for a command that removes and replaces nothing there but its own output,
@@ -55,6 +55,8 @@ def prepare_output(output: Path, protected: Iterable[Path | str], overwrite: boo
             raise UserError(f"the output {output} {clash} {path}, which this command reads: choose another output")
     if not output.exists() or resume:
         return
+    if overwrite is None:
+        raise UserError(f"the output {output} already exists: remove it or choose another --output")
     if not overwrite:
         raise UserError(f"the output {output} already exists: pass --overwrite to replace it")
     holder = lock_holder(output)
@@ -63,7 +65,7 @@ def prepare_output(output: Path, protected: Iterable[Path | str], overwrite: boo
     if staged:
         return
     if output.is_dir() and not output.is_symlink():
-        shutil.rmtree(output)
+        remove_folder(output)
     else:
         output.unlink()
 
@@ -109,17 +111,37 @@ def lock_holder(folder: Path) -> str | None:
         os.close(fd)
 
 
-def _open_lock(folder: Path) -> int:
-    """The lock file's descriptor, `folder` made if need be; a one-line error where it cannot be written."""
+def _open_lock(folder: Path, name: str = LOCK) -> int:
+    """The descriptor of the lock file `name` in `folder` (made if need be); a one-line error
+    where it cannot be written."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         if not os.access(folder, os.W_OK):
             read_only = os.statvfs(folder).f_flag & os.ST_RDONLY
             code = errno.EROFS if read_only else errno.EACCES
             raise OSError(code, os.strerror(code))
-        return os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        return os.open(folder / name, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as err:
         raise cannot_write(folder, err, "or choose another output") from None
+
+
+def _take(fd: int, folder: Path, output: Path) -> bool:
+    """Lock `fd` (a lock file in `folder`) exclusively for `output` and record this process in it;
+    False where the file system cannot lock; a one-line error naming the holder where another
+    run holds it."""
+    try:
+        locked = _flock(fd, folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _held(output, fd) from None
+    if locked:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+    return locked
+
+
+def _held(output: Path, fd: int) -> UserError:
+    return UserError(f"the output {output} is being written by another run ({_holder(fd)}): wait for it "
+                     "to end or stop it, or choose another output")
 
 
 @contextmanager
@@ -135,20 +157,51 @@ def output_lock(folder: Path) -> Iterator[None]:
     folder = Path(folder)
     fd = _open_lock(folder)
     try:
-        try:
-            locked = _flock(fd, folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if locked:
-                os.ftruncate(fd, 0)
-                os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
-                remove_leftovers(folder, recursive=True)
-                # not atomic (flock drops, then takes): a run that slips in between is refused here
+        if _take(fd, folder, folder):
+            remove_leftovers(folder, recursive=True)
+            try:  # not atomic (flock drops, then takes): a run that slips in between is refused here
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"the output {folder} is being written by another run ({_holder(fd)}): wait for it "
-                            "to end or stop it, or choose another output") from None
+            except BlockingIOError:
+                raise _held(folder, fd) from None
         yield
     finally:
         os.close(fd)
+
+
+@contextmanager
+def replacement_lock(output: Path) -> Iterator[None]:
+    """Hold `output` exclusively until the block ends, for a command that builds it whole beside
+    it and swaps it in (`make_shards`): the lock is the file `.NAME.lock` in the output's parent
+    (made if need be), since the output itself is replaced. Another run gets a one-line error
+    naming the holder, rather than clear this one's staging folder as a killed run's leftover.
+    Unlocked, with a warning, where the file system cannot lock, as `output_lock`. The lock file
+    is removed when the block ends (while still held), so the user's folder keeps no trace; a
+    run that took the removed file meanwhile sees that it is gone and takes the new one."""
+    output = Path(output)
+    path = output.parent / f".{output.name}.lock"
+    while True:
+        fd = _open_lock(output.parent, path.name)
+        try:
+            if not _take(fd, output.parent, output) or _is_file(fd, path):
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # locked a file that its last holder removed
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def _is_file(fd: int, path: Path) -> bool:
+    """Whether the open file `fd` is still the file at `path`."""
+    try:
+        found, held = os.stat(path), os.fstat(fd)
+    except FileNotFoundError:
+        return False
+    return (found.st_dev, found.st_ino) == (held.st_dev, held.st_ino)
 
 
 @contextmanager

@@ -21,16 +21,22 @@ def read_json(path: Path, required: Sequence[str] = (), error: type[UserError] =
     """The JSON object in `path`, which must hold the `required` keys; anything else raises
     `error` naming the file."""
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_bytes()
     except OSError as err:
         raise error(f"{path}: cannot be read ({err.strerror or err})") from None
+    return parse_json(text, str(path), required, error)
+
+
+def parse_json(text: str | bytes, where: str, required: Sequence[str] = (), error: type[UserError] = DataError) -> dict:
+    """The JSON object `text` (a file's content, or a record stored elsewhere: an ONNX model's
+    metadata), which must hold the `required` keys; anything else raises `error` naming `where`."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
-        raise error(f"{path}: not valid JSON ({err})") from None
+        raise error(f"{where}: not valid JSON ({err})") from None
     except UnicodeDecodeError:
-        raise error(f"{path}: not valid JSON (not UTF-8 text)") from None
-    return require(value, required, str(path), error)
+        raise error(f"{where}: not valid JSON (not UTF-8 text)") from None
+    return require(value, required, where, error)
 
 
 KINDS = {list: "a list", int: "a whole number", str: "a string", dict: "a JSON object"}  # for messages

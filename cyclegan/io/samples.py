@@ -15,6 +15,7 @@ normalised into [-1, 1] as float32, and its translation goes back to the stored 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from cyclegan.images import (
     to_uint8_tensor,
     upright,
 )
-from cyclegan.io.formats import checked, image_array, open_sample
+from cyclegan.io.formats import checked, image_array, open_sample, probe
 
 IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "ppm", "npy")  # tar members that hold a sample
 NPY_MAGIC = b"\x93NUMPY"
@@ -74,6 +75,36 @@ class Decoding:
     def takes_deep(self, stored_deep: bool) -> bool:
         """The path of a sample whose stored form is (or is not) deeper than 8 bits."""
         return stored_deep or self.all_deep
+
+
+def domain_decoding(channels: int, normalize: str | Normalize, deep_samples: Iterable[bool] = (),
+                    **more) -> Decoding:
+    """How every sample of one domain is read, decided once for the domain, so that a sample gives
+    the same network input (and its translation the same stored type) whether it is trained on,
+    evaluated or translated, from files or from shards: all on the deep path when any of its
+    stored samples is deeper than 8 bits, or when the settings ask for it (`Decoding.all_deep`);
+    else all on the official 8-bit path. `deep_samples`: what is known of the stored samples, a
+    flag each (stops at the first True): the manifest's (`manifest_deep`), or the headers of the
+    listed files or tar members (`stored_deep`). `more`: the other `Decoding` fields. A lone image,
+    which has no domain (the `Translator` API), is decided by itself (`Decoding.takes_deep`)."""
+    return Decoding.of(channels, normalize, deep=any(deep_samples), **more)
+
+
+def manifest_deep(dtypes: dict[str, int] | None, array_bands: dict[str, int] | None) -> bool:
+    """Whether a manifest entry's `dtypes` and `array_bands` list samples other than 8-bit images."""
+    return bool(array_bands) or any(dtype != "uint8" for dtype in dtypes or {})
+
+
+def stored_deep(source: Path | dict) -> bool:
+    """Whether a file or a tar sample is stored deeper than 8 bits, by its header alone; False for
+    one that cannot be read, which is reported (or skipped) where it is decoded."""
+    try:
+        if isinstance(source, dict):
+            field, label = sample_field(source)
+            return field == "npy" or probe(source[field], label).deep
+        return probe(source).deep
+    except ImageDecodeError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -137,13 +168,16 @@ def read_sample(source: Source, decoding: Decoding = Decoding(), name: str | Non
     paths). `draft` lets an 8-bit JPEG decode at a reduced scale no smaller than it. Raises
     ImageDecodeError for what cannot be read, ChannelMismatch for bands the domain cannot take."""
     opened, label, image_rules = _open(source, name, None if decoding.all_deep else draft)
-    stored_deep = isinstance(opened, np.ndarray) or opened.mode in HIGH_DEPTH_MODES
-    if not decoding.takes_deep(stored_deep):
+    deep_stored = isinstance(opened, np.ndarray) or opened.mode in HIGH_DEPTH_MODES
+    if not decoding.takes_deep(deep_stored):
         image = to_channels(opened, decoding.channels, label)
         return Sample(image, converted=opened.mode if opened.mode != image.mode else None)
     array = opened if isinstance(opened, np.ndarray) else image_array(opened, label)
     values = fit_bands(array, decoding.channels, label, image_rules)
-    return Sample(decoding.normalize.to_unit(values, label, decoding.setting), values)
+    # an 8-bit image of a deep domain is converted as the official path would report it
+    eight_bit = not deep_stored and opened.mode != {1: "L", 3: "RGB"}.get(decoding.channels)
+    return Sample(decoding.normalize.to_unit(values, label, decoding.setting), values,
+                  opened.mode if eight_bit else None)
 
 
 def fit_bands(array: np.ndarray, channels: int, name: str, from_image: bool) -> np.ndarray:

@@ -194,10 +194,16 @@ def _export_spec(path: Path) -> GeneratorSpec | None:
         return None
     fields = read_json(sidecar, error=CheckpointError)
     fields.pop("direction", None)  # a Hugging Face config also says which way the generator translates
+    return generator_spec(fields, f"architecture file {sidecar}")
+
+
+def generator_spec(fields: dict, where: str) -> GeneratorSpec:
+    """The architecture a stored record describes (`where` names it in the one-line error for
+    an unknown or missing field)."""
     try:
         return GeneratorSpec(**fields)
     except TypeError as err:
-        raise CheckpointError(f"architecture file {sidecar} is not a valid generator description ({err})") from None
+        raise CheckpointError(f"{where} is not a valid generator description ({err})") from None
 
 
 def save_weights(net: nn.Module, path: Path) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from cyclegan.data.normalize import Normalize
 from cyclegan.errors import DataError, UserError
 from cyclegan.hardware import native_bf16
 from cyclegan.images import to_uint8
-from cyclegan.io.samples import Decoding, Output, Sample, as_pil, as_unit, read_sample, restore
+from cyclegan.io.samples import Decoding, Output, Sample, as_pil, as_unit, domain_decoding, read_sample, restore
 from cyclegan.models import load_generator
 from cyclegan.models.loading import generator_direction, resolve_generator_path
 from cyclegan.translate.onnx import OnnxGenerator
@@ -162,13 +163,21 @@ class Translator:
         self.direction, self.normalize, self.full_range = direction, normalize, full_range
         self.output_normalize = output_normalize or normalize  # the output domain's
         self.deep_bf16 = deep_bf16  # bf16 keeps 8 bits of mantissa: deep data only when asked for
-        self.decoding = Decoding(self.in_channels, normalize, out_channels=self.out_channels,
-                                 setting=names["normalize"])
+        self.setting = names["normalize"]
+        self.decoding = self.domain()  # for a lone input: its own depth decides
         self.output = Output(self.output_normalize, full_range, (names["normalize_output"], names["full_range"]))
 
-    def read(self, source: Path | bytes | dict | Image.Image | np.ndarray, name: str | None = None) -> Sample:
-        """A stored sample as this generator's input (`cyclegan.io.samples.read_sample`)."""
-        return read_sample(source, self.decoding, name)
+    def domain(self, deep_samples: Iterable[bool] = ()) -> Decoding:
+        """How this generator reads every input of one set (a folder, shards), as training and
+        evaluation read that domain: see `cyclegan.io.samples.domain_decoding`."""
+        return domain_decoding(self.in_channels, self.normalize, deep_samples, out_channels=self.out_channels,
+                               setting=self.setting)
+
+    def read(self, source: Path | bytes | dict | Image.Image | np.ndarray, name: str | None = None,
+             decoding: Decoding | None = None) -> Sample:
+        """A stored sample as this generator's input (`cyclegan.io.samples.read_sample`), read as
+        its set is (`decoding`, from `domain`) or, alone, by its own depth."""
+        return read_sample(source, decoding or self.decoding, name)
 
     @classmethod
     def from_pretrained(cls, source: str | Path, direction: str | None = None, device: str | torch.device = "auto",

@@ -1,7 +1,8 @@
 """Image files in, PNG files out, split across ranks: rank r translates every world-th file.
-Deeper inputs (16-bit or float images, `.npy` arrays, or any input under a `range:` or
-`percentile:` normalisation) come out at their own depth: a TIFF for a TIFF, a PNG for a PNG
-where one holds them (`cyclegan.io.formats.fits_png`), `.npy` otherwise.
+The files are one domain, read alike (`cyclegan.io.samples.domain_decoding`): where any is
+deeper than 8 bits (16-bit or float images, `.npy` arrays), or under a `range:` or `percentile:`
+normalisation, every one takes the deep path and comes out at its own type: a TIFF for a TIFF,
+a PNG for a PNG where one holds them (`cyclegan.io.formats.fits_png`), `.npy` otherwise.
 
 Each output is written under a temporary name and renamed when complete, so a rerun of an
 interrupted job keeps the outputs it finds and translates only the rest.
@@ -18,8 +19,8 @@ from tqdm import tqdm
 from cyclegan.errors import DataError, UserError
 from cyclegan.images import ChannelMismatch, ImageDecodeError, list_images
 from cyclegan.io.files import atomic_write
-from cyclegan.io.formats import encode, fits_png, probe
-from cyclegan.io.samples import Sample, restore
+from cyclegan.io.formats import Probe, encode, fits_png, probe
+from cyclegan.io.samples import Decoding, Sample, restore
 from cyclegan.translate.core import ImageTooSmall, TranslateReport, Translator
 
 
@@ -41,23 +42,24 @@ def output_names(suffixes: dict[Path, str], root: Path) -> dict[Path, Path]:
     return names
 
 
-def inspect(path: Path, translator: Translator) -> tuple[tuple[int, int], str | None, bool]:
-    """(width, height), the output format for a deep input (None: 8-bit PNG) and whether the input
-    takes the deep path, from the file's header alone."""
-    probed = probe(path)
-    if not translator.decoding.takes_deep(probed.deep):
-        return probed.size, None, False
+def output_format(probed: Probe, decoding: Decoding, translator: Translator) -> str:
+    """The format of a file's translation, from its header and its domain's path: an 8-bit PNG on
+    the official path; on the deep path, a TIFF or `.npy` file for one, else a PNG where it holds
+    the translation's type and bands, `.npy` where not."""
+    if not decoding.all_deep:
+        return "png"
     if probed.kind in ("npy", "tif"):
-        return probed.size, probed.kind, True
+        return probed.kind
     dtype, bands = translator.output.dtype(probed.dtype), translator.out_channels
-    return probed.size, "png" if fits_png(dtype, bands) else "npy", True
+    return "png" if fits_png(dtype, bands) else "npy"
 
 
-def load(path: Path, load_size: int | None, translator: Translator, report: TranslateReport) -> Sample | None:
+def load(path: Path, load_size: int | None, translator: Translator, decoding: Decoding,
+         report: TranslateReport) -> Sample | None:
     """The file as the generator's input (resized to `load_size` square if given), or None if
     unreadable or of other bands than the generator takes (colour where it takes greyscale)."""
     try:
-        sample = translator.read(path)
+        sample = translator.read(path, decoding=decoding)
     except (ImageDecodeError, ChannelMismatch) as err:
         report.skipped.append(str(err))
         return None
@@ -82,34 +84,35 @@ def translate_files(translator: Translator, source: Path, output: Path, load_siz
         raise DataError(f"no images found under {source}")
     report = TranslateReport()
     mine = set(files[rank::world_size])
-    headers = {}
-    for path in files:  # every rank names every output, so that a clash stops them all before any work
+    headers: dict[Path, Probe] = {}
+    for path in files:  # every rank reads every header: one domain decision, and a clash of outputs stops all
         try:
-            headers[path] = inspect(path, translator)
+            headers[path] = probe(path)
         except ImageDecodeError as err:
             if path in mine:
                 report.skipped.append(str(err))
-    names = output_names({p.relative_to(root): f".{fmt or 'png'}" for p, (_, fmt, _) in headers.items()}, root)
-    groups: dict[tuple[int, int, bool], list[tuple[Path, Path]]] = defaultdict(list)
+    decoding = translator.domain(probed.deep for probed in headers.values())
+    names = output_names({p.relative_to(root): f".{output_format(probed, decoding, translator)}"
+                          for p, probed in headers.items()}, root)
+    groups: dict[tuple[int, int], list[tuple[Path, Path]]] = defaultdict(list)
     for path in files[rank::world_size]:
         if path not in headers:
             continue
-        size, fmt, deep = headers[path]
         target = output / names[path.relative_to(root)]
         if target.resolve() == path.resolve():
             raise UserError(f"translating {path} into {output} would overwrite it: choose another --output")
         if target.is_file():
             report.done_before += 1
             continue
-        groups[((load_size, load_size) if load_size else size) + (deep,)].append((path, target))
+        groups[(load_size, load_size) if load_size else headers[path].size].append((path, target))
     if checked is not None:
         checked()
     with tqdm(total=sum(map(len, groups.values())), desc="translate", unit="img", disable=rank != 0) as bar:
-        for _, jobs in sorted(groups.items()):  # one size and kind per forward pass
+        for _, jobs in sorted(groups.items()):  # one size per forward pass, and one kind: the domain's
             for start in range(0, len(jobs), batch_size):
                 part = jobs[start:start + batch_size]
                 chunk = [(sample, path, target) for path, target in part
-                         if (sample := load(path, load_size, translator, report)) is not None]
+                         if (sample := load(path, load_size, translator, decoding, report)) is not None]
                 try:
                     translated = translator.translate([sample.array() for sample, _, _ in chunk]) if chunk else []
                 except ImageTooSmall as err:

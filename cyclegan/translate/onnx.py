@@ -4,7 +4,6 @@ multiples of 4; other sizes are reflection-padded and cropped back here, as for 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -12,7 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from cyclegan.errors import CheckpointError
+from cyclegan.io.records import parse_json
 from cyclegan.models.generator import GeneratorSpec
+from cyclegan.models.loading import generator_spec
 
 
 class OnnxGenerator(nn.Module):
@@ -29,8 +30,9 @@ class OnnxGenerator(nn.Module):
         except Exception as err:  # onnxruntime reports a damaged file in several classes
             raise CheckpointError(f"{path} is not a readable ONNX model ({str(err).splitlines()[0]})") from None
         meta = self.session.get_modelmeta().custom_metadata_map
-        self.spec = GeneratorSpec(**json.loads(meta["cyclegan.generator"])) if "cyclegan.generator" in meta \
-            else GeneratorSpec()
+        where = f"{path} (its cyclegan.generator metadata)"
+        self.spec = generator_spec(parse_json(meta["cyclegan.generator"], where, error=CheckpointError), where) \
+            if "cyclegan.generator" in meta else GeneratorSpec()
         self.direction = meta.get("cyclegan.direction")
         self.input = self.session.get_inputs()[0].name
 

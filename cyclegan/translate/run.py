@@ -94,8 +94,6 @@ def run(checkpoint: Path, source: str, output: Path, direction: str | None = Non
         if not fits:
             raise UserError(f"{option} {value}: must be {needed}")
     kind = input_kind(source)
-    if Path(source).exists() and Path(source).resolve() == output.resolve():
-        raise UserError("--output is the input itself: choose another folder or file")
     # gloo between CPU processes when there is no GPU or the CPU is asked for (as Accelerator does);
     # ranks that finish their share early wait at the end for the others, however long they take
     started_here = not torch.distributed.is_initialized()
@@ -123,17 +121,7 @@ def _translate(state: PartialState, kind: str, checkpoint: Path, source: str, ou
     state.print(f"translating {kind} {direction} on {translator.device} in {'bf16' if bf16 else 'fp32'}{deep_note} "
                 f"with {state.num_processes} process(es)")
     if kind == "video":
-        target = output if output.suffix.lower() in VIDEO_EXTENSIONS else output / Path(source).name
-        if target.resolve() == Path(source).resolve():
-            raise UserError(f"the output {target} would overwrite the input video: choose another --output")
-        report = TranslateReport()
-        if state.is_main_process:
-            report.written, short = translate_video(translator, Path(source), target, batch_size, smoothing)
-        state.print(report.summary(target, "frame(s)"))
-        if state.is_main_process and short:  # exit 0: the frames there are, translated; the summary says the rest
-            state.print(f"warning: {short}")
-        state.wait_for_everyone()
-        return report
+        return _translate_video(state, translator, checkpoint, Path(source), output, batch_size, smoothing)
     # what the user asked for, with local paths resolved (`photos/` is `photos`); not a resolved
     # `auto`, which differs between node types that may share one output
     local = Path(source).exists()
@@ -172,4 +160,22 @@ def _translate(state: PartialState, kind: str, checkpoint: Path, source: str, ou
     state.print(report.summary(output, "sample(s)" if kind == "shards" else "image(s)"))
     if report.failed:
         raise UserError(f"{len(report.failed)} input(s) could not be read (listed above); the rest is done")
+    return report
+
+
+def _translate_video(state: PartialState, translator: Translator, checkpoint: Path, source: Path, output: Path,
+                     batch_size: int, smoothing: float) -> TranslateReport:
+    """Translate the video `source` on the main process into `output` (a video file, or a folder
+    to hold one of the input's name). A video is written whole, so there is nothing to resume: an
+    existing output is refused (translate has no --overwrite), as is the input itself."""
+    target = output if output.suffix.lower() in VIDEO_EXTENSIONS else output / source.name
+    prepare_output(target, [p for p in (Path(checkpoint), source) if p.exists()], overwrite=None, nested=True)
+    state.wait_for_everyone()  # every rank has checked before the main process writes
+    report = TranslateReport()
+    if state.is_main_process:
+        report.written, short = translate_video(translator, source, target, batch_size, smoothing)
+    state.print(report.summary(target, "frame(s)"))
+    if state.is_main_process and short:  # exit 0: the frames there are, translated; the summary says the rest
+        state.print(f"warning: {short}")
+    state.wait_for_everyone()
     return report

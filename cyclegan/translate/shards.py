@@ -1,8 +1,9 @@
 """Tar shards in, tar shards out, split across ranks: rank r translates every world-th shard.
 
 Each input shard gives one output shard of the same name with the same sample keys (the
-translation as `png`; deeper samples, see `cyclegan.io.samples`, as `npy` of the input's
-type), written under a temporary name and renamed when complete, beside a small report of its
+translation as `png`; in a domain of deeper samples, see `cyclegan.io.samples.domain_decoding`,
+every sample as `npy` of its input's type), written under a temporary name and renamed when
+complete, beside a small report of its
 samples and skipped ones. A rerun keeps the complete shards and redoes the rest:
 nothing is written twice, and since no rank waits on another while translating, shards that do
 not divide evenly across ranks cost nothing but idle ranks. The main process writes
@@ -26,7 +27,7 @@ from cyclegan.images import ChannelMismatch, ImageDecodeError
 from cyclegan.io.files import atomic_path
 from cyclegan.io.records import read_json, require, write_json
 from cyclegan.io.formats import describe, encode
-from cyclegan.io.samples import is_grey, restore
+from cyclegan.io.samples import Decoding, is_grey, manifest_deep, restore, stored_deep
 from cyclegan.translate.core import ImageTooSmall, TranslateReport, Translator
 
 REPORTS = ".reports"  # per-shard reports, beside the output shards
@@ -41,11 +42,7 @@ def input_shards(spec: str, domain: str) -> list[tuple[str, str]]:
         if not spec:
             raise DataError(f"{folder} holds no {MANIFEST} and no .tar shards")
     if folder.is_dir() and (folder / MANIFEST).is_file():
-        manifest = folder / MANIFEST
-        splits = require(read_json(manifest, required=("splits",))["splits"], (), f"{manifest} (splits)")
-        entries = [require(split, (), f"{manifest} (splits.{name})").get(domain) for name, split in splits.items()]
-        names = [name for entry in entries if entry is not None
-                 for name in require(entry, {"shards": list}, f"{manifest} ({domain} domain)")["shards"]]
+        names = [name for entry in domain_entries(folder, domain) for name in entry["shards"]]
         if not names:
             raise DataError(f"{folder / MANIFEST} lists no shards of domain {domain}")
         shards = [(name, url) for name, url in zip(names, expand_urls(",".join(names), folder))]
@@ -55,6 +52,32 @@ def input_shards(spec: str, domain: str) -> list[tuple[str, str]]:
             raise DataError("input shards share file names; give them from one shard folder, or rename them")
     check_shards([url for _, url in shards], f"--input {spec}")
     return shards
+
+
+def domain_entries(folder: Path, domain: str) -> list[dict]:
+    """The entries of `domain` in a shard folder's manifest, one per split that holds it."""
+    manifest = folder / MANIFEST
+    splits = require(read_json(manifest, required=("splits",))["splits"], (), f"{manifest} (splits)")
+    entries = [require(split, (), f"{manifest} (splits.{name})").get(domain) for name, split in splits.items()]
+    return [require(entry, {"shards": list}, f"{manifest} ({domain} domain)") for entry in entries if entry is not None]
+
+
+def stored_kinds(spec: str, domain: str, shards: list[tuple[str, str]]) -> Iterator[bool]:
+    """Whether the input's samples are stored deeper than 8 bits (for `Translator.domain`): from the
+    manifest's `dtypes` and `array_bands` where it has them, as training reads the domain; else
+    from each sample's header, which reads the shards once more before translating them (a shard
+    that cannot be read is reported when it is translated)."""
+    folder = Path(spec)
+    if folder.is_dir() and (folder / MANIFEST).is_file():
+        entries = domain_entries(folder, domain)
+        if all("dtypes" in entry for entry in entries):
+            yield from (manifest_deep(entry["dtypes"], entry.get("array_bands")) for entry in entries)
+            return
+    for _, url in shards:
+        try:
+            yield from (stored_deep(sample) for sample in strict_samples(url))
+        except DataError:
+            continue
 
 
 def shard_name(url: str) -> str:
@@ -74,9 +97,10 @@ def strict_samples(url: str) -> Iterator[dict]:
         raise DataError(f"shard {url} cannot be read ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
 
 
-def translate_shard(translator: Translator, url: str, target: Path, batch_size: int,
-                    bar: tqdm) -> tuple[int, list[str]]:
-    """One shard: decoded in order, translated in batches of equal-sized images, written in the
+def translate_shard(translator: Translator, url: str, target: Path, batch_size: int, bar: tqdm,
+                    decoding: Decoding) -> tuple[int, list[str]]:
+    """One shard: decoded in order as its domain is (`decoding`, from `Translator.domain`: one
+    field for every sample), translated in batches of equal-sized images, written in the
     input's order under a temporary name, renamed when complete, with a report of what it holds
     (as the manifest describes samples, see `Tally`). Returns the samples written and the
     skipped ones."""
@@ -95,7 +119,7 @@ def translate_shard(translator: Translator, url: str, target: Path, batch_size: 
                 except ImageTooSmall as err:
                     skipped.extend(f"sample {pending[i][0]} in {url}: {err}" for i in part)
         for i, (key, sample, _) in enumerate(pending):
-            if i in translated:  # deeper samples as arrays of their own type, 8-bit ones as PNGs
+            if i in translated:  # a deep domain's samples as arrays of their own type, an 8-bit one's as PNGs
                 field = "npy" if sample.deep else "png"
                 array = restore(translated[i], sample, translator.output)
                 data = encode(array, field)
@@ -109,7 +133,7 @@ def translate_shard(translator: Translator, url: str, target: Path, batch_size: 
         with wds.TarWriter(str(partial), encoder=False, mtime=0) as writer:
             for sample in strict_samples(url):
                 try:
-                    decoded = translator.read(sample)
+                    decoded = translator.read(sample, decoding=decoding)
                     pending.append((sample["__key__"], decoded, decoded.array()))
                 except (ImageDecodeError, ChannelMismatch) as err:
                     skipped.append(str(err))
@@ -134,6 +158,7 @@ def translate_shards(translator: Translator, spec: str, output: Path, domain: st
             raise UserError(f"translating shard {url} into {output} would overwrite it: choose another --output")
     if checked is not None:
         checked()
+    decoding = translator.domain(stored_kinds(spec, domain, shards))
     mine, report = [], TranslateReport()
     for name, url in shards[rank::world_size]:
         if is_complete(output, name):
@@ -143,7 +168,7 @@ def translate_shards(translator: Translator, spec: str, output: Path, domain: st
     with tqdm(total=expected_samples(mine), desc="translate", unit="img", disable=rank != 0) as bar:
         for name, url in mine:
             try:
-                written, skipped = translate_shard(translator, url, output / name, batch_size, bar)
+                written, skipped = translate_shard(translator, url, output / name, batch_size, bar, decoding)
             except DataError as err:
                 report.failed.append(str(err))
                 continue
