@@ -130,12 +130,14 @@ def test_read_jsonl_refuses_a_damaged_middle_line(tmp_path):
 
 # --- output safety and locks ---------------------------------------------------------------
 
-@pytest.mark.parametrize("output, relation", [(".", "holds"), ("run", "is"), ("run/inner", "lies inside")])
+@pytest.mark.parametrize("output, relation", [(".", "holds .*which this command reads"),
+                                              ("run", "is an input of this command: choose another --output"),
+                                              ("run/inner", "lies inside .*which this command reads")])
 def test_prepare_output_refuses_what_the_command_reads(tmp_path, output, relation):
     run = tmp_path / "run"
     (run / "inner").mkdir(parents=True)
     (run / "weights").write_text("w")
-    with pytest.raises(UserError, match=f"{relation} .*which this command reads"):
+    with pytest.raises(UserError, match=relation):
         prepare_output(tmp_path / output, [run], overwrite=True)
     assert (run / "weights").read_text() == "w"
 
@@ -357,7 +359,8 @@ def test_overwrite_never_removes_what_the_command_reads(generator, photos, tmp_p
     (run / "metrics.jsonl").write_text('{"step": 1}\n')
     before = snapshot(tmp_path)
     result = script("export.py", "--checkpoint", run, "--format", "hf", "--output", run, "--overwrite", check=False)
-    assert result.returncode == 2 and "Traceback" not in result.stderr and f"is {run}" in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{run} is an input of this command" in result.stderr
     result = script("make_shards.py", "--input", photos, "--output", tmp_path, "--overwrite", check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr and f"holds {photos}" in result.stderr
     assert snapshot(tmp_path) == before

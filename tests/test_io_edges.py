@@ -50,7 +50,7 @@ def test_an_export_may_add_a_file_inside_the_run_but_not_replace_one(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     prepare_output(run / "h2z.onnx", [run], overwrite=False, staged=True, nested=True)
-    with pytest.raises(UserError, match=r"is .*run"):
+    with pytest.raises(UserError, match=r"run is an input of this command"):
         prepare_output(run, [run], overwrite=True, staged=True, nested=True)
 
 

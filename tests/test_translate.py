@@ -337,7 +337,7 @@ def test_video_keeps_frames_rate_size_and_audio(tmp_path, suffix, size, audio_co
     assert audio == [audio_codec], "the tone copied (WebM takes no AAC: re-encoded as Opus)"
     result = script("translate.py", "--checkpoint", tmp_path / "g.pth", "--input", tmp_path / "in.mkv",
                     "--output", tmp_path, check=False)
-    assert result.returncode == 2 and "in.mkv, which this command reads" in result.stderr
+    assert result.returncode == 2 and "in.mkv is an input of this command: choose another --output" in result.stderr
 
 
 def test_video_keeps_variable_frame_times_and_fits_audio_to_the_container(tmp_path):

@@ -188,8 +188,8 @@ def write_shards(
     for option, value in (("--shard-size", shard_size), ("--workers", workers)):
         if value < 1:
             raise DataError(f"{option} {value}: must be at least 1")
-    prepare_output(output, sources.values(), overwrite, staged=True)  # replaced whole once the new one is complete
     with replacement_lock(output):  # a second make_shards into it would clear this one's staging folder
+        prepare_output(output, sources.values(), overwrite, staged=True)  # replaced whole once the new one is complete
         remove_leftovers(output.parent, name=output.name)  # of a killed make_shards into this output, not others'
         manifest: dict = {"format": 1, "shard_size": shard_size, "max_side": max_side, "keep_depth": keep_depth,
                           "splits": {}, "skipped": []}

@@ -12,8 +12,8 @@ line naming the path (`cannot_write`), never a traceback.
 
 from __future__ import annotations
 
-import glob
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -53,11 +53,15 @@ def _umask() -> int:
     return _UMASK_AT_IMPORT if mask is None else mask
 
 
-def cannot_write(path: Path, err: OSError, then: str = "") -> UserError:
+class CannotWrite(UserError):
+    """A write that failed (a full disk, a read-only folder), said in one line."""
+
+
+def cannot_write(path: Path, err: OSError, then: str = "") -> CannotWrite:
     """The one message for a write that failed: the path, the system's reason, what to do."""
     advice = f", {then}" if then else ""
-    return UserError(f"cannot write {path} ({err.strerror or err}); free disk space or fix the folder's "
-                     f"permissions{advice}")
+    return CannotWrite(f"cannot write {path} ({err.strerror or err}); free disk space or fix the folder's "
+                       f"permissions{advice}")
 
 
 def _ours(err: OSError, temporary: Path) -> bool:
@@ -190,20 +194,27 @@ def remove_leftovers(folder: Path, recursive: bool = False, name: str | None = N
     folder = Path(folder)
     if not folder.is_dir():
         return
-    stem = f".{glob.escape(name)}." if name is not None else "."
-    for pattern in (f"{stem}*.partial", f"{stem}*.old"):
-        for leftover in folder.rglob(pattern) if recursive else folder.glob(pattern):
-            if leftover.is_dir() and not leftover.is_symlink():
-                shutil.rmtree(leftover, ignore_errors=True)
-            else:
-                leftover.unlink(missing_ok=True)
+    # the exact shape of `tempfile`'s names (its random part has no dot), so that `.shards.v2.x.partial`,
+    # the staging of the output `shards.v2`, is not taken for a leftover of `shards`
+    shape = re.compile(rf"\.{re.escape(name)}\.[^.]+\.(partial|old)" if name is not None else r"\..+\.(partial|old)")
+    hidden = list(folder.rglob(".*") if recursive else folder.glob(".*"))
+    for leftover in (path for path in hidden if shape.fullmatch(path.name)):
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
 
 
 @contextmanager
 def writing(path: Path, then: str = "") -> Iterator[None]:
     """Turn a failed write (a full disk, a read-only folder) into a one-line message naming
-    `path`, with `then` (what to do next) appended, instead of a traceback."""
+    `path`, with `then` (what to do next) appended, instead of a traceback; a safe write inside
+    the block that already said so gets `then` appended too."""
     try:
         yield
     except OSError as err:
         raise cannot_write(path, err, then) from None
+    except CannotWrite as err:
+        if not then or str(err).endswith(then):
+            raise
+        raise CannotWrite(f"{err}, {then}") from None

@@ -215,8 +215,9 @@ class Probe:
 def probe(path: Path | bytes, name: str | None = None) -> Probe:
     """A file's (or a tar member's image bytes') `Probe`, from its header alone; ImageDecodeError
     for what cannot be a sample (an empty, unreadable or damaged file, a multi-page TIFF, an array
-    of other than 2 or 3 dimensions)."""
-    name = name or str(path)
+    of other than 2 or 3 dimensions). `name` names it in messages (by default its path, or
+    "sample" for bytes, which are not put into a message)."""
+    name = name or (str(path) if isinstance(path, Path) else "sample")
     try:
         if (path.stat().st_size if isinstance(path, Path) else len(path)) == 0:
             raise ImageDecodeError(f"{name}: empty file (0 bytes)")

@@ -51,7 +51,9 @@ def prepare_output(output: Path, protected: Iterable[Path | str], overwrite: boo
     resolved = output.resolve()
     for path in protected:
         clash = _clash(resolved, Path(path).resolve())
-        if clash and not (nested and clash != "is"):
+        if clash == "is":
+            raise UserError(f"the output {output} is an input of this command: choose another --output")
+        if clash and not nested:
             raise UserError(f"the output {output} {clash} {path}, which this command reads: choose another output")
     if not output.exists() or resume:
         return
@@ -184,10 +186,14 @@ def replacement_lock(output: Path) -> Iterator[None]:
         try:
             if not _take(fd, output.parent, output) or _is_file(fd, path):
                 break
+        except UserError:  # held: by a live run, or by one that has just removed it and is letting go
+            if _is_file(fd, path):
+                os.close(fd)
+                raise
         except BaseException:
             os.close(fd)
             raise
-        os.close(fd)  # locked a file that its last holder removed
+        os.close(fd)  # a file that its last holder removed: take the one at the path now
     try:
         yield
     finally:

@@ -60,17 +60,18 @@ def require(record: object, keys: Sequence[str] | Mapping[str, type], where: str
 
 def read_jsonl(path: Path) -> list[dict]:
     """The rows of a JSONL log. A last line that does not parse (cut off mid-write) is dropped
-    with a warning; a damaged line before it raises `DataError` naming the file and line."""
+    with a warning; a damaged line before it (not JSON, or not UTF-8 text, as `read_json` reads)
+    raises `DataError` naming the file and line."""
     try:
-        lines = Path(path).read_text(errors="replace").splitlines()
+        lines = Path(path).read_bytes().splitlines()  # decoded line by line: a cut-off last line may end mid-character
     except OSError as err:
         raise DataError(f"{path}: cannot be read ({err.strerror or err})") from None
     numbered = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
     rows = []
     for position, (number, line) in enumerate(numbered):
         try:
-            row, parsed = json.loads(line), True
-        except json.JSONDecodeError:
+            row, parsed = json.loads(line.decode("utf-8")), True
+        except (UnicodeDecodeError, json.JSONDecodeError):
             row, parsed = None, False
         if isinstance(row, dict):
             rows.append(row)

@@ -174,10 +174,11 @@ def read_sample(source: Source, decoding: Decoding = Decoding(), name: str | Non
         return Sample(image, converted=opened.mode if opened.mode != image.mode else None)
     array = opened if isinstance(opened, np.ndarray) else image_array(opened, label)
     values = fit_bands(array, decoding.channels, label, image_rules)
-    # an 8-bit image of a deep domain is converted as the official path would report it
-    eight_bit = not deep_stored and opened.mode != {1: "L", 3: "RGB"}.get(decoding.channels)
+    # an 8-bit image of a deep domain is converted as the official path would report it: where its
+    # mode is not the plain one of the bands it gave (a palette, alpha, grey into colour or back)
+    converted = not deep_stored and opened.mode != {1: "L", 3: "RGB"}.get(values.shape[2])
     return Sample(decoding.normalize.to_unit(values, label, decoding.setting), values,
-                  opened.mode if eight_bit else None)
+                  opened.mode if converted else None)
 
 
 def fit_bands(array: np.ndarray, channels: int, name: str, from_image: bool) -> np.ndarray:

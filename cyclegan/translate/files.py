@@ -70,10 +70,11 @@ def load(path: Path, load_size: int | None, translator: Translator, decoding: De
 
 def translate_files(translator: Translator, source: Path, output: Path, load_size: int | None = None,
                     batch_size: int = 4, rank: int = 0, world_size: int = 1,
-                    checked: Callable[[], None] | None = None) -> TranslateReport:
+                    checked: Callable[[bool], None] | None = None) -> TranslateReport:
     """Translate `source` (an image, or a folder searched recursively) into files under `output`,
     keeping relative paths; this rank's share of the files. `checked` is called once the inputs
-    are listed and their outputs named, before the first output is written."""
+    are listed and their outputs named, before the first output is written, with whether they
+    take the deep path (`Decoding.all_deep`), for the output's record."""
     if source.is_file():
         files, root = [source], source.parent
     elif source.is_dir():  # leaving out an output folder inside the input, which a rerun would find
@@ -106,7 +107,7 @@ def translate_files(translator: Translator, source: Path, output: Path, load_siz
             continue
         groups[(load_size, load_size) if load_size else headers[path].size].append((path, target))
     if checked is not None:
-        checked()
+        checked(decoding.all_deep)
     with tqdm(total=sum(map(len, groups.values())), desc="translate", unit="img", disable=rank != 0) as bar:
         for _, jobs in sorted(groups.items()):  # one size per forward pass, and one kind: the domain's
             for start in range(0, len(jobs), batch_size):

@@ -138,12 +138,11 @@ def _translate(state: PartialState, kind: str, checkpoint: Path, source: str, ou
     # translation removes nothing and checks each file it writes, so the output may hold what it reads
     prepare_output(output, [p for p in read if p.exists()], overwrite=False, resume=True, nested=True)
     with holding(output, state):
-        unrecorded = check_settings(output, settings)
-        state.wait_for_everyone()  # every rank has compared before the main process records
-
-        def record() -> None:  # once the inputs are listed and checked, before the first output
-            if unrecorded and state.is_main_process:
-                write_json(output / SETTINGS, settings)
+        def record(deep: bool) -> None:  # once the inputs are listed and checked, before the first output
+            # with the domain's decision (every rank makes the same), so that a rerun whose inputs
+            # would flip it is refused rather than mix the two paths in one output
+            if check_settings(output, {**settings, "deep": deep}) and state.is_main_process:
+                write_json(output / SETTINGS, {**settings, "deep": deep})
 
         if kind == "shards":
             mine, shards = translate_shards(translator, source, output, domain, batch_size, state.process_index,

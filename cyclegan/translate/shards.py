@@ -1,7 +1,7 @@
 """Tar shards in, tar shards out, split across ranks: rank r translates every world-th shard.
 
 Each input shard gives one output shard of the same name with the same sample keys (the
-translation as `png`; in a domain of deeper samples, see `cyclegan.io.samples.domain_decoding`,
+translation as `png`; in a split whose manifest lists deeper samples, see `shard_decodings`,
 every sample as `npy` of its input's type), written under a temporary name and renamed when
 complete, beside a small report of its
 samples and skipped ones. A rerun keeps the complete shards and redoes the rest:
@@ -27,7 +27,7 @@ from cyclegan.images import ChannelMismatch, ImageDecodeError
 from cyclegan.io.files import atomic_path
 from cyclegan.io.records import read_json, require, write_json
 from cyclegan.io.formats import describe, encode
-from cyclegan.io.samples import Decoding, is_grey, manifest_deep, restore, stored_deep
+from cyclegan.io.samples import Decoding, is_grey, manifest_deep, restore
 from cyclegan.translate.core import ImageTooSmall, TranslateReport, Translator
 
 REPORTS = ".reports"  # per-shard reports, beside the output shards
@@ -62,22 +62,20 @@ def domain_entries(folder: Path, domain: str) -> list[dict]:
     return [require(entry, {"shards": list}, f"{manifest} ({domain} domain)") for entry in entries if entry is not None]
 
 
-def stored_kinds(spec: str, domain: str, shards: list[tuple[str, str]]) -> Iterator[bool]:
-    """Whether the input's samples are stored deeper than 8 bits (for `Translator.domain`): from the
-    manifest's `dtypes` and `array_bands` where it has them, as training reads the domain; else
-    from each sample's header, which reads the shards once more before translating them (a shard
-    that cannot be read is reported when it is translated)."""
+def shard_decodings(translator: Translator, spec: str, domain: str,
+                    shards: list[tuple[str, str]]) -> dict[str, Decoding]:
+    """How each shard is read (`Translator.domain`), decided per split as training and evaluation
+    decide: from its split's manifest entry (`dtypes`, `array_bands`). Without a manifest, or in
+    an entry without `dtypes`, the domain is not deep and each sample's own depth decides, as in
+    training: the shards are not read before they are translated."""
     folder = Path(spec)
+    by_name: dict[str, Decoding] = {}
     if folder.is_dir() and (folder / MANIFEST).is_file():
-        entries = domain_entries(folder, domain)
-        if all("dtypes" in entry for entry in entries):
-            yield from (manifest_deep(entry["dtypes"], entry.get("array_bands")) for entry in entries)
-            return
-    for _, url in shards:
-        try:
-            yield from (stored_deep(sample) for sample in strict_samples(url))
-        except DataError:
-            continue
+        for entry in domain_entries(folder, domain):
+            decoding = translator.domain([manifest_deep(entry.get("dtypes"), entry.get("array_bands"))])
+            by_name.update(dict.fromkeys(entry["shards"], decoding))
+    plain = translator.domain([manifest_deep(None, None)])
+    return {name: by_name.get(name, plain) for name, _ in shards}
 
 
 def shard_name(url: str) -> str:
@@ -99,8 +97,8 @@ def strict_samples(url: str) -> Iterator[dict]:
 
 def translate_shard(translator: Translator, url: str, target: Path, batch_size: int, bar: tqdm,
                     decoding: Decoding) -> tuple[int, list[str]]:
-    """One shard: decoded in order as its domain is (`decoding`, from `Translator.domain`: one
-    field for every sample), translated in batches of equal-sized images, written in the
+    """One shard: decoded in order as its split of the domain is (`decoding`, from
+    `shard_decodings`), translated in batches of equal-sized images, written in the
     input's order under a temporary name, renamed when complete, with a report of what it holds
     (as the manifest describes samples, see `Tally`). Returns the samples written and the
     skipped ones."""
@@ -148,17 +146,18 @@ def translate_shard(translator: Translator, url: str, target: Path, batch_size: 
 
 def translate_shards(translator: Translator, spec: str, output: Path, domain: str, batch_size: int = 4,
                      rank: int = 0, world_size: int = 1,
-                     checked: Callable[[], None] | None = None) -> tuple[TranslateReport, list[tuple[str, str]]]:
+                     checked: Callable[[bool], None] | None = None) -> tuple[TranslateReport, list[tuple[str, str]]]:
     """This rank's share of the input shards; returns its report and every (name, url) pair.
     A shard that cannot be read is reported as failed, and the others are translated. `checked`
-    is called once the inputs are listed and checked, before the first output is written."""
+    is called once the inputs are listed and checked, before the first output is written, with
+    whether any shard takes the deep path (`shard_decodings`), for the output's record."""
     shards = input_shards(spec, domain)
     for name, url in shards:  # every rank checks every shard, so that all stop before any work
         if is_local(url) and (output / name).resolve() == Path(url).resolve():
             raise UserError(f"translating shard {url} into {output} would overwrite it: choose another --output")
+    decodings = shard_decodings(translator, spec, domain, shards)
     if checked is not None:
-        checked()
-    decoding = translator.domain(stored_kinds(spec, domain, shards))
+        checked(any(decoding.all_deep for decoding in decodings.values()))
     mine, report = [], TranslateReport()
     for name, url in shards[rank::world_size]:
         if is_complete(output, name):
@@ -168,7 +167,8 @@ def translate_shards(translator: Translator, spec: str, output: Path, domain: st
     with tqdm(total=expected_samples(mine), desc="translate", unit="img", disable=rank != 0) as bar:
         for name, url in mine:
             try:
-                written, skipped = translate_shard(translator, url, output / name, batch_size, bar, decoding)
+                written, skipped = translate_shard(translator, url, output / name, batch_size, bar,
+                                                  decodings[name])
             except DataError as err:
                 report.failed.append(str(err))
                 continue
