@@ -140,6 +140,7 @@ def test_a_benchmark_of_an_impossible_setting_is_a_clear_error():
     assert result.returncode == 2 and "fp16 needs a GPU" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.heavy  # about 20 s of benchmark runs; make test stays within its budget without it
 def test_the_sweep_times_each_setting_and_names_the_fastest(tmp_path):
     # on the CPU (on a GPU host too): fp16, a GPU-only setting, is then not tried
     result = run([sys.executable, str(ROOT / "scripts/benchmark.py"), "--json", str(tmp_path / "s.json"), "step",
