@@ -141,6 +141,11 @@ class Trainer:
     def run(self) -> Path:
         cfg, acc, plan = self.cfg, self.acc, self.plan
         self.resume()  # first: a refused resume leaves the run folder as it was
+        if self.state.step >= plan.max_steps:  # every rank resumed the same step: all return here
+            acc.print(f"done at step {self.state.step}: the run was complete already (train.max_steps "
+                      f"{plan.max_steps}), nothing to do; its generators are in {self.output / 'export'}")
+            acc.end_training()
+            return self.output
         if acc.is_main_process:
             with writing(self.output / "config.yaml"):
                 self.output.mkdir(parents=True, exist_ok=True)

@@ -141,6 +141,16 @@ def test_a_resumed_run_with_max_steps_beyond_the_schedule_stops_before_a_tracker
     assert snapshot(out) == before
 
 
+def test_resuming_a_complete_run_does_nothing_and_says_so(base_run, demo_shards, tmp_path):
+    out = copy_of(base_run, tmp_path)
+    before = snapshot(out)
+    # with W&B offline, a run that got as far as its tracker would leave a second, empty run behind
+    result = resume(demo_shards, out, "train.max_steps=3", "tracking.mode=offline", "tracking.backend=wandb")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "done at step 3: the run was complete already" in result.stdout
+    assert snapshot(out) == before and not (out / "wandb").exists()
+
+
 # 2.5: each process saves and restores its own GPU's RNG state only
 
 class FakeGPUs:
