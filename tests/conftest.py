@@ -199,3 +199,30 @@ def trained_run(demo_shards, tmp_path_factory) -> Path:
     script("train.py", "--config", "configs/demo.yaml",
            *tiny(demo_shards, out, "train.max_steps=3", "tracking.image_every=3", "tracking.mode=disabled"))
     return out
+
+
+@pytest.fixture
+def generator(tmp_path) -> Path:
+    """A tiny exported generator (g_ab.safetensors and its JSON)."""
+    from cyclegan.models.generator import GeneratorSpec, ResnetGenerator
+    from cyclegan.models.loading import export_generator
+
+    path = tmp_path / "gen" / "g_ab.safetensors"
+    path.parent.mkdir()
+    export_generator(ResnetGenerator(GeneratorSpec(ngf=4, n_blocks=1)), path)
+    return path
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    """trainA/ and trainB/ of three random 24 px PNGs each."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for domain in "AB":
+        (tmp_path / "photos" / f"train{domain}").mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(
+                tmp_path / "photos" / f"train{domain}" / f"{i}.png")
+    return tmp_path / "photos"

@@ -27,7 +27,7 @@ from cyclegan.models import GeneratorSpec, ResnetGenerator
 from cyclegan.translate import Translator
 from cyclegan.translate import shards as translate_shards_module
 from cyclegan.translate.shards import translate_shards
-from tests.test_io import generator, photos, translate  # noqa: F401 (fixtures)
+from tests.test_io import translate
 
 
 def make_mixed_shards(root: Path) -> Path:

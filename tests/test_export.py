@@ -21,7 +21,7 @@ from cyclegan.export import HubGenerator
 from cyclegan.models import GeneratorSpec, ResnetGenerator, load_generator
 from cyclegan.models.loading import export_generator
 from cyclegan.translate.onnx import OnnxGenerator
-from tests.conftest import ROOT, run, script, tiny
+from tests.conftest import ROOT, run
 from tests.test_models import official_generator_layout
 
 BIN = Path(sys.executable).parent

@@ -211,32 +211,6 @@ def test_a_read_only_file_system_is_one_line_saying_so(tmp_path, monkeypatch):
 
 # --- the defects the shared I/O removes ----------------------------------------------------
 
-@pytest.fixture
-def generator(tmp_path) -> Path:
-    """A tiny exported generator (g_ab.safetensors and its JSON)."""
-    from cyclegan.models.generator import GeneratorSpec, ResnetGenerator
-    from cyclegan.models.loading import export_generator
-
-    path = tmp_path / "gen" / "g_ab.safetensors"
-    path.parent.mkdir()
-    export_generator(ResnetGenerator(GeneratorSpec(ngf=4, n_blocks=1)), path)
-    return path
-
-
-@pytest.fixture
-def photos(tmp_path) -> Path:
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for domain in "AB":
-        (tmp_path / "photos" / f"train{domain}").mkdir(parents=True)
-        for i in range(3):
-            Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(
-                tmp_path / "photos" / f"train{domain}" / f"{i}.png")
-    return tmp_path / "photos"
-
-
 def test_weights_and_exports_follow_the_umask(generator, tmp_path):
     from cyclegan.export import export_hf
     from cyclegan.models import load_generator

@@ -18,7 +18,7 @@ from cyclegan.io.files import atomic_folder, atomic_path, atomic_write, replace_
 from cyclegan.io.outputs import LOCK, lock_holder, output_lock, prepare_output
 from cyclegan.io.records import read_json, read_jsonl, write_json
 from tests.conftest import read_only_folder, writable_again
-from tests.test_io import generator, photos, snapshot, translate  # noqa: F401 (fixtures)
+from tests.test_io import snapshot, translate
 
 
 def shards_of(photos: Path, tmp_path: Path) -> Path:
