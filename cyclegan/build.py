@@ -21,7 +21,7 @@ from cyclegan.errors import ConfigError, UserError
 from cyclegan.diffaug import DiffAugment
 from cyclegan.evaluation import INCEPTION_ENV, Evaluator, load_inception, load_test_split
 from cyclegan.io.samples import as_unit
-from cyclegan.models import GeneratorSpec, NLayerDiscriminator, ResnetGenerator
+from cyclegan.objectives import objective_for
 from cyclegan.optim import StepGuard
 from cyclegan.pool import ImagePool
 from cyclegan.step import Networks, Optimizers, Pools
@@ -74,41 +74,37 @@ def make_plan(cfg: RunConfig, sources: DataSources, world_size: int) -> Plan:
 
 
 def build_networks(cfg: RunConfig) -> Networks:
-    m = cfg.model
-    shape = {"ngf": m.ngf, "n_blocks": m.n_blocks, "norm": m.norm, "dropout": m.dropout}
-    return Networks(
-        g_ab=ResnetGenerator(GeneratorSpec(m.input_nc, m.output_nc, **shape), m.init_gain),
-        g_ba=ResnetGenerator(GeneratorSpec(m.output_nc, m.input_nc, **shape), m.init_gain),
-        d_a=NLayerDiscriminator(m.input_nc, m.ndf, m.n_layers_d, m.norm, m.init_gain),
-        d_b=NLayerDiscriminator(m.output_nc, m.ndf, m.n_layers_d, m.norm, m.init_gain),
-    )
+    """The networks `model.objective` trains, initialised from the run's seed."""
+    return objective_for(cfg).build_networks(cfg)
 
 
 def build_optimizers(nets: Networks, cfg: RunConfig, accelerator: Accelerator) -> Optimizers:
-    """One Adam over both generators, one over both discriminators, and the guard that steps them."""
+    """One Adam per group of networks the objective steps together, and the guard that steps them."""
     t, impl = cfg.train, cfg.perf.adam
     if impl == "auto":
         impl = "fused"  # also what lets StepGuard skip a step without a host sync
     flags = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False}}[impl]
 
-    def adam(*modules: torch.nn.Module) -> torch.optim.Adam:
-        params = itertools.chain(*(m.parameters() for m in modules))
+    def adam(names: tuple[str, ...]) -> torch.optim.Adam:
+        params = itertools.chain(*(getattr(nets, name).parameters() for name in names))
         return torch.optim.Adam(params, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.adam_eps, **flags)
 
     guard = StepGuard(accelerator, t.stop_after_nonfinite)
-    return Optimizers(g=adam(nets.g_ab, nets.g_ba), d=adam(nets.d_a, nets.d_b), guard=guard)
+    return Optimizers(**{name: adam(names) for name, names in objective_for(cfg).optimized.items()}, guard=guard)
 
 
 def build_training(accelerator: Accelerator, cfg: RunConfig) -> tuple[Networks, Optimizers, Pools]:
     """Networks (channels_last and compiled if asked) and optimizers, prepared; this rank's pools."""
     nets = build_networks(cfg)
-    for net in (nets.g_ab, nets.g_ba, nets.d_a, nets.d_b):
+    named = nets.named()
+    for net in named.values():
         if cfg.perf.channels_last:
             net.to(memory_format=torch.channels_last)
         if cfg.perf.compile:
             net.compile()  # in place: the state_dict keys stay the official ones
     opts = build_optimizers(nets, cfg, accelerator)
-    prepared = accelerator.prepare(nets.g_ab, nets.g_ba, nets.d_a, nets.d_b, opts.g, opts.d)
+    optimizers = opts.named()
+    prepared = accelerator.prepare(*named.values(), *optimizers.values())
     rank = accelerator.process_index
     pools = Pools(
         fake_a=ImagePool(cfg.train.pool_size, mix_seed(cfg.seed, rank, "pool_a")),
@@ -116,7 +112,8 @@ def build_training(accelerator: Accelerator, cfg: RunConfig) -> tuple[Networks, 
         augment=DiffAugment(cfg.train.diffaug, cfg.train.diffaug_p, mix_seed(cfg.seed, rank, "diffaug"),
                             accelerator.device),
     )
-    return Networks(*prepared[:4]), Optimizers(*prepared[4:], guard=opts.guard), pools
+    return (Networks(**dict(zip(named, prepared[:len(named)]))),
+            Optimizers(**dict(zip(optimizers, prepared[len(named):])), guard=opts.guard), pools)
 
 
 def batch_to_device(batch: dict, device: torch.device, channels_last: bool) -> dict[str, torch.Tensor]:

@@ -2,9 +2,10 @@
 
 A checkpoint is the folder `checkpoints/step_XXXXXXX/` (named by global optimizer step):
 
-    g_ab.safetensors g_ab.json g_ba.safetensors g_ba.json   the generators, also an export
+    g_ab.safetensors g_ab.json g_ba.safetensors g_ba.json   the generators, also an export (CUT: g_ab alone)
     g_ab_ema.safetensors ...                                the averaged generators (train.ema_decay)
-    d_a.safetensors d_b.safetensors                         the discriminators
+    d_a.safetensors d_b.safetensors                         the discriminators (CUT: d_b alone)
+    f.safetensors                                           CUT's patch head
     optim.pt                                                optimizers, schedulers, scaler, and the counters
                                                             (skipped steps, health streaks) that go on counting
     rank_R.pt                                               rank R's image pools, augmentation and RNG states
@@ -38,7 +39,8 @@ from cyclegan.rng import restore_rng_state, rng_state
 from cyclegan.step import Networks, Optimizers, Pools
 
 STEP_PATTERN = re.compile(r"step_(\d{7})")
-NET_NAMES = ("g_ab", "g_ba", "d_a", "d_b")
+# what the architecture record of checkpoints written before a key existed means
+MODEL_KEYS_BEFORE = {"objective": "cyclegan", "antialias": False, "init": "normal", "nce_layers": None, "head_nc": 256}
 
 
 @dataclass
@@ -146,9 +148,9 @@ def _newest_kept(root: Path) -> str:
 
 def non_finite_parts(accelerator: Accelerator, nets: Networks, opts: Optimizers) -> list[str]:
     """The networks and optimizers holding a NaN or inf on any rank (one device sync, at saves only)."""
-    parts = {name: list(accelerator.unwrap_model(getattr(nets, name)).state_dict().values()) for name in NET_NAMES}
-    for name, optimizer in (("opt_g", opts.g), ("opt_d", opts.d)):
-        parts[name] = [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+    parts = {name: list(accelerator.unwrap_model(net).state_dict().values()) for name, net in nets.named().items()}
+    for name, optimizer in opts.named().items():
+        parts[f"opt_{name}"] = [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
     finite = torch.stack([_all_finite(tensors, accelerator.device) for tensors in parts.values()])
     bad = accelerator.reduce((~finite).float(), "sum")
     return [name for name, count in zip(parts, bad.tolist()) if count]
@@ -162,15 +164,15 @@ def _all_finite(tensors: list[torch.Tensor], device: torch.device) -> torch.Tens
 def _write_shared_files(accelerator: Accelerator, folder: Path, state: TrainState, trained: Trained) -> None:
     """What the main process writes: weights (and averaged generators), optimizer and scheduler
     state, state.json."""
-    for name in NET_NAMES:
-        net = accelerator.unwrap_model(getattr(trained.nets, name))
+    for name, net in trained.nets.named().items():
+        net = accelerator.unwrap_model(net)
         save = export_generator if name.startswith("g_") else save_weights
         save(net, folder / f"{name}.safetensors")
     if trained.ema is not None:
         for name, averaged in trained.ema.models.items():
             export_generator(averaged, folder / f"{name}_ema.safetensors")
     opts = trained.opts
-    extra = {"opt_g": opts.g.state_dict(), "opt_d": opts.d.state_dict(),
+    extra = {**{f"opt_{name}": optimizer.state_dict() for name, optimizer in opts.named().items()},
              "schedulers": {k: s.state_dict() for k, s in trained.schedulers.items()},
              "counters": {"guard": opts.guard.state_dict(), "health": trained.health.state_dict()}}
     if accelerator.scaler is not None:
@@ -182,10 +184,10 @@ def _write_shared_files(accelerator: Accelerator, folder: Path, state: TrainStat
 
 def publish_export(checkpoint: Path, export: Path, averaged: bool = False) -> None:
     """Refresh `OUTPUT/export/` with the checkpoint's generators (the averaged ones if asked), and
-    its state.json (which step, and whether the generators are the averaged ones)."""
+    its state.json (which step and objective, and whether the generators are the averaged ones)."""
     state = read_json(checkpoint / "state.json", error=CheckpointError)
     with atomic_folder(export) as staging:
-        for name in ("g_ab", "g_ba"):
+        for name in ("g_ab", "g_ba")[:2 if (checkpoint / "g_ba.safetensors").is_file() else 1]:
             source = f"{name}_ema" if averaged else name
             for suffix in (".safetensors", ".json"):
                 shutil.copy2(checkpoint / f"{source}{suffix}", staging / f"{name}{suffix}")
@@ -240,18 +242,26 @@ def load_checkpoint(accelerator: Accelerator, path: Path, expected: TrainState, 
                      f"{expected.world_size} x {expected.num_workers}: the data stream is split anew, image pools "
                      "of ranks that are gone are dropped and new ranks start with empty ones; from here the run "
                      "is no longer bitwise reproducible")
-    if saved.model != expected.model:
-        changed = sorted(k for k in expected.model if saved.model.get(k) != expected.model[k])
+    saved_model = {**MODEL_KEYS_BEFORE, **saved.model}
+    if saved_model["objective"] != expected.model["objective"]:
+        raise CheckpointError(
+            f"checkpoint {path} was trained with model.objective={saved_model['objective']}; this run asks for "
+            f"{expected.model['objective']}. A run keeps its objective: resume with model.objective="
+            f"{saved_model['objective']}, or start a new output_dir (init_from=<this run's output_dir> takes the "
+            "weights both objectives share)"
+        )
+    if saved_model != expected.model:
+        changed = sorted(k for k in expected.model if saved_model.get(k) != expected.model[k])
         raise CheckpointError(
             f"checkpoint {path} holds another architecture: "
-            + ", ".join(f"model.{k} is {saved.model.get(k)} there, {expected.model[k]} here" for k in changed)
+            + ", ".join(f"model.{k} is {saved_model.get(k)} there, {expected.model[k]} here" for k in changed)
         )
-    for name in NET_NAMES:
+    for name, net in trained.nets.named().items():
         file = path / f"{name}.safetensors"
-        load_into(accelerator.unwrap_model(getattr(trained.nets, name)), read_state_dict(file), file, f"network {name}")
+        load_into(accelerator.unwrap_model(net), read_state_dict(file), file, f"network {name}")
     extra = _torch_load(path / "optim.pt")
-    trained.opts.g.load_state_dict(extra["opt_g"])
-    trained.opts.d.load_state_dict(extra["opt_d"])
+    for name, optimizer in trained.opts.named().items():
+        optimizer.load_state_dict(extra[f"opt_{name}"])
     for key, scheduler in trained.schedulers.items():
         scheduler.load_state_dict(extra["schedulers"][key])
     if accelerator.scaler is not None and "scaler" in extra:

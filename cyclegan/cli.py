@@ -194,8 +194,8 @@ def evaluate() -> None:
                        overwrite=True, staged=True, nested=True)
     source = find_sources(DataConfig(root=str(args.data))) if (args.data / "manifest.json").is_file() else args.data
     features = None if args.paired_only else load_inception(args.inception_weights)
-    g_ab, g_ba = (net.to(accelerator.device) for net in load_generator_pair(args.checkpoint))
-    channels = (g_ab.spec.in_channels, g_ba.spec.in_channels)  # the test images take the generators' channels
+    g_ab, g_ba = (net if net is None else net.to(accelerator.device) for net in load_generator_pair(args.checkpoint))
+    channels = (g_ab.spec.in_channels, g_ab.spec.out_channels)  # the test images take the generators' channels
     run = run_normalize(args.checkpoint)
     normalize = args.normalize or (run[0] if run else "dtype")
     normalizations = (normalize, args.normalize_b or (run[1] if run else normalize))

@@ -18,6 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from cyclegan.data.normalize import NORMALIZE_FORMS, Normalize
 from cyclegan.errors import ConfigError, DataError
 from cyclegan.io.files import atomic_write
+from cyclegan.models.generator import GeneratorSpec
 
 NORMS = ("instance", "batch", "none")
 GAN_MODES = ("lsgan", "vanilla")
@@ -28,12 +29,18 @@ TRACKING_MODES = ("online", "offline", "disabled")
 EVAL_METRICS = ("fid", "kid", "l1", "psnr", "ssim")
 ADAM_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for_loop")
 DIFFAUG_POLICIES = ("color", "translation", "cutout")
+OBJECTIVES = ("cyclegan", "cut", "fastcut")
+INITS = ("normal", "xavier")
+CUT_ONLY = ("model.nce_layers", "train.lambda_nce", "train.nce_idt", "train.flip_equivariance")
 
 
 @dataclass
 class ModelConfig:
-    """The two ResNet generators and two PatchGAN discriminators."""
+    """The networks: ResNet generators, PatchGAN discriminators and, for CUT, the patch head."""
 
+    # cyclegan: two generators and two discriminators (the paper); cut or fastcut: one generator
+    # (A -> B), one discriminator (judging B) and PatchNCE's head (Park et al. 2020; docs/training.md)
+    objective: str = "cyclegan"
     ngf: int = 64  # generator base width; the paper's 64
     n_blocks: int = 9  # residual blocks: the paper uses 9 at 256 px, 6 at 128 px
     ndf: int = 64  # discriminator base width
@@ -48,6 +55,15 @@ class ModelConfig:
     # (the identity loss feeds B to G_AB)
     input_nc: int = 3
     output_nc: int = 3
+    # the official CUT networks' blurred down- and upsampling (official CUT checkpoints need it);
+    # null: on for cut and fastcut, off for cyclegan (official CycleGAN checkpoints need that)
+    antialias: Optional[bool] = None
+    init: Optional[str] = None  # normal (CycleGAN's) or xavier (CUT's), both with init_gain; null: the objective's
+    # cut/fastcut: generator layers PatchNCE reads (positions in its `model`); null: the padded
+    # input, both downsampling convolutions and residual blocks 1 and 5 (0,4,8,12,16 anti-aliased,
+    # 0,4,7,10,14 otherwise), as the official CUT
+    nce_layers: Optional[list[int]] = None
+    head_nc: int = 256  # cut/fastcut: width of the patch head's MLPs (official netF_nc)
 
 
 @dataclass
@@ -103,7 +119,18 @@ class TrainConfig:
     gan_mode: str = "lsgan"  # lsgan (paper) or vanilla (BCE with logits)
     lambda_cycle: float = 10.0  # weight of the cycle-consistency L1 (paper)
     lambda_identity: float = 0.5  # identity L1 weight, as a fraction of lambda_cycle (paper)
-    pool_size: int = 50  # history of generated images shown to D (paper); 0 turns it off
+    # history of generated images shown to D: 50 for cyclegan (paper), 0 turns it off; null: the
+    # objective's (cut and fastcut have none)
+    pool_size: Optional[int] = None
+    # cut/fastcut: the adversarial weight; PatchNCE's weight (null: 1 for cut, 10 for fastcut); the
+    # identity PatchNCE on B (null: on for cut); mirrored inputs (null: on for fastcut); patches
+    # sampled per layer; the contrastive temperature. Official CUT values
+    lambda_gan: float = 1.0
+    lambda_nce: Optional[float] = None
+    nce_idt: Optional[bool] = None
+    flip_equivariance: Optional[bool] = None
+    num_patches: int = 256
+    nce_temperature: float = 0.07
     mixed_precision: str = "no"  # no, bf16 or fp16
     grad_clip: float = 0.0  # max gradient norm per optimizer; 0 turns clipping off
     # steps with a NaN or inf loss are skipped and counted; this many in a row stop the run (0: never)
@@ -223,8 +250,45 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
         raise ConfigError(_describe(err, path)) from None
     if config.train.mixed_precision == "False":  # YAML reads an unquoted `no` as false
         config.train.mixed_precision = "no"
+    resolve_objective(config)
     validate(config)
     return config
+
+
+def resolve_objective(config: RunConfig) -> None:
+    """Fill the keys left null with the objective's values, so that config.yaml and checkpoints
+    record what ran; refuse CUT's keys in a CycleGAN run and an image pool in a CUT run."""
+    m, t = config.model, config.train
+    if m.objective not in OBJECTIVES:
+        raise ConfigError(f"config key 'model.objective' must be one of {', '.join(OBJECTIVES)}")
+    cut = m.objective != "cyclegan"
+    if not cut:
+        given = [key for key in CUT_ONLY if _get(config, key) is not None]
+        if given:
+            raise ConfigError(f"config key '{given[0]}' applies to model.objective=cut or fastcut only; this run "
+                              "trains cyclegan: remove it, or set model.objective")
+    elif t.pool_size:
+        raise ConfigError(f"config key 'train.pool_size' must be 0 or null for model.objective={m.objective}: CUT "
+                          "shows its discriminator the newest translations only")
+    fast = m.objective == "fastcut"
+    m.antialias = cut if m.antialias is None else m.antialias
+    m.init = ("xavier" if cut else "normal") if m.init is None else m.init
+    t.pool_size = (0 if cut else 50) if t.pool_size is None else t.pool_size
+    if cut:
+        m.nce_layers = list(generator_spec(m).feature_layers) if m.nce_layers is None else list(m.nce_layers)
+        t.lambda_nce = (10.0 if fast else 1.0) if t.lambda_nce is None else t.lambda_nce
+        t.nce_idt = (not fast) if t.nce_idt is None else t.nce_idt
+        t.flip_equivariance = fast if t.flip_equivariance is None else t.flip_equivariance
+
+
+def _get(config: RunConfig, key: str) -> Any:
+    section, name = key.split(".")
+    return getattr(getattr(config, section), name)
+
+
+def generator_spec(m: ModelConfig) -> GeneratorSpec:
+    """The A -> B generator a model config builds."""
+    return GeneratorSpec(m.input_nc, m.output_nc, m.ngf, m.n_blocks, m.norm, m.dropout, bool(m.antialias))
 
 
 def _describe(err: OmegaConfBaseException, path: Optional[Path]) -> str:
@@ -261,6 +325,20 @@ def validate(config: RunConfig) -> None:
          f"must be 0 when model.input_nc ({m.input_nc}) and model.output_nc ({m.output_nc}) differ: the identity "
          "loss feeds domain B images to G_AB, which takes domain A's channels"),
         ("model.init_gain", m.init_gain > 0, "must be positive"),
+        ("model.init", m.init in INITS, f"must be one of {', '.join(INITS)}"),
+        ("model.head_nc", m.head_nc >= 1, "must be at least 1"),
+        ("model.objective", m.objective == "cyclegan" or m.input_nc == m.output_nc,
+         f"{m.objective} needs model.input_nc ({m.input_nc}) equal to model.output_nc ({m.output_nc}): PatchNCE "
+         "passes the translation back through the generator's encoder"),
+        ("model.nce_layers", m.nce_layers is None or nce_layers_ok(m),
+         f"{m.nce_layers} must be distinct, ascending generator layers from 0 to {generator_spec(m).depth - 1} "
+         f"(model.n_blocks={m.n_blocks}; the default reads residual block 5)"),
+        ("train.lambda_gan", t.lambda_gan >= 0, "must not be negative"),
+        ("train.lambda_nce", t.lambda_nce is None or t.lambda_nce >= 0, "must not be negative"),
+        ("train.num_patches", t.num_patches >= 2, "must be at least 2 (each patch needs a negative)"),
+        ("train.nce_temperature", t.nce_temperature > 0, "must be positive"),
+        ("train.nce_idt", not (m.objective != "cyclegan" and t.nce_idt and t.lambda_nce == 0),
+         "needs train.lambda_nce above 0"),
         ("data.crop_size", d.crop_size >= 16, "must be at least 16"),
         ("data.crop_size", d.crop_size % 4 == 0, "must be a multiple of 4 (two stride-2 layers)"),
         ("data.load_size", d.load_size >= 1, "must be positive"),
@@ -321,6 +399,11 @@ def validate(config: RunConfig) -> None:
     for key, ok, message in checks:
         if not ok:
             raise ConfigError(f"config key '{key}' {message}")
+
+
+def nce_layers_ok(m: ModelConfig) -> bool:
+    layers = list(m.nce_layers)
+    return bool(layers) and layers == sorted(set(layers)) and 0 <= layers[0] and layers[-1] < generator_spec(m).depth
 
 
 def run_normalize(checkpoint: Path) -> tuple[str, str] | None:

@@ -177,12 +177,15 @@ class Evaluator:
         chunks = [self.features(images[i:i + self.batch_size]) for i in range(0, len(images), self.batch_size)]
         return torch.cat(chunks).double() if chunks else torch.zeros(0, 1, dtype=torch.float64, device=self.acc.device)
 
-    def __call__(self, g_ab: nn.Module, g_ba: nn.Module) -> dict[str, float]:
+    def __call__(self, g_ab: nn.Module, g_ba: nn.Module | None = None) -> dict[str, float]:
+        """Metrics of each direction there is a generator for (CUT: A -> B alone)."""
         results: dict[str, float] = {}
         s = self.split
         for name, net, source, target, positions in (
                 ("AtoB", g_ab, s.images_a, s.images_b, (s.positions_a, s.positions_b)),
                 ("BtoA", g_ba, s.images_b, s.images_a, (s.positions_b, s.positions_a))):
+            if net is None:
+                continue
             was_training = net.training
             net.eval()
             fake = self._translate(net, source)
@@ -256,19 +259,23 @@ def format_table(results: dict[str, float]) -> str:
     metrics = sorted({k.split("/", 1)[1] for k in results})
     lines = ["direction  " + "  ".join(f"{m:>9}" for m in metrics)]
     for direction in ("AtoB", "BtoA"):
+        if not any(key.startswith(f"{direction}/") for key in results):
+            continue
         cells = [f"{results[f'{direction}/{m}']:9.4f}" if f"{direction}/{m}" in results else f"{'-':>9}" for m in metrics]
         lines.append(f"{direction:<9}  " + "  ".join(cells))
     return "\n".join(lines)
 
 
-def load_generator_pair(path: Path) -> tuple[nn.Module, nn.Module]:
+def load_generator_pair(path: Path) -> tuple[nn.Module, nn.Module | None]:
     """(g_ab, g_ba) from a run folder, an export or checkpoint folder, or a folder of official
-    `latest_net_G_A.pth` and `latest_net_G_B.pth`."""
+    `latest_net_G_A.pth` and `latest_net_G_B.pth`; (g_ab, None) from a CUT model's."""
     from cyclegan.models import load_generator
-    from cyclegan.models.loading import HF_WEIGHTS
+    from cyclegan.models.loading import HF_WEIGHTS, one_way
 
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if one_way(path):
+        return load_generator(path, direction="AtoB"), None
     if not path.is_dir() or (path / HF_WEIGHTS).is_file():
         raise UserError(f"{path} holds one generator; evaluation needs both directions: give a run folder, an export "
                         "or checkpoint folder, or a folder with the official latest_net_G_A.pth and latest_net_G_B.pth")

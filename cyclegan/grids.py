@@ -3,6 +3,7 @@ the generators, at every `tracking.image_every` steps."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 
@@ -23,20 +24,34 @@ def fixed_test_images(sources: DataSources, cfg: RunConfig) -> tuple[torch.Tenso
 
 
 @torch.no_grad()
-def sample_grids(accelerator: Accelerator, g_ab: torch.nn.Module, g_ba: torch.nn.Module,
-                 images: tuple[torch.Tensor, torch.Tensor], bands: list[int] | None = None) -> dict:
-    """real | translated | reconstructed | identity (where both domains have the same channels),
-    for fixed test images of each domain."""
+def sample_grids(accelerator: Accelerator, g_ab: torch.nn.Module, g_ba: torch.nn.Module | None,
+                 images: tuple[torch.Tensor, torch.Tensor], bands: list[int] | None = None
+                 ) -> dict[str, tuple[np.ndarray, str]]:
+    """Grids of fixed test images of each domain, each with its caption (its columns). With both
+    generators: real | translated | reconstructed | identity (where both domains have the same
+    channels), each way. With g_ab alone (CUT): real A | translated, and real B | identity output."""
     real_a, real_b = (x.to(accelerator.device) for x in images)
-    modes = g_ab.training, g_ba.training
-    g_ab.eval(), g_ba.eval()  # dropout off, batch norm on its running statistics
+    nets = [net for net in (g_ab, g_ba) if net is not None]
+    modes = [net.training for net in nets]
+    for net in nets:
+        net.eval()  # dropout off, batch norm on its running statistics
+    same = real_a.shape[1] == real_b.shape[1]
     try:
         with accelerator.autocast():
-            fake_b, fake_a = g_ab(real_a), g_ba(real_b)
-            same = real_a.shape[1] == real_b.shape[1]
-            return {
-                "AtoB": image_grid([real_a, fake_b, g_ba(fake_b), *([g_ba(real_a)] if same else [])], bands),
-                "BtoA": image_grid([real_b, fake_a, g_ab(fake_a), *([g_ab(real_b)] if same else [])], bands),
-            }
+            fake_b = g_ab(real_a)
+            if g_ba is None:
+                grids = {"AtoB": ([real_a, fake_b], "real A | G(A)")}
+                if same:
+                    grids["identity"] = ([real_b, g_ab(real_b)], "real B | identity G(B)")
+            else:
+                fake_a = g_ba(real_b)
+                grids = {
+                    "AtoB": ([real_a, fake_b, g_ba(fake_b), *([g_ba(real_a)] if same else [])],
+                             "real A | G_AB(A) | G_BA(G_AB(A))" + (" | identity G_BA(A)" if same else "")),
+                    "BtoA": ([real_b, fake_a, g_ab(fake_a), *([g_ab(real_b)] if same else [])],
+                             "real B | G_BA(B) | G_AB(G_BA(B))" + (" | identity G_AB(B)" if same else "")),
+                }
+            return {name: (image_grid(columns, bands), caption) for name, (columns, caption) in grids.items()}
     finally:
-        g_ab.train(modes[0]), g_ba.train(modes[1])
+        for net, mode in zip(nets, modes):
+            net.train(mode)

@@ -30,3 +30,21 @@ def cycle_loss(reconstructed: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
 def identity_loss(same: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """L1 between a target-domain image and the generator's output for it (colour preservation)."""
     return F.l1_loss(_at_least_fp32(same), _at_least_fp32(real))
+
+
+def patch_nce_loss(query: torch.Tensor, key: torch.Tensor, images: int, temperature: float = 0.07) -> torch.Tensor:
+    """PatchNCE (CUT): each query patch must pick its own key patch out of the keys of the same
+    image's other sampled patches. `query` and `key` are (images x patches) x dim, unit vectors,
+    image-major; the keys are detached (they are targets). Returns the loss of every query patch.
+
+    Negatives come from the query's own image only, so the loss of an image does not depend on
+    what else is in the batch: the same on one rank or many, with or without accumulation.
+    """
+    query, key = _at_least_fp32(query), _at_least_fp32(key).detach()
+    positive = (query * key).sum(1, keepdim=True)
+    q, k = query.view(images, -1, query.shape[1]), key.view(images, -1, key.shape[1])
+    patches = q.shape[1]
+    negatives = torch.bmm(q, k.transpose(1, 2))
+    negatives = negatives.masked_fill(torch.eye(patches, dtype=torch.bool, device=q.device)[None], -10.0)
+    logits = torch.cat([positive, negatives.view(-1, patches)], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=q.device), reduction="none")

@@ -15,21 +15,23 @@ import time
 import torch
 from accelerate import Accelerator
 
-from cyclegan.step import StepHealth, StepLosses, StepResult
+from cyclegan.step import StepResult
 
 HEALTH_LOGS = 3  # logs in a row a condition must hold before it is reported
 
 
 class MetricWindow:
-    """Loss, health and gradient-norm sums kept on the device between two logging steps."""
+    """Loss, health and gradient-norm sums kept on the device between two logging steps, named
+    as the objective logs them (`Objective.log_names`)."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
+    def __init__(self, device: torch.device, names: list[str]) -> None:
+        self.device, self.names = device, names
+        self.optimizers = [n.removeprefix("grad_norm/") for n in names if n.startswith("grad_norm/")]
         self.reset()
 
     def reset(self) -> None:
-        self.sums = torch.zeros(len(StepLosses.names()) + len(StepHealth.names()), device=self.device)
-        self.grad_norms = torch.zeros(2, device=self.device)
+        self.sums = torch.zeros(len(self.names) - len(self.optimizers), device=self.device)
+        self.grad_norms = torch.zeros(len(self.optimizers), device=self.device)
         self.micro = self.steps = self.skipped = 0
         self.data_wait = 0.0
         self.started = time.perf_counter()
@@ -39,8 +41,8 @@ class MetricWindow:
         self.micro += 1
         self.skipped += skipped
         self.data_wait += data_wait
-        if result.grad_norm_g is not None:
-            self.grad_norms += torch.stack([result.grad_norm_g, result.grad_norm_d]).float()
+        if result.grad_norms is not None:
+            self.grad_norms += torch.stack([result.grad_norms[n] for n in self.optimizers]).float()
             self.steps += 1
 
     def read(self, accelerator: Accelerator, global_batch: int) -> dict[str, float]:
@@ -48,9 +50,7 @@ class MetricWindow:
         means = accelerator.reduce(torch.cat([self.sums / self.micro, self.grad_norms / self.steps]), "mean")
         skipped = accelerator.reduce(torch.tensor([float(self.skipped)], device=self.device), "sum")
         seconds = time.perf_counter() - self.started
-        names = ([f"loss/{n}" for n in StepLosses.names()] + [f"health/{n}" for n in StepHealth.names()]
-                 + ["grad_norm/g", "grad_norm/d"])
-        values = dict(zip(names, means.tolist()))
+        values = dict(zip(self.names, means.tolist()))
         values["data/skipped_samples"] = skipped.item()
         values["perf/images_per_s"] = global_batch * self.steps / seconds
         values["perf/seconds_per_step"] = seconds / self.steps
@@ -71,12 +71,16 @@ class HealthMonitor:
         """The warnings due at this log (each once, when its condition has held `logs` logs in a row)."""
         conditions = {}
         for g, direction in (("g_ab", "A->B"), ("g_ba", "B->A")):
+            if f"health/{g}_change" not in values:  # an objective without this generator
+                continue
             change = values[f"health/{g}_change"]
             conditions[g] = (change < self.identity_change,
                              f"{g} ({direction}) has returned its input almost unchanged for {self.logs} logs "
                              f"(mean |G(x) - x| = {change:.4f}): it collapsed to the identity. Try "
-                             "train.lambda_identity=0, train.diffaug=color,translation,cutout, or more data")
+                             "train.lambda_identity=0 (cyclegan), train.diffaug=color,translation,cutout, or more data")
         for d in ("d_a", "d_b"):
+            if f"health/{d}_real" not in values:
+                continue
             real, fake = values[f"health/{d}_real"], values[f"health/{d}_fake"]
             conditions[d] = (min(real, fake) > self.winning_accuracy,
                              f"{d} has told real from fake almost always for {self.logs} logs (accuracy {real:.3f} "

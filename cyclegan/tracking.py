@@ -29,11 +29,6 @@ from cyclegan.io.files import writing as _writing
 from cyclegan.io.records import append_jsonl, read_jsonl, write_jsonl
 
 PACKAGES = ("torch", "torchvision", "accelerate", "wandb", "webdataset", "einops", "tensorboard")
-GRID_CAPTIONS = {
-    "AtoB": "real A | G_AB(A) | G_BA(G_AB(A)) | identity G_BA(A)",
-    "BtoA": "real B | G_BA(B) | G_AB(G_BA(B)) | identity G_AB(B)",
-}
-
 
 # a failed write of the run's files ends in one line, saying how to go on
 writing = functools.partial(_writing, then="then run again with resume=auto")
@@ -128,12 +123,11 @@ class RunLog:
         if tracker_name(self.cfg):
             self.accelerator.log(values, step=step)
 
-    def images(self, step: int, grids: dict[str, np.ndarray], identity: bool = True) -> None:
-        """Sample grids as PNGs and to the tracker; `identity`: whether they end in an identity column
-        (not when the domains' channel counts differ)."""
+    def images(self, step: int, grids: dict[str, tuple[np.ndarray, str]]) -> None:
+        """Sample grids (`sample_grids`: name -> pixels and caption) as PNGs and to the tracker."""
         if not self.accelerator.is_main_process:
             return
-        for name, grid in grids.items():
+        for name, (grid, _) in grids.items():
             path = self.samples / f"step_{step:07d}_{name}.png"
             with writing(path), atomic_path(path) as temporary:
                 Image.fromarray(grid).save(temporary, format="PNG")
@@ -141,12 +135,11 @@ class RunLog:
         if backend == "wandb":
             import wandb
 
-            captions = {n: " | ".join(c.split(" | ")[:None if identity else 3]) for n, c in GRID_CAPTIONS.items()}
-            images = {f"samples/{n}": wandb.Image(g, caption=captions.get(n, n)) for n, g in grids.items()}
+            images = {f"samples/{n}": wandb.Image(g, caption=caption) for n, (g, caption) in grids.items()}
             self.accelerator.get_tracker("wandb").log(images, step=step)
         elif backend == "tensorboard":
             tracker = self.accelerator.get_tracker("tensorboard")
-            tracker.log_images({f"samples/{n}": g for n, g in grids.items()}, step=step, dataformats="HWC")
+            tracker.log_images({f"samples/{n}": g for n, (g, _) in grids.items()}, step=step, dataformats="HWC")
 
     def summary(self, values: dict[str, float]) -> None:
         """Final metrics go to the W&B run summary (metrics.jsonl already has them as its last row)."""

@@ -17,7 +17,6 @@ from tqdm import tqdm
 
 from cyclegan.build import batch_to_device, build_training, make_accelerator, make_evaluator, make_plan
 from cyclegan.checkpoint import (
-    NET_NAMES,
     Trained,
     TrainState,
     clean_partial,
@@ -39,7 +38,7 @@ from cyclegan.hardware import describe_bf16, native_bf16
 from cyclegan.io.records import write_json
 from cyclegan.metrics import HealthMonitor, MetricWindow
 from cyclegan.schedule import continue_schedule, make_scheduler
-from cyclegan.step import train_step
+from cyclegan.objectives import objective_for
 from cyclegan.stopping import StopRequest
 from cyclegan.tracking import RunLog, describe_run, new_run_id, tracker_name, writing
 from cyclegan.warmstart import warm_start
@@ -68,12 +67,11 @@ class Trainer:
         self.plan = make_plan(cfg, self.sources, acc.num_processes)
         self.output = Path(cfg.output_dir)
         self.ckpt_root = self.output / "checkpoints"
+        self.objective = objective_for(cfg)
         self.nets, self.opts, self.pools = build_training(acc, cfg)
         p = self.plan
-        self.schedulers = {
-            "g": make_scheduler(self.opts.g.optimizer, p.steps_per_epoch, cfg.train.epochs, cfg.train.decay_epochs),
-            "d": make_scheduler(self.opts.d.optimizer, p.steps_per_epoch, cfg.train.epochs, cfg.train.decay_epochs),
-        }
+        self.schedulers = {name: make_scheduler(opt.optimizer, p.steps_per_epoch, cfg.train.epochs, cfg.train.decay_epochs)
+                           for name, opt in self.opts.named().items()}
         ema = GeneratorEMA(self.trained_generators(), cfg.train.ema_decay, acc.device) if cfg.train.ema_decay else None
         self.health = HealthMonitor(cfg.tracking.warn_identity_change, cfg.tracking.warn_d_accuracy)
         self.trained = Trained(self.nets, self.opts, self.schedulers, self.pools, self.health, ema)
@@ -83,12 +81,13 @@ class Trainer:
         self.evaluator = make_evaluator(acc, cfg, self.sources) if cfg.eval.every else None
 
     def trained_generators(self) -> dict[str, torch.nn.Module]:
-        return {name: self.acc.unwrap_model(getattr(self.nets, name)) for name in ("g_ab", "g_ba")}
+        return {name: self.acc.unwrap_model(net) for name, net in self.nets.generators().items()}
 
-    def generators(self) -> tuple[torch.nn.Module, torch.nn.Module]:
-        """The generators grids and evaluation show: the averaged ones when train.ema_decay is on."""
+    def generators(self) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+        """The generators grids and evaluation show: the averaged ones when train.ema_decay is on;
+        g_ba is None for an objective that has no B -> A generator."""
         models = self.trained.ema.models if self.trained.ema is not None else self.trained_generators()
-        return models["g_ab"], models["g_ba"]
+        return models["g_ab"], models.get("g_ba")
 
     def resume(self) -> None:
         """From the newest checkpoint (resume), or else from weights only (init_from)."""
@@ -181,7 +180,7 @@ class Trainer:
         stream = UnpairedStream(self.sources, cfg.data, cfg.train.batch_size, plan.steps_per_epoch * cfg.train.grad_accum,
                                 cfg.seed, acc.process_index, acc.num_processes, (cfg.model.input_nc, cfg.model.output_nc))
         loader = train_loader(stream, pin_memory=acc.device.type == "cuda")
-        window = MetricWindow(acc.device)
+        window = MetricWindow(acc.device, self.objective.log_names())
         with tqdm(total=plan.max_steps, initial=self.state.step, desc="train", unit="step",
                   disable=not acc.is_main_process, dynamic_ncols=True) as bar:
             while self.state.step < plan.max_steps:
@@ -195,7 +194,8 @@ class Trainer:
                         self.trained.stream = stream.advance(self.trained.stream, batch)
                         wait = time.perf_counter() - waited
                         on_device = batch_to_device(batch, acc.device, cfg.perf.channels_last)
-                        result = train_step(acc, self.nets, self.opts, self.pools, on_device, cfg.train)
+                        result = self.objective.train_step(acc, self.nets, self.opts, self.pools, on_device, cfg,
+                                                           self.state.step)
                         window.add(result, int(batch["skipped"].sum()), wait)
                         if acc.sync_gradients:
                             self.after_step(window, bar)
@@ -243,7 +243,7 @@ class Trainer:
         """Read the window (the one device sync of a logging step) and log it; stop after a run of
         non-finite steps; print the health warnings that fell due."""
         values = window.read(self.acc, self.plan.global_batch)
-        values["lr/g"], values["lr/d"] = used_lr["g"], used_lr["d"]
+        values.update({f"lr/{name}": rate for name, rate in used_lr.items()})
         values["epoch"] = self.state.epoch
         skipped, stop_after = self.opts.guard.read()
         values.update(skipped)
@@ -255,15 +255,15 @@ class Trainer:
         for warning in self.health.check(values):
             self.acc.print(warning)
         self.last_values = values
-        bar.set_postfix(g=f"{values['loss/adv_ab'] + values['loss/adv_ba']:.3f}",
-                        d=f"{values['loss/d_a'] + values['loss/d_b']:.3f}",
+        bar.set_postfix(g=f"{sum(v for k, v in values.items() if k.startswith('loss/adv_')):.3f}",
+                        d=f"{sum(values.get(f'loss/{d}', 0.0) for d in ('d_a', 'd_b')):.3f}",
                         img_s=f"{values['perf/images_per_s']:.1f}")
         window.reset()
 
     def draw_grids(self) -> None:
         """Sample grids of the fixed test images, from the generators grids show."""
         grids = sample_grids(self.acc, *self.generators(), self.grid_images, self.cfg.tracking.display_bands)
-        self.log.images(self.state.step, grids, identity=self.cfg.model.input_nc == self.cfg.model.output_nc)
+        self.log.images(self.state.step, grids)
 
     def nonfinite_message(self, in_a_row: int) -> str:
         saved = complete_checkpoints(self.ckpt_root)
@@ -293,7 +293,7 @@ class Trainer:
 
         DDP keeps replicas bitwise equal; any difference is a silent bug, caught here loudly.
         """
-        mine = {name: weight_checksum(self.acc.unwrap_model(getattr(self.nets, name))) for name in NET_NAMES}
+        mine = {name: weight_checksum(self.acc.unwrap_model(net)) for name, net in self.nets.named().items()}
         if self.trained.ema is not None:
             mine |= {f"{name}_ema": weight_checksum(model) for name, model in self.trained.ema.models.items()}
         every = gather_object([mine])

@@ -3,10 +3,13 @@ fresh. The answer to "I trained 200 epochs, how do I train 200 more with the rat
 (a run stopped before its schedule ended can instead go on along a longer one: raise
 train.epochs or train.decay_epochs and resume).
 
-Takes an official checkpoint folder (`latest_net_G_A.pth`, `latest_net_G_B.pth`,
+Takes an official CycleGAN checkpoint folder (`latest_net_G_A.pth`, `latest_net_G_B.pth`,
 `latest_net_D_A.pth`, `latest_net_D_B.pth`; the official D_A judges domain B images, so it
-becomes our `d_b`), one of our export folders (generators only: the discriminators start fresh),
-one of our checkpoint folders, or a run folder (its newest checkpoint).
+becomes our `d_b`), an official CUT one (`latest_net_G.pth`, `latest_net_D.pth`, `latest_net_F.pth`),
+one of our export folders (generators only: the discriminators start fresh), one of our
+checkpoint folders, or a run folder (its newest checkpoint). Each network this run trains takes
+the file of its role where the source has one (a CUT run can start from a CycleGAN run's g_ab and
+d_b, and the other way round its g_ab and d_b), and starts fresh otherwise; the generators must be there.
 """
 
 from __future__ import annotations
@@ -15,16 +18,17 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from cyclegan.checkpoint import NET_NAMES, complete_checkpoints
+from cyclegan.checkpoint import complete_checkpoints
 from cyclegan.ema import GeneratorEMA
 from cyclegan.errors import CheckpointError
 from cyclegan.models.generator import GeneratorSpec
 from cyclegan.models.loading import infer_generator_spec, load_into, read_state_dict, without_legacy_norm_stats
-from cyclegan.step import Networks
+from cyclegan.step import NETWORK_ORDER, Networks
 
 OFFICIAL_FILES = {"g_ab": "latest_net_G_A.pth", "g_ba": "latest_net_G_B.pth",
                   "d_b": "latest_net_D_A.pth", "d_a": "latest_net_D_B.pth"}
-OUR_FILES = {name: f"{name}.safetensors" for name in NET_NAMES}
+OFFICIAL_CUT_FILES = {"g_ab": "latest_net_G.pth", "d_b": "latest_net_D.pth", "f": "latest_net_F.pth"}
+OUR_FILES = {name: f"{name}.safetensors" for name in NETWORK_ORDER}
 
 
 def weights_folder(source: Path) -> Path:
@@ -37,37 +41,45 @@ def weights_folder(source: Path) -> Path:
     return source / "export" if (source / "export").is_dir() else source
 
 
-def check_channels(state: dict, path: Path, spec: GeneratorSpec) -> None:
-    """A clear word when the weights translate other channel counts than this config's networks."""
+def check_generator(state: dict, path: Path, spec: GeneratorSpec) -> None:
+    """A clear word when the weights translate other channel counts than this config's networks,
+    or have the other layout (anti-aliased or not)."""
     found = infer_generator_spec(state, path)
     if (found.in_channels, found.out_channels) != (spec.in_channels, spec.out_channels):
         raise CheckpointError(f"init_from: {path} translates {found.in_channels} -> {found.out_channels} channels, this "
                               f"config {spec.in_channels} -> {spec.out_channels}: set model.input_nc="
                               f"{found.in_channels} model.output_nc={found.out_channels}")
+    if found.antialias != spec.antialias:
+        raise CheckpointError(f"init_from: {path} is {'' if found.antialias else 'not '}anti-aliased (the official CUT "
+                              f"layout), this config's generator is {'' if spec.antialias else 'not'}: set "
+                              f"model.antialias={str(found.antialias).lower()}")
 
 
 def warm_start(accelerator: Accelerator, source: Path, nets: Networks, norm: str, ema: GeneratorEMA | None) -> str:
     """Load what `source` holds into `nets` and the average (its averaged generators where it has
     them, else the generators); every rank reads the same files. Returns a line for the log."""
     folder = weights_folder(source)
-    files = OFFICIAL_FILES if (folder / OFFICIAL_FILES["g_ab"]).is_file() else OUR_FILES
-    if not all((folder / files[name]).is_file() for name in ("g_ab", "g_ba")):
-        raise CheckpointError(f"init_from={source}: {folder} holds no {files['g_ab']} and {files['g_ba']}")
+    files = next((f for f in (OFFICIAL_FILES, OFFICIAL_CUT_FILES) if (folder / f["g_ab"]).is_file()), OUR_FILES)
+    ours = nets.named()
+    generators = [files.get(name, name) for name in nets.generators()]
+    if not all((folder / file).is_file() for file in generators):
+        raise CheckpointError(f"init_from={source}: {folder} holds no {' and '.join(generators)}, which this run's "
+                              f"generators start from")
     loaded = []
-    for name, file in files.items():
-        path = folder / file
+    for name, net in ours.items():
+        path = folder / files.get(name, f"{name}.safetensors")
         if path.is_file():
             state = read_state_dict(path)
             state = without_legacy_norm_stats(state) if norm == "instance" else state
-            if name == "g_ab":
-                check_channels(state, path, accelerator.unwrap_model(nets.g_ab).spec)
-            load_into(accelerator.unwrap_model(getattr(nets, name)), state, path, f"network {name} of this config")
+            if name.startswith("g_"):
+                check_generator(state, path, accelerator.unwrap_model(net).spec)
+            load_into(accelerator.unwrap_model(net), state, path, f"network {name} of this config")
             loaded.append(name)
     if ema is not None:
         for name, averaged in ema.models.items():
             file = folder / f"{name}_ema.safetensors"
             state = read_state_dict(file) if file.is_file() else accelerator.unwrap_model(getattr(nets, name)).state_dict()
             load_into(averaged, state, file, f"averaged {name}")
-    fresh = [name for name in NET_NAMES if name not in loaded]
+    fresh = [name for name in ours if name not in loaded]
     return (f"initialised {', '.join(loaded)} from {folder}" + (f"; {' and '.join(fresh)} start fresh" if fresh else "")
             + "; optimizers, schedule, pools and step start fresh")

@@ -88,14 +88,18 @@ def tiny(shards: Path, output: Path, *extra: str) -> list[str]:
     ]
 
 
-def final_weights(output: Path) -> dict:
-    """The four networks' weights in a run's newest checkpoint."""
+def checkpoint_weights(folder: Path) -> dict:
+    """The trained networks' weights in a checkpoint folder, by name (g_ab, d_b, ...; not the averages)."""
     from safetensors.torch import load_file
 
-    from cyclegan.checkpoint import NET_NAMES, complete_checkpoints
+    return {p.stem: load_file(str(p)) for p in sorted(folder.glob("*.safetensors")) if not p.stem.endswith("_ema")}
 
-    last = complete_checkpoints(output / "checkpoints")[-1]
-    return {name: load_file(str(last / f"{name}.safetensors")) for name in NET_NAMES}
+
+def final_weights(output: Path) -> dict:
+    """The networks' weights in a run's newest checkpoint."""
+    from cyclegan.checkpoint import complete_checkpoints
+
+    return checkpoint_weights(complete_checkpoints(output / "checkpoints")[-1])
 
 
 def max_difference(weights: dict, reference: dict) -> float:

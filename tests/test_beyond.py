@@ -16,7 +16,7 @@ from cyclegan.ema import GeneratorEMA
 from cyclegan.metrics import HEALTH_LOGS, HealthMonitor
 from cyclegan.models import NLayerDiscriminator, ResnetGenerator
 from cyclegan.models.generator import GeneratorSpec
-from cyclegan.step import train_step
+from cyclegan.objectives.cyclegan import train_step
 from tests.conftest import ROOT, final_weights, launch, max_difference, script, tiny
 from tests.test_schedule import closed_form
 from tests.test_step import fresh_accelerator
@@ -39,7 +39,7 @@ def test_the_average_follows_its_closed_form():
     generator = torch.Generator().manual_seed(0)
     for step in range(1, 6):
         batch = {k: torch.rand(2, 3, 16, 16, generator=generator) * 2 - 1 for k in "AB"}
-        train_step(accelerator, nets, opts, pools, batch, cfg.train)
+        train_step(accelerator, nets, opts, pools, batch, cfg)
         ema.update(generators, step)
         history.append(torch.cat([p.detach().double().flatten() for p in nets.g_ab.parameters()]))
     # ema_k = sum_i c_i w_i with c_i = (1 - d_i) prod_{j > i} d_j, c_0 = prod_j d_j, d_j = min(0.9, (1 + j) / (10 + j))
@@ -117,7 +117,7 @@ def test_diffaug_sees_everything_the_discriminators_see():
 
     pools.augment.__class__ = Counting
     batch = {k: torch.rand(2, 3, 16, 16) * 2 - 1 for k in "AB"}
-    train_step(accelerator, nets, opts, pools, batch, cfg.train)
+    train_step(accelerator, nets, opts, pools, batch, cfg)
     # the generators' two adversarial terms (fakes carrying gradients), then real and pooled fake for each D
     assert calls == [True, True, False, False, False, False]
 
@@ -133,7 +133,7 @@ def test_discriminator_accuracy_reads_scores_by_the_gan_mode(gan_mode, score, re
         last = d.model[-1]
         torch.nn.init.zeros_(last.weight), torch.nn.init.constant_(last.bias, score)
     health = train_step(accelerator, nets, opts, pools, {k: torch.rand(1, 3, 16, 16) * 2 - 1 for k in "AB"},
-                        cfg.train).health
+                        cfg).health
     assert (health.d_a_real.item(), health.d_a_fake.item()) == (real, fake)
     assert health.g_ab_change.item() > 0
 
@@ -183,7 +183,7 @@ def test_warm_starts_from_official_exports_and_checkpoints(demo_shards, tmp_path
     nearly_frozen = ["train.max_steps=1", "train.lr=1e-12", "tracking.mode=disabled"]
     result = script("train.py", "--config", "configs/demo.yaml",
                     *tiny(demo_shards, tmp_path / "from-official", *nearly_frozen, f"init_from={tmp_path / 'official'}"))
-    assert "initialised g_ab, g_ba, d_b, d_a from" in result.stdout
+    assert "initialised g_ab, g_ba, d_a, d_b from" in result.stdout
     weights = final_weights(tmp_path / "from-official")
     for ours, theirs in (("g_ab", "latest_net_G_A.pth"), ("g_ba", "latest_net_G_B.pth"),
                          ("d_b", "latest_net_D_A.pth"), ("d_a", "latest_net_D_B.pth")):  # D_A judges B

@@ -13,7 +13,7 @@ from accelerate.state import AcceleratorState, GradientState
 from cyclegan.build import build_training
 from cyclegan.config import load_config
 from cyclegan.optim import StepGuard
-from cyclegan.step import train_step
+from cyclegan.objectives.cyclegan import train_step
 
 # Recorded by running the official code (junyanz/pytorch-CycleGAN-and-pix2pix: CycleGANModel.
 # optimize_parameters with its networks.py, 2019 layout, unchanged arithmetic since) in float64:
@@ -82,7 +82,7 @@ def official_scenario(names: dict[str, str]) -> tuple[list[dict], dict]:
         start[theirs] = [p.detach().clone() for p in net.parameters()]
     losses = []
     for i in range(3):
-        result = train_step(accelerator, nets, opts, pools, {"A": uniform(1000 + i), "B": uniform(2000 + i)}, cfg.train)
+        result = train_step(accelerator, nets, opts, pools, {"A": uniform(1000 + i), "B": uniform(2000 + i)}, cfg)
         losses.append({theirs: getattr(result.losses, ours).item() for theirs, ours in OUR_LOSSES.items()})
     deltas = {}
     for ours, theirs in names.items():
@@ -142,7 +142,7 @@ def accumulated_run(scaler: bool, guard=StepGuard, steps: int = 4, overflow_step
     for micro in range(2 * steps):
         overflowing["now"] = micro == 2 * overflow_step + 1
         batch = {k: torch.rand((1, 3, 16, 16), generator=generator, dtype=torch.float64) * 2 - 1 for k in "AB"}
-        train_step(accelerator, nets, opts, pools, batch, cfg.train)
+        train_step(accelerator, nets, opts, pools, batch, cfg)
     weights = {n: torch.cat([p.detach().flatten() for p in accelerator.unwrap_model(getattr(nets, n)).parameters()])
                for n in OFFICIAL_NAMES}
     return weights, accelerator.scaler.get_scale() if scaler else None

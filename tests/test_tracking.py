@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from cyclegan.checkpoint import complete_checkpoints
-from cyclegan.step import StepLosses
+from cyclegan.objectives.cyclegan import StepLosses
 from tests.conftest import ROOT, launch, script, tiny
 from tests.wandb_records import read_run
 

@@ -22,7 +22,8 @@ from cyclegan.config import RunConfig
 from cyclegan.data.sources import find_sources
 from cyclegan.data.stream import UnpairedStream, train_loader
 from cyclegan.hardware import device_name
-from cyclegan.step import Networks, train_step
+from cyclegan.objectives import objective_for
+from cyclegan.step import Networks
 
 
 class PhaseTimer:
@@ -69,7 +70,7 @@ def eager_step(accelerator: Accelerator, cfg: RunConfig) -> tuple[Networks, Call
     nets, opts, pools = build_training(accelerator, cfg)
     batch = batch_to_device(synthetic_batch(cfg, torch.Generator().manual_seed(0)), accelerator.device,
                             cfg.perf.channels_last)
-    return nets, lambda: train_step(accelerator, nets, opts, pools, batch, cfg.train)
+    return nets, lambda: objective_for(cfg).train_step(accelerator, nets, opts, pools, batch, cfg)
 
 
 def step_flops(accelerator: Accelerator, cfg: RunConfig) -> int:
@@ -112,8 +113,8 @@ def step_benchmark(cfg: RunConfig, steps: int, warmup: int, repeats: int, peak_t
     def one_step(mark) -> None:
         batch = next(batches)
         mark("data")
-        train_step(accelerator, nets, opts, pools, batch_to_device(batch, device, cfg.perf.channels_last),
-                   cfg.train, mark)
+        objective_for(cfg).train_step(accelerator, nets, opts, pools,
+                                      batch_to_device(batch, device, cfg.perf.channels_last), cfg, 0, mark)
 
     compile_start = time.perf_counter()
     for _ in range(warmup):

@@ -1,4 +1,4 @@
-"""Pieces both network families share: the norm choice and the paper's weight init."""
+"""Pieces every network shares: the norm choice and the official weight inits."""
 
 from __future__ import annotations
 
@@ -25,11 +25,20 @@ def uses_bias(norm: str) -> bool:
     return norm == "instance"
 
 
-def init_weights(net: nn.Module, gain: float = 0.02) -> None:
-    """Conv weights ~ N(0, gain), biases 0, batch-norm scales ~ N(1, gain): the official init."""
+INITS = ("normal", "xavier")
+
+
+def init_weights(net: nn.Module, gain: float = 0.02, init: str = "normal") -> None:
+    """Conv and linear weights ~ N(0, gain) (`normal`: the official CycleGAN init) or Xavier-normal
+    with gain `gain` (`xavier`: the official CUT init); biases 0, batch-norm scales ~ N(1, gain)."""
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}: use {' or '.join(INITS)}")
     for module in net.modules():
-        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.normal_(module.weight, 0.0, gain)
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            if init == "normal":
+                nn.init.normal_(module.weight, 0.0, gain)
+            else:
+                nn.init.xavier_normal_(module.weight, gain)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.BatchNorm2d):

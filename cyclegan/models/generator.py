@@ -2,7 +2,9 @@
 
 Every layer sits in one `nn.Sequential` called `model`, in the official order, so that the
 state_dict keys (`model.1.weight`, `model.10.conv_block.1.weight`, ...) and shapes match the
-released checkpoints and `load_state_dict(strict=True)` takes them unchanged.
+released checkpoints and `load_state_dict(strict=True)` takes them unchanged. With `antialias` the
+layout is the official CUT generator's instead (blurred down- and upsampling, `model.antialias`),
+whose checkpoints load the same way.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from cyclegan.models.antialias import Downsample, Upsample
 from cyclegan.models.common import init_weights, make_norm, uses_bias
 
 
@@ -25,6 +28,20 @@ class GeneratorSpec:
     n_blocks: int = 9
     norm: str = "instance"
     dropout: bool = False
+    antialias: bool = False  # the official CUT layout: blurred down- and upsampling
+
+    @property
+    def depth(self) -> int:
+        """The number of modules in `model`: the stem, two downsamplings, the blocks, two
+        upsamplings, the output convolution."""
+        resample = 4 if self.antialias else 3
+        return 4 + 2 * resample + self.n_blocks + 2 * resample + 3
+
+    @property
+    def feature_layers(self) -> tuple[int, int, int, int, int]:
+        """The layers CUT's PatchNCE reads by default: the padded input, the two downsampling
+        convolutions' outputs, residual blocks 1 and 5 (positions in `model`)."""
+        return (0, 4, 8, 12, 16) if self.antialias else (0, 4, 7, 10, 14)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,7 +91,7 @@ class ResnetBlock(nn.Module):
 class ResnetGenerator(nn.Module):
     """c7s1-ngf, two stride-2 downsamplings, n residual blocks, two upsamplings, c7s1-3, tanh."""
 
-    def __init__(self, spec: GeneratorSpec = GeneratorSpec(), init_gain: float = 0.02) -> None:
+    def __init__(self, spec: GeneratorSpec = GeneratorSpec(), init_gain: float = 0.02, init: str = "normal") -> None:
         super().__init__()
         self.spec = spec
         ngf, norm, bias = spec.ngf, spec.norm, uses_bias(spec.norm)
@@ -85,23 +102,33 @@ class ResnetGenerator(nn.Module):
             nn.ReLU(True),
         ]
         for mult in (1, 2):
+            stride = 1 if spec.antialias else 2  # anti-aliased: convolve at full size, then blur and subsample
             layers += [
-                nn.Conv2d(ngf * mult, ngf * mult * 2, kernel_size=3, stride=2, padding=1, bias=bias),
+                nn.Conv2d(ngf * mult, ngf * mult * 2, kernel_size=3, stride=stride, padding=1, bias=bias),
                 make_norm(norm, ngf * mult * 2),
                 nn.ReLU(True),
+                *([Downsample(ngf * mult * 2)] if spec.antialias else []),
             ]
         layers += [ResnetBlock(ngf * 4, norm, spec.dropout) for _ in range(spec.n_blocks)]
         for mult in (4, 2):
-            layers += [
-                nn.ConvTranspose2d(
-                    ngf * mult, ngf * mult // 2, kernel_size=3, stride=2, padding=1, output_padding=1, bias=bias
-                ),
-                make_norm(norm, ngf * mult // 2),
-                nn.ReLU(True),
-            ]
+            if spec.antialias:  # blur up, then a plain convolution
+                layers += [Upsample(ngf * mult), nn.Conv2d(ngf * mult, ngf * mult // 2, kernel_size=3, padding=1, bias=bias)]
+            else:
+                layers.append(nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, kernel_size=3, stride=2, padding=1,
+                                                 output_padding=1, bias=bias))
+            layers += [make_norm(norm, ngf * mult // 2), nn.ReLU(True)]
         layers += [ReflectionPad2d(3), nn.Conv2d(ngf, spec.out_channels, kernel_size=7), nn.Tanh()]
         self.model = nn.Sequential(*layers)
-        init_weights(self, init_gain)
+        init_weights(self, init_gain, init)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+    def forward(self, x: torch.Tensor, layers: tuple[int, ...] | None = None) -> torch.Tensor | list[torch.Tensor]:
+        """The translation; or, given `layers` (positions in `model`, ascending), the outputs of
+        those layers, running the network no further than the last of them (CUT's features)."""
+        if layers is None:
+            return self.model(x)
+        features = []
+        for index, module in enumerate(self.model[:layers[-1] + 1]):
+            x = module(x)
+            if index in layers:
+                features.append(x)
+        return features

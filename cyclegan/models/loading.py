@@ -108,13 +108,14 @@ def infer_generator_spec(state: dict[str, torch.Tensor], path: str | Path) -> Ge
         n_blocks=len(blocks),
         norm=norm,
         dropout=dropout,
+        antialias=any(key.endswith(".filt") for key in state),  # the blur filters of the official CUT layout
     )
 
 
 def describe(spec: GeneratorSpec) -> str:
     return (
         f"ResNet generator (ngf={spec.ngf}, n_blocks={spec.n_blocks}, norm={spec.norm}, "
-        f"dropout={spec.dropout}, channels {spec.in_channels}->{spec.out_channels})"
+        f"dropout={spec.dropout}{', anti-aliased' if spec.antialias else ''}, channels {spec.in_channels}->{spec.out_channels})"
     )
 
 
@@ -133,6 +134,20 @@ def generator_direction(path: Path) -> str | None:
     return None
 
 
+def one_way(folder: Path) -> str | None:
+    """What a folder holds when its model translates A -> B only (a CUT run, export or checkpoint,
+    or the official CUT files with their patch head `latest_net_F.pth`); None otherwise."""
+    if not folder.is_dir():
+        return None
+    for state in (folder / "state.json", folder / "export" / "state.json"):
+        if state.is_file():
+            model = read_json(state, error=CheckpointError).get("model")
+            objective = model.get("objective") if isinstance(model, dict) else None
+            if objective in ("cut", "fastcut"):
+                return f"a {objective} model (model.objective={objective})"
+    return "official CUT files" if (folder / "latest_net_F.pth").is_file() else None
+
+
 def resolve_generator_path(path: str | Path, direction: str | None = None) -> Path:
     """The generator file a path stands for: a run folder for its `export/`; an export or checkpoint
     folder for its `g_ab` (AtoB, the default) or `g_ba` (BtoA), the averaged one (`g_ab_ema`) where
@@ -144,6 +159,9 @@ def resolve_generator_path(path: str | Path, direction: str | None = None) -> Pa
     path = Path(path)
     if direction not in (None, *GENERATOR_FILE_NAMES):
         raise CheckpointError(f"direction must be AtoB or BtoA, not {direction!r}")
+    if direction == "BtoA" and (why := one_way(path)):
+        raise CheckpointError(f"{path} holds {why}, which translates A -> B only: use direction AtoB (the default); "
+                              "for B -> A, train another CUT run with the domains swapped")
     if path.is_dir() and (path / "export").is_dir():
         path = path / "export"
     if path.is_dir() and (path / HF_WEIGHTS).is_file():
