@@ -214,6 +214,16 @@ def load_checkpoint(accelerator: Accelerator, path: Path, expected: TrainState, 
     """Restore everything `save_checkpoint` wrote; refuse another architecture, and another world
     size or worker count unless `elastic`. Returns the saved state and notes for the user."""
     saved, notes = read_train_state(path), []
+    if not isinstance(saved.model, dict):
+        raise CheckpointError(f"{path / 'state.json'}: its 'model' is not an object; the checkpoint is damaged")
+    saved_model = {**MODEL_KEYS_BEFORE, **saved.model}
+    if saved_model["objective"] != expected.model["objective"]:
+        raise CheckpointError(
+            f"checkpoint {path} was trained with model.objective={saved_model['objective']}; this run asks for "
+            f"{expected.model['objective']}. A run keeps its objective: resume with model.objective="
+            f"{saved_model['objective']}, or start a new output_dir (init_from=<this run's output_dir> takes the "
+            "weights both objectives share)"
+        )
     if saved.global_batch is not None and saved.global_batch != expected.global_batch:
         raise CheckpointError(
             f"checkpoint {path} was trained with a global batch of {saved.global_batch} images per step; this run "
@@ -242,14 +252,6 @@ def load_checkpoint(accelerator: Accelerator, path: Path, expected: TrainState, 
                      f"{expected.world_size} x {expected.num_workers}: the data stream is split anew, image pools "
                      "of ranks that are gone are dropped and new ranks start with empty ones; from here the run "
                      "is no longer bitwise reproducible")
-    saved_model = {**MODEL_KEYS_BEFORE, **saved.model}
-    if saved_model["objective"] != expected.model["objective"]:
-        raise CheckpointError(
-            f"checkpoint {path} was trained with model.objective={saved_model['objective']}; this run asks for "
-            f"{expected.model['objective']}. A run keeps its objective: resume with model.objective="
-            f"{saved_model['objective']}, or start a new output_dir (init_from=<this run's output_dir> takes the "
-            "weights both objectives share)"
-        )
     if saved_model != expected.model:
         changed = sorted(k for k in expected.model if saved_model.get(k) != expected.model[k])
         raise CheckpointError(

@@ -94,7 +94,8 @@ def translate_parser() -> argparse.ArgumentParser:
                         help="folder for translated images or shards; for a video, a file or a folder")
     parser.add_argument("--direction", choices=("AtoB", "BtoA"), default=None,
                         help="which generator of a run or export folder, and so which domain of a shard folder "
-                             "(default: AtoB, or what a file's name or a Hugging Face config says)")
+                             "(default: AtoB, or what a file's name or a Hugging Face config says; a CUT model has "
+                             "AtoB only)")
     parser.add_argument("--load-size", type=int, default=None,
                         help="resize images to NxN (bicubic) like the official test; default keeps each size")
     parser.add_argument("--batch-size", type=int, default=4, help="images or frames of equal size per forward pass")
@@ -148,13 +149,17 @@ def _left_behind(source: str, output: Path) -> str:
 
 def evaluate_parser() -> argparse.ArgumentParser:
     """Score a trained CycleGAN on the test split: FID and KID per direction, plus L1, PSNR and
-    SSIM when the test split is paired (same file names in testA and testB).
+    SSIM when the test split is paired (same file names in testA and testB). A CUT model is
+    scored A -> B, the one way it translates.
 
     cyclegan-evaluate --checkpoint runs/h2z --data shards/h2z --inception-weights weights.pth
     accelerate launch --num_processes 8 scripts/evaluate.py ...      # split across GPUs
     """
     parser = _parser(evaluate_parser.__doc__)
-    parser.add_argument("--checkpoint", type=Path, required=True, help="run, export or checkpoint folder")
+    parser.add_argument("--checkpoint", type=Path, required=True,
+                        help="run, export or checkpoint folder, a folder of official files (CycleGAN's "
+                             "latest_net_G_A.pth and latest_net_G_B.pth, or CUT's latest_net_G.pth and "
+                             "latest_net_F.pth), or a CUT model's Hugging Face folder")
     parser.add_argument("--data", type=Path, required=True,
                         help="shard folder (with manifest.json) or testA/ testB/ root")
     parser.add_argument("--inception-weights", help="local Inception file for FID/KID (or CYCLEGAN_INCEPTION_WEIGHTS)")
@@ -251,7 +256,8 @@ def export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", choices=("onnx", "hf"), required=True)
     parser.add_argument("--output", type=Path, required=True, help="the .onnx file, or the Hugging Face folder")
     parser.add_argument("--direction", choices=("AtoB", "BtoA"), default=None,
-                        help="which generator of a folder (AtoB unless a file's name says otherwise)")
+                        help="which generator of a folder (AtoB unless a file's name says otherwise; a CUT "
+                             "model has AtoB only)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("--push-to-hub", metavar="REPO", help="hf: also upload the folder to this Hub repo")
     return parser

@@ -61,7 +61,7 @@ class ModelConfig:
     init: Optional[str] = None  # normal (CycleGAN's) or xavier (CUT's), both with init_gain; null: the objective's
     # cut/fastcut: generator layers PatchNCE reads (positions in its `model`); null: the padded
     # input, both downsampling convolutions and residual blocks 1 and 5 (0,4,8,12,16 anti-aliased,
-    # 0,4,7,10,14 otherwise), as the official CUT
+    # 0,4,7,10,14 otherwise), as the official CUT; the last block where there are fewer than 5
     nce_layers: Optional[list[int]] = None
     head_nc: int = 256  # cut/fastcut: width of the patch head's MLPs (official netF_nc)
 
@@ -332,7 +332,7 @@ def validate(config: RunConfig) -> None:
          "passes the translation back through the generator's encoder"),
         ("model.nce_layers", m.nce_layers is None or nce_layers_ok(m),
          f"{m.nce_layers} must be distinct, ascending generator layers from 0 to {generator_spec(m).depth - 1} "
-         f"(model.n_blocks={m.n_blocks}; the default reads residual block 5)"),
+         f"(model.n_blocks={m.n_blocks})"),
         ("train.lambda_gan", t.lambda_gan >= 0, "must not be negative"),
         ("train.lambda_nce", t.lambda_nce is None or t.lambda_nce >= 0, "must not be negative"),
         ("train.num_patches", t.num_patches >= 2, "must be at least 2 (each patch needs a negative)"),

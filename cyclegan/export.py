@@ -1,7 +1,8 @@
 """Exports of a generator for people who deploy and share it: ONNX, for onnxruntime and the
 apps built on it, and the Hugging Face folder format (config.json, model.safetensors and a model
-card written from the run). Any generator file `load_generator` reads can be exported; the
-architecture comes from the weights, and the direction goes with the export.
+card written from the run). Any generator file `load_generator` reads can be exported, CUT's
+anti-aliased one too; the architecture comes from the weights, and the direction (and, in a
+Hugging Face folder, the objective that trained it) goes with the export.
 
 The ONNX graph takes images whose height and width are multiples of 4 (any batch, any size):
 the generator downsamples twice. `cyclegan.translate.onnx.OnnxGenerator` pads other sizes by
@@ -23,23 +24,27 @@ from cyclegan.errors import DataError, UserError
 from cyclegan.io.files import atomic_folder, atomic_path
 from cyclegan.io.records import read_json, read_jsonl
 from cyclegan.models.generator import GeneratorSpec, ResnetGenerator
-from cyclegan.models.loading import HF_WEIGHTS, describe, save_weights
+from cyclegan.models.loading import HF_WEIGHTS, ONE_WAY, describe, one_way, recorded_objective, save_weights
 
 ONNX_OPSET = 18
 ONNX_CHECK_SIZES = ((64, 64), (96, 128))  # the traced size and another, both checked
 ONNX_TOLERANCE = 1e-4
 TAGS = ["cyclegan", "image-to-image", "unpaired-image-translation"]
+MODELS = {"cyclegan": ("CycleGAN", "Zhu et al. 2017, arXiv 1703.10593"),  # objective -> name, paper
+          "cut": ("CUT", "contrastive unpaired translation, Park et al. 2020, arXiv 2007.15651"),
+          "fastcut": ("FastCUT", "the faster CUT, Park et al. 2020, arXiv 2007.15651")}
 
 
 class HubGenerator(ResnetGenerator, PyTorchModelHubMixin, library_name="cyclegan", tags=TAGS):
-    """The generator with Hugging Face's save/load/push: its init arguments (the architecture and
-    the direction it translates) become config.json, its weights model.safetensors under the
-    official state_dict keys."""
+    """The generator with Hugging Face's save/load/push: its init arguments (the architecture, the
+    direction it translates and the objective that trained it) become config.json, its weights
+    model.safetensors under the official state_dict keys."""
 
     def __init__(self, in_channels: int = 3, out_channels: int = 3, ngf: int = 64, n_blocks: int = 9,
-                 norm: str = "instance", dropout: bool = False, direction: str = "AtoB") -> None:
-        super().__init__(GeneratorSpec(in_channels, out_channels, ngf, n_blocks, norm, dropout))
-        self.direction = direction
+                 norm: str = "instance", dropout: bool = False, antialias: bool = False, direction: str = "AtoB",
+                 objective: str = "cyclegan") -> None:
+        super().__init__(GeneratorSpec(in_channels, out_channels, ngf, n_blocks, norm, dropout, antialias))
+        self.direction, self.objective = direction, objective
 
     def _save_pretrained(self, save_directory: Path) -> None:
         """The weights as every safetensors file of ours is written (mode by the umask, not 0600)."""
@@ -92,19 +97,21 @@ def check_onnx(net: ResnetGenerator, path: Path) -> float:
 def export_hf(net: ResnetGenerator, folder: Path, direction: str, weights: Path, run: Path | None) -> Path:
     """Write `folder` as a Hugging Face model: config.json, model.safetensors, and README.md, the
     model card, with what the run folder tells of the weights (and a sample grid as sample.png).
-    Written beside `folder` and swapped in whole, so an existing export is replaced only by a
-    complete one."""
-    hub = HubGenerator(**net.spec.to_dict(), direction=direction)
+    A CUT model's folder also holds its run's identity grid as identity.png. Written beside
+    `folder` and swapped in whole, so an existing export is replaced only by a complete one."""
+    objective = objective_of(weights, run)
+    hub = HubGenerator(**net.spec.to_dict(), direction=direction, objective=objective)
     hub.load_state_dict(net.state_dict())
     with atomic_folder(folder) as staging:
         hub.save_pretrained(staging)
-        sample = newest_sample(run, direction) if run else None
-        if sample is not None:
-            shutil.copy2(sample, staging / "sample.png")
+        grids = {"sample.png": direction, **({"identity.png": "identity"} if objective in ONE_WAY else {})}
+        samples = {name: found for name, grid in grids.items() if run and (found := newest_sample(run, grid))}
+        for name, found in samples.items():
+            shutil.copy2(found, staging / name)
         card = ModelCard.from_template(
             ModelCardData(library_name="cyclegan", tags=TAGS, pipeline_tag="image-to-image"),
-            template_str=CARD, title=f"CycleGAN generator {direction}",
-            body=card_body(net.spec, direction, weights, run, sample))
+            template_str=CARD, title=f"{MODELS[objective][0]} generator {direction}",
+            body=card_body(net.spec, direction, weights, run, list(samples), objective))
         card.save(staging / "README.md")
     return folder
 
@@ -119,27 +126,53 @@ CARD = """---
 """
 
 
-def card_body(spec: GeneratorSpec, direction: str, weights: Path, run: Path | None, sample: Path | None) -> str:
-    """What a reader of the card wants: the architecture, the data, the training and the scores."""
-    lines = [f"A CycleGAN (Zhu et al. 2017, arXiv 1703.10593) generator translating domain {direction[0]} to "
-             f"domain {direction[-1]}: {describe(spec)}. The weights use the official implementation's state_dict "
-             "keys, so its code loads them too.", "", "## How to use", "",
+def objective_of(weights: Path, run: Path | None) -> str:
+    """The objective that trained `weights`: as the record beside them says, else their run's
+    config; `cut` for the official CUT files; `cyclegan` where nothing says (older exports)."""
+    objective = recorded_objective(weights.parent)
+    if objective is None and run is not None:
+        model = (_json(run / "run.json") or {}).get("model")
+        objective = model.get("objective") if isinstance(model, dict) else None
+    if objective is None and one_way(weights.parent):
+        objective = "cut"
+    return objective if objective in MODELS else "cyclegan"
+
+
+def card_body(spec: GeneratorSpec, direction: str, weights: Path, run: Path | None, samples: list[str],
+              objective: str = "cyclegan") -> str:
+    """What a reader of the card wants: the architecture, the data, the training and the scores.
+    `samples`: the grids the folder holds (sample.png, identity.png)."""
+    name, paper = MODELS[objective]
+    official, one_way_note = "official implementation's", ""
+    if objective in ONE_WAY:
+        official, one_way_note = "official CUT implementation's", " It translates A to B only: CUT trains one generator."
+    lines = [f"A {name} ({paper}) generator translating domain {direction[0]} to domain {direction[-1]}: "
+             f"{describe(spec)}. The weights use the {official} state_dict keys, so its code loads them too."
+             + one_way_note, "", "## How to use", "",
              "With the `cyclegan` package (this model's training code):", "", "```python", "from PIL import Image",
              "from cyclegan import Translator", "",
              'translator = Translator.from_pretrained("this/repo-or-folder")',
              'translated = translator(Image.open("input.jpg"))', "```", ""]
     if run is None:
         return "\n".join(lines + ["Exported from a weights file without its training run."])
-    lines += ["## Training", ""] + [f"- {fact}" for fact in run_facts(run, weights, direction)]
-    if sample is not None:
-        columns = "real | translated | reconstructed" + (" | identity" if spec.in_channels == spec.out_channels else "")
+    lines += ["## Training", ""] + [f"- {fact}" for fact in run_facts(run, weights, direction, objective)]
+    if "sample.png" in samples:
+        if objective in ONE_WAY:  # the columns of `cyclegan.grids.sample_grids`
+            columns = "real A | G(A)"
+        else:
+            columns = "real | translated | reconstructed" + (" | identity" if spec.in_channels == spec.out_channels
+                                                              else "")
         lines += ["", "## Samples", "", f"Test images of the run, each row {columns} (from the run's newest sample "
                   "grid).", "", "![sample grid](sample.png)"]
+    if "identity.png" in samples:
+        lines += ["", "Test images of domain B, each row real B | identity G(B): what G does to an image that is "
+                  "already of its output domain (it should change little).", "", "![identity grid](identity.png)"]
     return "\n".join(lines)
 
 
-def run_facts(run: Path, weights: Path, direction: str) -> list[str]:
-    """Lines about the exported weights and their run: settings, data, step, losses, scores."""
+def run_facts(run: Path, weights: Path, direction: str, objective: str = "cyclegan") -> list[str]:
+    """Lines about the exported weights and their run: settings, data, step, losses (with the
+    objective's loss weights), scores."""
     record = _json(run / "run.json") or {}
     state = _json(weights.parent / "state.json") or {}
     facts = []
@@ -149,11 +182,16 @@ def run_facts(run: Path, weights: Path, direction: str) -> list[str]:
             return where.get(key, "?")
 
         precision = {"no": "fp32"}.get(get("mixed_precision"), get("mixed_precision"))
+        if objective in ONE_WAY:
+            weighting = (f"model.objective {objective}: lambda_GAN {get('lambda_gan')}, lambda_NCE {get('lambda_nce')}, "
+                         f"identity NCE {get('nce_idt')}, {get('num_patches')} patches per layer, temperature "
+                         f"{get('nce_temperature')}")
+        else:
+            weighting = f"lambda_cycle {get('lambda_cycle')}, lambda_identity {get('lambda_identity')}"
         facts.append(f"global batch {get('global_batch', record)} ({get('batch_size')} per device x "
                      f"{get('grad_accum')} accumulation x {get('world_size', record)} process(es)); precision "
                      f"{precision}; Adam lr {get('lr')}, betas ({get('beta1')}, {get('beta2')}); {get('epochs')} "
-                     f"constant + {get('decay_epochs')} decay epochs; lambda_cycle {get('lambda_cycle')}, "
-                     f"lambda_identity {get('lambda_identity')}")
+                     f"constant + {get('decay_epochs')} decay epochs; {weighting}")
         images = record.get("images") if isinstance(record.get("images"), dict) else {}
         facts.append("images: " + ", ".join(f"{name.replace('_', ' ')} {n}" for name, n in sorted(images.items())))
     step = state.get("step")
@@ -194,8 +232,9 @@ def _json_lines(path: Path) -> list[dict]:
         return []
 
 
-def newest_sample(run: Path, direction: str) -> Path | None:
-    samples = sorted((run / "samples").glob(f"step_*_{direction}.png")) if (run / "samples").is_dir() else []
+def newest_sample(run: Path, grid: str) -> Path | None:
+    """The run's newest sample grid of this name (AtoB, BtoA, identity), if any."""
+    samples = sorted((run / "samples").glob(f"step_*_{grid}.png")) if (run / "samples").is_dir() else []
     return samples[-1] if samples else None
 
 

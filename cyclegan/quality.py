@@ -1,14 +1,16 @@
-"""The experiment behind docs/quality.md: the baseline update against averaged generators (EMA)
-and DiffAugment, at equal optimizer steps and several seeds, on synthetic tasks whose test splits
-have exact ground truth, so that paired L1 and PSNR measure quality (FID needs real Inception
-weights and more test images than such a table can afford).
+"""The experiment behind docs/quality.md: the baseline update against averaged generators (EMA),
+DiffAugment and the CUT and FastCUT objectives, at equal optimizer steps and several seeds, on
+synthetic tasks whose test splits have exact ground truth, so that paired L1 and PSNR measure
+quality (FID needs real Inception weights and more test images than such a table can afford).
 
 Every run is `scripts/train.py` with configs/demo.yaml (the demo's small networks and learning
 rate, not the paper's), in a process of its own, with the schedule stretched so that every task
 trains for the same number of steps whatever its size. Averaging only watches training (the
 trained weights are bitwise those of a run without it), so each run is scored twice: its trained
-generators and its averaged ones. Scores average both directions over the whole test split; a
-row of the identity (each test image scored as its own translation) gives each task's scale.
+generators and its averaged ones. Scores cover the whole test split, in two tables: both
+directions averaged (CycleGAN's runs), and A -> B alone for every run, since a CUT run trains
+that direction only. A row of the identity (each test image scored as its own translation) gives
+each task's scale.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from torch import nn
 
 from cyclegan.checkpoint import complete_checkpoints, read_train_state
 from cyclegan.config import DataConfig, load_config
-from cyclegan.data.demo import write_demo_folders, write_recolour_folders
+from cyclegan.data.demo import write_demo_folders, write_outline_folders, write_recolour_folders
 from cyclegan.data.shards import find_domains, write_shards
 from cyclegan.data.sources import find_sources
 from cyclegan.data.stream import epoch_steps
@@ -42,8 +44,10 @@ TASKS = {
     "demo scenes, 160 images": lambda root: write_demo_folders(root),
     "demo scenes, 40 images": lambda root: write_demo_folders(root, train=40),
     "recoloured textures, 160 images": lambda root: write_recolour_folders(root),
+    "outlined shapes, 160 images": lambda root: write_outline_folders(root),
 }
-RUNS = {"baseline": [], "DiffAugment": ["train.diffaug=color,translation,cutout"]}
+RUNS = {"baseline": [], "DiffAugment": ["train.diffaug=color,translation,cutout"],
+        "CUT": ["model.objective=cut"], "FastCUT": ["model.objective=fastcut"]}
 
 
 @dataclass(frozen=True)
@@ -88,20 +92,26 @@ def train(run: Run, steps: int, threads: int) -> None:
         raise RuntimeError(f"training run {run.folder} failed ({done.returncode}):\n{done.stderr[-4000:]}")
 
 
-def paired_scores(split, g_ab: nn.Module, g_ba: nn.Module) -> dict[str, float]:
-    """Mean paired L1 (levels of 255) and PSNR of both directions."""
+def paired_scores(split, g_ab: nn.Module, g_ba: nn.Module | None) -> dict[str, dict[str, float]]:
+    """Mean paired L1 (levels of 255) and PSNR of A -> B ("AtoB") and, where there is a g_ba, of
+    both directions averaged ("both")."""
     results = Evaluator(Accelerator(cpu=True), split, None)(g_ab, g_ba)
-    return {"l1": 255 * (results["AtoB/l1"] + results["BtoA/l1"]) / 2,
-            "psnr": (results["AtoB/psnr"] + results["BtoA/psnr"]) / 2}
+    scores = {"AtoB": {"l1": 255 * results["AtoB/l1"], "psnr": results["AtoB/psnr"]}}
+    if g_ba is not None:
+        scores["both"] = {"l1": 255 * (results["AtoB/l1"] + results["BtoA/l1"]) / 2,
+                          "psnr": (results["AtoB/psnr"] + results["BtoA/psnr"]) / 2}
+    return scores
 
 
-def run_scores(run: Run, steps: int, split, suffix: str) -> dict[str, float]:
+def run_scores(run: Run, steps: int, split, suffix: str) -> dict[str, dict[str, float]]:
     """Scores of a finished run's last checkpoint: `suffix` "" for the trained generators, "_ema"
-    for the averaged ones."""
+    for the averaged ones; A -> B alone for a CUT run, which has no g_ba."""
     if not finished(run, steps):
         raise RuntimeError(f"{run.folder} did not reach step {steps}")
     last = complete_checkpoints(run.folder / "checkpoints")[-1]
-    return paired_scores(split, *(load_generator(last / f"{name}{suffix}.safetensors") for name in ("g_ab", "g_ba")))
+    g_ba = last / f"g_ba{suffix}.safetensors"
+    return paired_scores(split, load_generator(last / f"g_ab{suffix}.safetensors"),
+                         load_generator(g_ba) if g_ba.is_file() else None)
 
 
 def row(task: str, variant: str, scores: list[dict[str, float]]) -> dict:
@@ -119,8 +129,32 @@ def mean_and_spread(mean: float, stdev: float | None) -> str:
     return f"{mean:.2f} ± {stdev:.2f}" if stdev is not None else f"{mean:.2f}"
 
 
-def quality_experiment(workdir: Path, seeds: list[int], steps: int, jobs: int = 1) -> dict:
-    """Train every task x run x seed (`jobs` at a time), then score trained and averaged weights."""
+def markdown(table: list[dict]) -> list[str]:
+    return [f"| {r['task']} | {r['variant']} | {mean_and_spread(r['l1_mean'], r['l1_stdev'])} | "
+            f"{mean_and_spread(r['psnr_mean'], r['psnr_stdev'])} |" for r in table]
+
+
+def task_rows(task: str, runs: list[Run], steps: int) -> tuple[list[dict], list[dict]]:
+    """One task's rows of both tables: (both directions: two-way runs, trained and averaged; A -> B:
+    every run's trained generator), each led by the identity."""
+    split = load_test_split(find_sources(DataConfig(root=str(runs[0].shards))), 64)
+    identity = paired_scores(split, nn.Identity(), nn.Identity())
+    both, atob = ([row(task, "identity (no translation)", [identity[key]])] for key in ("both", "AtoB"))
+    for variant in dict.fromkeys(run.variant for run in runs):
+        mine = [run for run in runs if run.variant == variant]
+        trained = [run_scores(run, steps, split, "") for run in mine]
+        atob.append(row(task, variant, [s["AtoB"] for s in trained]))
+        if "both" in trained[0]:
+            averaged = [run_scores(run, steps, split, "_ema")["both"] for run in mine]
+            both += [row(task, variant, [s["both"] for s in trained]), row(task, f"{variant} + EMA", averaged)]
+    return both, atob
+
+
+def quality_experiment(workdir: Path, seeds: list[int], steps: int, jobs: int = 1,
+                       variants: list[str] | None = None) -> dict:
+    """Train every task x variant (all of RUNS, or `variants`) x seed, `jobs` at a time, then score
+    trained and averaged weights."""
+    variants = list(RUNS) if variants is None else variants
     threads = max(1, (os.cpu_count() or 1) // jobs)
     planned = []
     for task, write in TASKS.items():
@@ -131,19 +165,14 @@ def quality_experiment(workdir: Path, seeds: list[int], steps: int, jobs: int = 
             write_shards(find_domains(folder / "folders", None, None), shards, shard_size=40, workers=1,
                          overwrite=True)
         planned += [Run(task, variant, seed, folder / f"{variant}-{steps}steps-seed{seed}", shards)
-                    for variant in RUNS for seed in seeds]
+                    for variant in variants for seed in seeds]
     with ThreadPoolExecutor(jobs) as pool:
         list(pool.map(lambda run: train(run, steps, threads), planned))
-    table = []
+    table, atob_table = [], []
     for task in TASKS:
-        runs = [run for run in planned if run.task == task]
-        split = load_test_split(find_sources(DataConfig(root=str(runs[0].shards))), 64)
-        table.append(row(task, "identity (no translation)", [paired_scores(split, nn.Identity(), nn.Identity())]))
-        for variant in RUNS:
-            for suffix, label in (("", variant), ("_ema", f"{variant} + EMA")):
-                table.append(row(task, label, [run_scores(run, steps, split, suffix)
-                                               for run in runs if run.variant == variant]))
-    return {"steps": steps, "seeds": seeds, "ema_decay": EMA_DECAY, "table": table,
+        both, atob = task_rows(task, [run for run in planned if run.task == task], steps)
+        table += both
+        atob_table += atob
+    return {"steps": steps, "seeds": seeds, "ema_decay": EMA_DECAY, "table": table, "atob_table": atob_table,
             "torch_threads_per_run": threads, "parallel_runs": jobs,
-            "markdown": [f"| {r['task']} | {r['variant']} | {mean_and_spread(r['l1_mean'], r['l1_stdev'])} | "
-                         f"{mean_and_spread(r['psnr_mean'], r['psnr_stdev'])} |" for r in table]}
+            "markdown": markdown(table), "atob_markdown": markdown(atob_table)}

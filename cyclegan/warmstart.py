@@ -81,5 +81,6 @@ def warm_start(accelerator: Accelerator, source: Path, nets: Networks, norm: str
             state = read_state_dict(file) if file.is_file() else accelerator.unwrap_model(getattr(nets, name)).state_dict()
             load_into(averaged, state, file, f"averaged {name}")
     fresh = [name for name in ours if name not in loaded]
-    return (f"initialised {', '.join(loaded)} from {folder}" + (f"; {' and '.join(fresh)} start fresh" if fresh else "")
+    verb = "starts" if len(fresh) == 1 else "start"
+    return (f"initialised {', '.join(loaded)} from {folder}" + (f"; {' and '.join(fresh)} {verb} fresh" if fresh else "")
             + "; optimizers, schedule, pools and step start fresh")

@@ -6,6 +6,7 @@
         --peak-tflops 989 --json h100-256-b1.json
     python scripts/benchmark.py step --size 256 --sweep          # the fastest setting for this machine
     python scripts/benchmark.py step --size 256 --convs          # each convolution in fp32 and bf16
+    python scripts/benchmark.py step --size 256 --objectives cyclegan,cut,fastcut   # time and memory of each
     python scripts/benchmark.py translate --workdir /tmp/bench-translate --precision fp32
     python scripts/benchmark.py quality --workdir /tmp/quality --seeds 0 1 2 --jobs 2
     python scripts/benchmark.py resume --workdir /tmp/bench-resume --positions 0 50000
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from cyclegan.benchmarks.convs import conv_benchmark
 from cyclegan.benchmarks.loader import loader_benchmark
+from cyclegan.benchmarks.objectives import objectives_benchmark
 from cyclegan.benchmarks.resume import resume_benchmark
 from cyclegan.benchmarks.step import step_benchmark
 from cyclegan.benchmarks.summary import results_table
@@ -27,7 +29,8 @@ from cyclegan.benchmarks.translate import translate_benchmark
 from cyclegan.config import load_config
 from cyclegan.errors import exit_on_user_error
 from cyclegan.io.files import atomic_write
-from cyclegan.quality import quality_experiment
+from cyclegan.objectives import OBJECTIVES
+from cyclegan.quality import RUNS, quality_experiment
 
 
 @exit_on_user_error
@@ -71,6 +74,10 @@ def main() -> None:
                            "type the step hands it, and the same in fp32, --repeats single calls each (on an idle "
                            "machine), times its calls per step: what lower precision gives the convolutions "
                            "themselves on this machine's kernels")
+    step.add_argument("--objectives", metavar="NAMES",
+                      help="compare these objectives in one run (comma-separated, e.g. cyclegan,cut,fastcut): "
+                           "seconds per step, their repetitions interleaved, and peak memory and FLOPs, each in a "
+                           "fresh process; ratios against the first")
     step.add_argument("overrides", nargs="*", help="config overrides, e.g. model.n_blocks=6")
     translate = sub.add_parser("translate", help="translation: folders, shards, large tiled images, video")
     translate.add_argument("--workdir", type=Path, required=True, help="where inputs and outputs are made")
@@ -80,11 +87,14 @@ def main() -> None:
     translate.add_argument("--frames", type=int, default=24, help="frames of the 256 px test video")
     translate.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32")
     translate.add_argument("--tile", type=int, default=512)
-    quality = sub.add_parser("quality", help="paper vs EMA vs DiffAugment on synthetic tasks (docs/quality.md)")
+    quality = sub.add_parser("quality", help="paper vs EMA vs DiffAugment vs CUT and FastCUT on synthetic tasks "
+                                             "(docs/quality.md)")
     quality.add_argument("--workdir", type=Path, required=True)
     quality.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     quality.add_argument("--steps", type=int, default=400, help="optimizer steps per run, on every task")
     quality.add_argument("--jobs", type=int, default=1, help="training runs at a time (the cores are shared out)")
+    quality.add_argument("--variants", nargs="+", choices=list(RUNS), default=list(RUNS),
+                         help="which runs to train and score on every task (default: all)")
     resume = sub.add_parser("resume", help="a resumed training stream's time to its first batch, by epoch position")
     resume.add_argument("--workdir", type=Path, required=True, help="where the small-image shards are made")
     resume.add_argument("--images", type=int, default=60000, help="images per domain")
@@ -97,7 +107,7 @@ def main() -> None:
         print("\n".join(results_table(args.folder)))
         return
     if args.mode == "quality":
-        result = quality_experiment(args.workdir, args.seeds, args.steps, args.jobs)
+        result = quality_experiment(args.workdir, args.seeds, args.steps, args.jobs, args.variants)
     elif args.mode == "translate":
         result = translate_benchmark(args.workdir, args.sizes, args.images, args.large, args.frames, args.precision,
                                      args.tile)
@@ -115,10 +125,26 @@ def main() -> None:
         cfg = load_config(args.config, [*overrides, *args.overrides])
         if args.official and (args.sweep or args.data):
             parser.error("--official times both updates on the same synthetic batches: not with --sweep or --data")
+        if args.official and cfg.model.objective != "cyclegan":
+            parser.error(f"--official times the official CycleGAN update: it has no {cfg.model.objective} to "
+                         "compare with (leave model.objective at cyclegan, or drop --official)")
+        if args.objectives and (args.sweep or args.official or args.convs or args.data or args.peak_tflops):
+            parser.error("--objectives times each objective on the same synthetic batches: not with --sweep, "
+                         "--official, --convs, --data or --peak-tflops")
+        if args.objectives and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            parser.error("--objectives measures each objective in a process of its own: run it without several "
+                         "processes (no accelerate launch --num_processes)")
         if args.convs and (args.sweep or args.official or args.data or args.compile):
             parser.error("--convs times the eager convolutions on random inputs: not with --sweep, --official, "
                          "--data or --compile")
-        if args.convs:
+        if args.objectives:
+            names = [name.strip() for name in args.objectives.split(",") if name.strip()]
+            if not names or len(set(names)) < len(names) or set(names) - set(OBJECTIVES):
+                parser.error(f"--objectives takes distinct names out of {', '.join(OBJECTIVES)}, comma-separated")
+            cfgs = {name: load_config(args.config, [*overrides, *args.overrides, f"model.objective={name}"])
+                    for name in names}
+            result = objectives_benchmark(cfgs, args.steps, args.warmup, args.repeats)
+        elif args.convs:
             low = "bf16" if args.precision == "no" else args.precision
             result = conv_benchmark(cfg, low, args.repeats)
         elif args.sweep:
@@ -135,7 +161,7 @@ def main() -> None:
     print(text)
     if args.json:
         atomic_write(args.json, text + "\n")
-    if args.mode == "step" and (args.sweep or args.convs):
+    if args.mode == "step" and (args.sweep or args.convs or args.objectives):
         print("\n".join(result["markdown"]))  # last, where the fastest setting stays in view
 
 

@@ -206,6 +206,27 @@ def trained_run(demo_shards, tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def float64():
+    """float64 as the default dtype for one test: equivalence tests that must hold on any CPU."""
+    import torch
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+@pytest.fixture(scope="session")
+def cut_run(demo_shards, tmp_path_factory) -> Path:
+    """The same for model.objective=cut: one generator (g_ab, anti-aliased), d_b and the patch head."""
+    out = tmp_path_factory.mktemp("cut-run") / "run"
+    script("train.py", "--config", "configs/demo.yaml",
+           *tiny(demo_shards, out, "model.objective=cut", "model.n_blocks=5", "train.num_patches=16",
+                 "model.head_nc=16", "train.max_steps=3", "tracking.image_every=3", "tracking.mode=disabled"))
+    return out
+
+
+@pytest.fixture
 def generator(tmp_path) -> Path:
     """A tiny exported generator (g_ab.safetensors and its JSON)."""
     from cyclegan.models.generator import GeneratorSpec, ResnetGenerator

@@ -227,12 +227,12 @@ def test_a_longer_schedule_goes_on_without_a_jump(noise_shards, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
-def test_elastic_resume_on_another_world_size(demo_shards, tmp_path, before, after):
+@pytest.mark.parametrize("before, after, objective", [(2, 1, "cut"), (1, 2, "cyclegan")])
+def test_elastic_resume_on_another_world_size(demo_shards, tmp_path, before, after, objective):
     # the global batch (batch x accumulation x processes) stays 2: the unit steps count in. Going down
     # to one process, the loader workers change too (1 -> 2); the averaged generators ride along.
     out = tmp_path / "run"
-    common = ["tracking.mode=disabled", "train.checkpoint_every=2", "train.ema_decay=0.9"]
+    common = ["tracking.mode=disabled", "train.checkpoint_every=2", "train.ema_decay=0.9", f"model.objective={objective}"]
     keep = {1: ["train.batch_size=2", f"data.num_workers={2 if before == 2 else 1}"],
             2: ["train.batch_size=1", "data.num_workers=1"]}
     config = str(ROOT / "configs/demo.yaml")

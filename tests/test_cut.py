@@ -12,8 +12,9 @@ from cyclegan.build import build_training
 from cyclegan.config import load_config
 from cyclegan.models.antialias import binomial_filter
 from cyclegan.models.generator import GeneratorSpec, ResnetGenerator
-from tests.conftest import ROOT, launch
-from tests.test_step import float64, fresh_accelerator, uniform  # noqa: F401 (a fixture)
+from cyclegan.objectives import objective_for
+from tests.conftest import ROOT, final_weights, launch, max_difference, script, tiny
+from tests.test_step import fresh_accelerator, uniform
 
 # Recorded by running the official CUT code (taesungp/contrastive-unpaired-translation at b3ac297,
 # CUTModel.optimize_parameters with its networks.py and patchnce.py) in float64 on the CPU:
@@ -147,3 +148,41 @@ def test_two_ranks_and_accumulation_equal_one_large_batch(tmp_path, objective):
     # for each micro-batch
     assert difference(weights("reshape", 2, 1, "global-reshape"), one) > 1e-7
     assert difference(weights("ids", 1, 2, "ids-per-micro-batch"), one) > 1e-7
+
+
+def test_a_run_warm_starts_from_official_cut_files_and_from_a_cyclegan_run(demo_shards, trained_run, tmp_path):
+    # an official CUT folder is three plain state_dicts under the official keys, which ours have (above)
+    cfg = load_config(None, ["model.objective=cut", "model.ngf=8", "model.n_blocks=1", "model.ndf=8",
+                             "model.n_layers_d=1"])
+    nets = objective_for(cfg).build_networks(cfg)
+    official = tmp_path / "official"
+    official.mkdir()
+    for ours, name in (("g_ab", "G"), ("d_b", "D"), ("f", "F")):
+        torch.save(getattr(nets, ours).state_dict(), official / f"latest_net_{name}.pth")
+    nearly_frozen = ["model.objective=cut", "train.max_steps=1", "train.lr=1e-12", "tracking.mode=disabled"]
+    out = tmp_path / "from-official"
+    result = script("train.py", "--config", "configs/demo.yaml", *tiny(demo_shards, out, *nearly_frozen,
+                                                                       f"init_from={official}"))
+    assert f"initialised g_ab, d_b, f from {official}" in result.stdout
+    trained = final_weights(out)
+    assert sorted(trained) == ["d_b", "f", "g_ab"]
+    assert max_difference(trained, {n: getattr(nets, n).state_dict() for n in trained}) < 1e-9
+    # a CycleGAN run's g_ab and d_b fit a CUT run of the same (plain) layout; the patch head starts fresh
+    result = script("train.py", "--config", "configs/demo.yaml",
+                    *tiny(demo_shards, tmp_path / "from-cyclegan", *nearly_frozen, "model.antialias=false",
+                          f"init_from={trained_run}"))
+    assert "initialised g_ab, d_b from" in result.stdout and "f starts fresh" in result.stdout
+    refused = script("train.py", "--config", "configs/demo.yaml",
+                     *tiny(demo_shards, tmp_path / "refused", *nearly_frozen, f"init_from={trained_run}"), check=False)
+    assert refused.returncode != 0 and "set model.antialias=false" in refused.stderr
+
+
+def test_a_cut_run_logs_its_losses_health_and_grids(cut_run):
+    rows = [json.loads(line) for line in (cut_run / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss/adv_ab", "loss/nce", "loss/nce_idt", "loss/d_b", "health/d_b_real", "health/d_b_fake",
+            "health/g_ab_change", "grad_norm/g", "grad_norm/d", "grad_norm/f", "lr/f"} <= set(rows[-1])
+    assert not any(key.endswith(("_ba", "_a")) or "d_a" in key for key in rows[-1]), "no second generator's numbers"
+    assert sorted(p.name for p in (cut_run / "samples").iterdir()) == ["step_0000003_AtoB.png",
+                                                                     "step_0000003_identity.png"]
+    config = (cut_run / "config.yaml").read_text()  # the objective's values, resolved, as the run used them
+    assert "objective: cut" in config and "antialias: true" in config and "nce_layers:" in config

@@ -185,12 +185,14 @@ def test_a_nan_loss_skips_the_step_and_is_counted(demo_shards, tmp_path, adam):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("where, ranks", [("batch", "1"), ("batch", "0,1"), ("grad", "1")])
-def test_a_nan_on_some_ranks_is_skipped_on_every_rank(demo_shards, tmp_path, where, ranks):
+@pytest.mark.parametrize("where, ranks, objective", [("batch", "1", "cyclegan"), ("batch", "0,1", "cyclegan"),
+                                                     ("grad", "1", "cyclegan"), ("batch", "1", "cut")])
+def test_a_nan_on_some_ranks_is_skipped_on_every_rank(demo_shards, tmp_path, where, ranks, objective):
     # DDP averages gradients: a NaN on rank 1 reaches rank 0's gradients too (and a NaN gradient
     # under a finite loss is just as bad); every rank must skip the same step, counted once
     out = tmp_path / "run"
-    result = inject_nan(where, ranks, demo_shards, out, "train.max_steps=5", "train.stop_after_nonfinite=0", nproc=2)
+    result = inject_nan(where, ranks, demo_shards, out, "train.max_steps=5", "train.stop_after_nonfinite=0",
+                        f"model.objective={objective}", nproc=2)
     assert result.returncode == 0, result.stderr[-3000:]
     assert skipped_counts(out) == [0, 0, 1, 1, 1]
     sums = json.loads((out / "checksums.json").read_text())

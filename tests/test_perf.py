@@ -2,6 +2,7 @@
 
 import json
 import os
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -138,6 +139,43 @@ def test_a_benchmark_of_an_impossible_setting_is_a_clear_error():
     result = script("benchmark.py", "step", "--size", "32", "--convs", "--precision", "fp16", check=False,
                     env={"ACCELERATE_USE_CPU": "true"})
     assert result.returncode == 2 and "fp16 needs a GPU" in result.stderr and "Traceback" not in result.stderr
+    result = script("benchmark.py", "step", "--size", "32", "--official", ROOT, "model.objective=cut", check=False)
+    assert result.returncode == 2 and "official CycleGAN update: it has no cut" in result.stderr
+
+
+def test_the_objectives_are_compared_in_one_run(tmp_path):
+    # each objective's memory and FLOPs come from a fresh process of its own: three start-ups
+    result = run([sys.executable, str(ROOT / "scripts/benchmark.py"), "--json", str(tmp_path / "o.json"), "step",
+                  "--size", "32", "--steps", "1", "--warmup", "1", "--repeats", "2", "--objectives",
+                  "cyclegan,cut,fastcut", "model.ngf=8", "model.n_blocks=1", "model.ndf=8", "model.n_layers_d=1"])
+    report = json.loads((tmp_path / "o.json").read_text())
+    rows = {r["objective"]: r for r in report["rows"]}
+    assert list(rows) == ["cyclegan", "cut", "fastcut"] and report["reference"] == "cyclegan"
+    assert [r["antialias"] for r in rows.values()] == [False, True, True]  # each objective's own default
+    reference = rows["cyclegan"]
+    for r in rows.values():
+        assert len(r["seconds_per_step_runs"]) == 2 and min(r["seconds_per_step_runs"]) > 0
+        assert r["peak_memory_growth_gib"] > 0 and r["flops_per_step"] > 0
+        per_repetition = [mine / theirs for mine, theirs in zip(r["seconds_per_step_runs"],
+                                                                 reference["seconds_per_step_runs"])]
+        assert r["time_ratio"] == pytest.approx(statistics.median(per_repetition))
+        assert r["memory_ratio"] == pytest.approx(r["peak_memory_growth_gib"] / reference["peak_memory_growth_gib"])
+        assert r["flops_ratio"] == pytest.approx(r["flops_per_step"] / reference["flops_per_step"])
+    assert reference["time_ratio"] == reference["memory_ratio"] == 1
+    # FastCUT drops CUT's identity pass on B: its generator runs on half the images
+    assert rows["fastcut"]["flops_per_step"] < 0.75 * rows["cut"]["flops_per_step"]
+    assert result.stdout.rstrip().splitlines()[-1].startswith("| fastcut | yes |")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the CPU measure reads and resets Linux's RSS high-water mark")
+def test_the_memory_measure_sees_a_peak_freed_before_the_end():
+    from cyclegan.benchmarks.step import memory_growth_gib
+
+    def transient() -> None:  # 256 MiB touched, then freed
+        torch.ones(64 * 2**20).sum()
+
+    assert 0.24 < memory_growth_gib(torch.device("cpu"), transient) < 0.3
+    assert memory_growth_gib(torch.device("cpu"), lambda: None) < 0.01  # the high-water mark was reset
 
 
 @pytest.mark.heavy  # about 20 s of benchmark runs; make test stays within its budget without it

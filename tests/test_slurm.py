@@ -41,14 +41,17 @@ def steps_logged(output):
     return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def test_job_trains_on_two_processes(slurm, demo_shards, tmp_path):
+@pytest.mark.parametrize("objective", ["cyclegan", "cut", "fastcut"])
+def test_job_trains_on_two_processes(slurm, demo_shards, tmp_path, objective):
     out = tmp_path / "run"
-    job = submit(slurm, tmp_path / "job.log", *tiny(demo_shards, out, "train.max_steps=6", "tracking.mode=offline"))
+    job = submit(slurm, tmp_path / "job.log", *tiny(demo_shards, out, "train.max_steps=6", "tracking.mode=offline",
+                                                    f"model.objective={objective}"))
     assert wait_for_job(job, slurm) == "COMPLETED", (tmp_path / "job.log").read_text()[-3000:]
     log = (tmp_path / "job.log").read_text()
     assert "2 process(es)" in log and "done at step 6" in log
     assert [c.name for c in complete_checkpoints(out / "checkpoints")] == ["step_0000006"]
-    assert (out / "export" / "g_ab.safetensors").is_file() and (out / "export" / "g_ba.json").is_file()
+    assert (out / "export" / "g_ab.safetensors").is_file()
+    assert (out / "export" / "g_ba.json").is_file() == (objective == "cyclegan")  # CUT translates A -> B only
     assert steps_logged(out) == [1, 2, 3, 4, 5, 6]
     assert len(json.loads((out / "checksums.json").read_text())["ranks"]) == 2
 

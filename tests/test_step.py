@@ -46,14 +46,6 @@ OUR_LOSSES = {"D_A": "d_b", "G_A": "adv_ab", "cycle_A": "cycle_a", "idt_A": "idt
               "D_B": "d_a", "G_B": "adv_ba", "cycle_B": "cycle_b", "idt_B": "idt_a"}
 
 
-@pytest.fixture
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
 def fresh_accelerator(**kwargs) -> Accelerator:
     """A CPU Accelerator of its own (Accelerate keeps its state in process-wide singletons)."""
     AcceleratorState._reset_state(reset_partial_state=True)

@@ -113,10 +113,11 @@ def psnr(a, b):
     return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
 
 
+@pytest.mark.parametrize("antialias", [False, True], ids=["strided", "antialiased"])
 @pytest.mark.parametrize("norm", ["instance", "batch", "none"])
-def test_tiles_use_whole_image_statistics_and_match_the_untiled_translation(norm):
+def test_tiles_use_whole_image_statistics_and_match_the_untiled_translation(norm, antialias):
     torch.manual_seed(0)
-    net = ResnetGenerator(GeneratorSpec(ngf=8, n_blocks=2, norm=norm)).eval()
+    net = ResnetGenerator(GeneratorSpec(ngf=8, n_blocks=2, norm=norm, antialias=antialias)).eval()
     if norm == "batch":  # statistics as a trained network has them
         for layer in net.modules():
             if isinstance(layer, torch.nn.BatchNorm2d):
@@ -125,6 +126,28 @@ def test_tiles_use_whole_image_statistics_and_match_the_untiled_translation(norm
     whole = untiled(net, pixels)
     for tile in (16, 40, 200):  # many tiles, a few, one
         assert psnr(translate_tiled(net, pixels, tile, torch.device("cpu")), whole) > 60, (norm, tile)
+
+
+@pytest.mark.parametrize("antialias", [False, True], ids=["strided", "antialiased"])
+def test_the_scratch_space_checked_first_is_what_the_planes_take_at_their_peak(antialias, monkeypatch):
+    from cyclegan.translate import tiles
+
+    live, peak = {}, [0]
+
+    class Counted(tiles.DiskPlane):
+        def __init__(self, *args):
+            super().__init__(*args)
+            live[id(self)] = self.height * self.width * self.channels * 4
+            peak[0] = max(peak[0], sum(live.values()))
+
+        def close(self):
+            live.pop(id(self), None)
+            super().close()
+
+    monkeypatch.setattr(tiles, "DiskPlane", Counted)
+    net = ResnetGenerator(GeneratorSpec(ngf=8, n_blocks=1, antialias=antialias)).eval()
+    translate_tiled(net, np.zeros((64, 48, 3), np.uint8), 32, torch.device("cpu"))
+    assert peak[0] == tiles.scratch_bytes(net, 64, 48) and not live
 
 
 def test_naive_tiles_are_what_the_exact_ones_avoid():

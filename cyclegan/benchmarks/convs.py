@@ -21,7 +21,9 @@ def conv_calls(accelerator: Accelerator, cfg: RunConfig) -> dict[tuple, dict]:
     kernels: the layer, its input (shape, type, layout: under autocast some layers hand the next
     fp32, others bf16) and which gradients its backward computes (a generator's first convolution
     needs no input gradient on a real image, a discriminator's weights none during the
-    generators' update). Counted by hooks on a real step."""
+    generators' update). Counted by hooks on a real step of the objective's networks; the
+    anti-aliasing blurs (fixed depthwise filters, `model.antialias`) are functional calls, not
+    convolution modules, and are not among them."""
     nets, step = eager_step(accelerator, cfg)
     calls: dict[tuple, dict] = {}
 
@@ -35,8 +37,8 @@ def conv_calls(accelerator: Accelerator, cfg: RunConfig) -> dict[tuple, dict]:
         entry["networks"].add(net)
         entry["calls"] += 1
 
-    handles = [module.register_forward_pre_hook(functools.partial(record, net))
-               for net, network in (("G", nets.g_ab), ("G", nets.g_ba), ("D", nets.d_a), ("D", nets.d_b))
+    handles = [module.register_forward_pre_hook(functools.partial(record, name.split("_")[0].upper()))
+               for name, network in nets.named().items()  # G and D by role: g_ab, g_ba -> G; d_a, d_b -> D
                for module in network.modules() if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
     try:
         step()

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import multiprocessing
 import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -63,14 +66,27 @@ def peak_memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux: process RSS
 
 
-def eager_step(accelerator: Accelerator, cfg: RunConfig) -> tuple[Networks, Callable[[], None]]:
-    """Fresh eager networks of `cfg` and one training step of them on a synthetic batch, to be run
-    under a counter or with hooks (neither can see inside compiled graphs)."""
-    cfg = replace(cfg, perf=replace(cfg.perf, compile=False))
+def training_stepper(accelerator: Accelerator, cfg: RunConfig,
+                     batches: Iterator[dict]) -> tuple[Networks, Callable[..., None]]:
+    """Fresh networks of `cfg` and their training step (the code training runs: `cfg`'s objective),
+    each call on the next of `batches`, counting optimizer steps as training does (CUT draws its
+    patches and FastCUT its mirror per step). The step takes an optional `mark(phase)`."""
     nets, opts, pools = build_training(accelerator, cfg)
-    batch = batch_to_device(synthetic_batch(cfg, torch.Generator().manual_seed(0)), accelerator.device,
-                            cfg.perf.channels_last)
-    return nets, lambda: objective_for(cfg).train_step(accelerator, nets, opts, pools, batch, cfg)
+    objective, device, counter = objective_for(cfg), accelerator.device, itertools.count()
+
+    def one_step(mark: Callable[[str], None] = lambda phase: None) -> None:
+        batch = next(batches)
+        mark("data")
+        objective.train_step(accelerator, nets, opts, pools, batch_to_device(batch, device, cfg.perf.channels_last),
+                             cfg, next(counter), mark)
+
+    return nets, one_step
+
+
+def eager_step(accelerator: Accelerator, cfg: RunConfig) -> tuple[Networks, Callable[[], None]]:
+    """Fresh eager networks of `cfg` and one training step of them on synthetic batches, to be run
+    under a counter or with hooks (neither can see inside compiled graphs)."""
+    return training_stepper(accelerator, replace(cfg, perf=replace(cfg.perf, compile=False)), synthetic_batches(cfg))
 
 
 def step_flops(accelerator: Accelerator, cfg: RunConfig) -> int:
@@ -90,6 +106,48 @@ def synthetic_batch(cfg: RunConfig, generator: torch.Generator) -> dict:
             for k, c in channels.items()}
 
 
+def synthetic_batches(cfg: RunConfig) -> Iterator[dict]:
+    """Four seeded synthetic batches, in turn, for ever: every benchmark run times the same inputs."""
+    generator = torch.Generator().manual_seed(0)
+    return itertools.cycle([synthetic_batch(cfg, generator) for _ in range(4)])
+
+
+def memory_growth_gib(device: torch.device, run: Callable[[], Any]) -> float:
+    """The peak memory while `run` runs, over the level just before it (GiB): on a GPU the
+    tensors PyTorch's allocator holds (`max_memory_allocated`: no CUDA context, no cached free
+    blocks); on a CPU the process's resident set (RSS), whose high-water mark Linux resets on
+    request, so every page the run touched counts: tensors, the allocator's and oneDNN's
+    scratch, code loaded on first use. Without the reset (a /proc that refuses it) the mark is
+    the process's own since it started: run this in a fresh process, where that is the import's."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        run()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**30
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")  # the high-water mark back to the current RSS (Linux 4.0+)
+    before = _status_kib("VmRSS")
+    run()
+    return (_status_kib("VmHWM") - before) / 2**20
+
+
+def _status_kib(field: str) -> int:
+    """A memory field of /proc/self/status, in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def in_fresh_process(fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)` in a fresh (spawned) process, and its result: no compilation, thread pool,
+    allocator state or memory high-water mark carries over from this one or into it."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as fresh:
+        return fresh.submit(fn, *args).result()
+
+
 def step_benchmark(cfg: RunConfig, steps: int, warmup: int, repeats: int, peak_tflops: float | None,
                    use_shards: bool, official: Path | None = None) -> dict:
     """The training step of `cfg` (the same code as training), timed; median over repeats. With
@@ -97,7 +155,6 @@ def step_benchmark(cfg: RunConfig, steps: int, warmup: int, repeats: int, peak_t
     interleaved with ours (a machine whose speed drifts then moves both alike), and the result
     gives our speed-up as the median of the per-repeat ratios."""
     accelerator = make_accelerator(cfg)
-    nets, opts, pools = build_training(accelerator, cfg)
     device = accelerator.device
     if use_shards:
         sources = find_sources(cfg.data)
@@ -105,20 +162,13 @@ def step_benchmark(cfg: RunConfig, steps: int, warmup: int, repeats: int, peak_t
                                 channels=(cfg.model.input_nc, cfg.model.output_nc))
         batches = iter(train_loader(stream, pin_memory=device.type == "cuda"))
     else:
-        generator = torch.Generator().manual_seed(0)
-        fixed = [synthetic_batch(cfg, generator) for _ in range(4)]
-        batches = itertools.cycle(fixed)
+        batches = synthetic_batches(cfg)
+    _, one_step = training_stepper(accelerator, cfg, batches)
     timer = PhaseTimer(device)
-
-    def one_step(mark) -> None:
-        batch = next(batches)
-        mark("data")
-        objective_for(cfg).train_step(accelerator, nets, opts, pools,
-                                      batch_to_device(batch, device, cfg.perf.channels_last), cfg, 0, mark)
 
     compile_start = time.perf_counter()
     for _ in range(warmup):
-        one_step(lambda phase: None)
+        one_step()
     timer.sync()
     warmup_seconds = time.perf_counter() - compile_start
     memory = peak_memory_gib(device)  # before the official model exists: ours alone
@@ -130,7 +180,7 @@ def step_benchmark(cfg: RunConfig, steps: int, warmup: int, repeats: int, peak_t
         ours_first = repeat % 2 == 0 or theirs is None
         if not ours_first:
             official_per_step.append(timer.seconds_per_step(theirs, steps))
-        per_step.append(timer.seconds_per_step(lambda: one_step(lambda phase: None), steps))
+        per_step.append(timer.seconds_per_step(one_step, steps))
         if theirs and ours_first:
             official_per_step.append(timer.seconds_per_step(theirs, steps))
     timer.start()
@@ -147,6 +197,7 @@ def step_benchmark(cfg: RunConfig, steps: int, warmup: int, repeats: int, peak_t
                       "official_seconds_per_step_runs": official_per_step,
                       "speedup_vs_official": statistics.median(ratios), "speedup_vs_official_runs": ratios}
     return {
+        "objective": cfg.model.objective, "antialias": cfg.model.antialias,
         "size": cfg.data.crop_size, "batch": cfg.train.batch_size, "precision": cfg.train.mixed_precision,
         "processes": accelerator.num_processes,
         "channels_last": cfg.perf.channels_last, "compile": cfg.perf.compile, "data": "shards" if use_shards else "synthetic",
@@ -187,8 +238,8 @@ def official_stepper(checkout: Path, cfg: RunConfig) -> Callable[[], None]:
         niter=t.epochs, niter_decay=t.decay_epochs, lr_decay_iters=50)
     with contextlib.redirect_stdout(sys.stderr):  # it prints as it builds; stdout carries our JSON
         model = CycleGANModel(opt)
-    generator = torch.Generator().manual_seed(0)
-    fixed = [{k: v.float().div(127.5).sub(1.0) for k, v in synthetic_batch(cfg, generator).items()} for _ in range(4)]
+    fixed = [{k: v.float().div(127.5).sub(1.0) for k, v in batch.items()}  # converted once, outside its step
+             for batch in itertools.islice(synthetic_batches(cfg), 4)]
     batches = itertools.cycle(fixed)
 
     def one_step() -> None:

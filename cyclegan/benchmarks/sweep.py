@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import itertools
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 
 import torch
 from accelerate.utils import parse_flag_from_env
 
-from cyclegan.benchmarks.step import step_benchmark
+from cyclegan.benchmarks.step import in_fresh_process, step_benchmark
 from cyclegan.config import RunConfig
 from cyclegan.hardware import device_name
 
@@ -54,12 +52,11 @@ def _timed_setting(cfg: RunConfig, steps: int, warmup: int, repeats: int, use_sh
     row = {"precision": precision, "channels_last": channels_last, "compile": compile_, "adam": adam,
            "overrides": f"train.mixed_precision={precision} perf.channels_last={str(channels_last).lower()} "
                         f"perf.compile={str(compile_).lower()} perf.adam={adam}"}
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as fresh:
-        try:
-            result = fresh.submit(step_benchmark, setting, steps, warmup, repeats, None, use_shards).result()
-        except Exception as err:  # a setting this machine cannot run (a compiler missing, say): reported
-            lines = [line for line in str(err).splitlines() if line.strip()]
-            return {**row, "error": (lines[0] if lines else type(err).__name__).replace("|", "/")}
+    try:
+        result = in_fresh_process(step_benchmark, setting, steps, warmup, repeats, None, use_shards)
+    except Exception as err:  # a setting this machine cannot run (a compiler missing, say): reported
+        lines = [line for line in str(err).splitlines() if line.strip()]
+        return {**row, "error": (lines[0] if lines else type(err).__name__).replace("|", "/")}
     return {**row, "seconds_per_step": result["seconds_per_step"], "pairs_per_s": result["pairs_per_s"],
             "warmup_seconds": result["warmup_seconds"]}
 

@@ -21,6 +21,7 @@ PALETTES = {
     "B": [(10, 15, 50), (60, 40, 110), (40, 230, 230), (240, 60, 200), (250, 140, 20), (200, 200, 255)],
 }
 KINDS = 4
+OUTLINE_WIDTH = 2  # pixels, at 64 px: thin next to the smallest shape (a sixth of the side)
 
 
 def random_scene(rng: random.Random, size: int) -> list[tuple[int, tuple[int, int, int, int]]]:
@@ -33,7 +34,10 @@ def random_scene(rng: random.Random, size: int) -> list[tuple[int, tuple[int, in
     return shapes
 
 
-def draw(scene: list[tuple[int, tuple[int, int, int, int]]], style: str, size: int) -> Image.Image:
+def draw(scene: list[tuple[int, tuple[int, int, int, int]]], style: str, size: int,
+         outlined: bool = False) -> Image.Image:
+    """The scene in `style`'s palette; `outlined` draws each shape with a lighter fill inside a dark
+    outline of its own colour (the outline task's B), leaving the background and layout alone."""
     palette = PALETTES[style]
     image = Image.new("RGB", (size, size))
     pixels = ImageDraw.Draw(image)
@@ -44,15 +48,19 @@ def draw(scene: list[tuple[int, tuple[int, int, int, int]]], style: str, size: i
         pixels.line([(0, i), (size, i)], fill=colour)
     for kind, box in scene:
         colour = palette[2 + kind]
+        paint = {"fill": colour}
+        if outlined:
+            paint = {"fill": tuple((c + 255) // 2 for c in colour), "outline": tuple(c // 2 for c in colour),
+                     "width": OUTLINE_WIDTH}
         if kind == 0:
-            pixels.ellipse(box, fill=colour)
+            pixels.ellipse(box, **paint)
         elif kind == 1:
-            pixels.rectangle(box, fill=colour)
+            pixels.rectangle(box, **paint)
         elif kind == 2:
             x0, y0, x1, y1 = box
-            pixels.polygon([((x0 + x1) // 2, y0), (x1, y1), (x0, y1)], fill=colour)
+            pixels.polygon([((x0 + x1) // 2, y0), (x1, y1), (x0, y1)], **paint)
         else:
-            pixels.rounded_rectangle(box, radius=max(1, (box[2] - box[0]) // 4), fill=colour)
+            pixels.rounded_rectangle(box, radius=max(1, (box[2] - box[0]) // 4), **paint)
     return image
 
 
@@ -68,6 +76,22 @@ def write_demo_folders(root: Path, train: int = 160, test: int = 24, size: int =
         scene = random_scene(rng, size)
         for style in "AB":
             draw(scene, style, size).save(root / f"test{style}" / f"scene_{i:04d}.png")
+
+
+def write_outline_folders(root: Path, train: int = 160, test: int = 24, size: int = 64, seed: int = 0) -> None:
+    """A local, structure-keeping task with exact ground truth: the demo's day scenes (A) and the
+    same kind of scenes with outlined, lighter shapes (B). Training scenes are drawn independently
+    for each domain (unpaired); `testB/x` is `testA/x` restyled."""
+    rng = random.Random(seed)
+    for folder in ("trainA", "trainB", "testA", "testB"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for domain, outlined in (("A", False), ("B", True)):
+        for i in range(train):
+            draw(random_scene(rng, size), "A", size, outlined).save(root / f"train{domain}" / f"scene_{i:04d}.png")
+    for i in range(test):
+        scene = random_scene(rng, size)
+        for domain, outlined in (("A", False), ("B", True)):
+            draw(scene, "A", size, outlined).save(root / f"test{domain}" / f"scene_{i:04d}.png")
 
 
 def texture(rng: random.Random, size: int) -> Image.Image:

@@ -38,10 +38,13 @@ class GeneratorSpec:
         return 4 + 2 * resample + self.n_blocks + 2 * resample + 3
 
     @property
-    def feature_layers(self) -> tuple[int, int, int, int, int]:
+    def feature_layers(self) -> tuple[int, ...]:
         """The layers CUT's PatchNCE reads by default: the padded input, the two downsampling
-        convolutions' outputs, residual blocks 1 and 5 (positions in `model`)."""
-        return (0, 4, 8, 12, 16) if self.antialias else (0, 4, 7, 10, 14)
+        convolutions' outputs, residual blocks 1 and 5 (positions in `model`; the last block where
+        there are fewer than 5)."""
+        first = 12 if self.antialias else 10
+        blocks = sorted({first, first + min(self.n_blocks, 5) - 1}) if self.n_blocks else []
+        return (0, 4, 8, *blocks) if self.antialias else (0, 4, 7, *blocks)
 
     def to_dict(self) -> dict:
         return asdict(self)

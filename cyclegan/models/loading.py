@@ -25,6 +25,8 @@ LEGACY_NORM_STATS = ("running_mean", "running_var", "num_batches_tracked")
 GENERATOR_FILE_NAMES = {"AtoB": "g_ab", "BtoA": "g_ba"}
 OFFICIAL_FILE_NAMES = {"AtoB": "latest_net_G_A.pth", "BtoA": "latest_net_G_B.pth"}
 HF_WEIGHTS, HF_CONFIG = "model.safetensors", "config.json"  # the Hugging Face folder format
+ONE_WAY = ("cut", "fastcut")  # the objectives that train G (A -> B) alone
+OFFICIAL_CUT_HEAD = "latest_net_F.pth"  # beside latest_net_G.pth, it marks the official CUT files
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -134,18 +136,28 @@ def generator_direction(path: Path) -> str | None:
     return None
 
 
+def recorded_objective(folder: Path) -> str | None:
+    """`model.objective` as a checkpoint or export folder's state.json records it (a run folder's:
+    its export's), or a Hugging Face folder's config.json `objective`; None where no record says (no
+    such file, or one written before objectives)."""
+    if (folder / HF_WEIGHTS).is_file() and (folder / HF_CONFIG).is_file():
+        return read_json(folder / HF_CONFIG, error=CheckpointError).get("objective")
+    for state in (folder / "state.json", folder / "export" / "state.json"):
+        if state.is_file():
+            model = read_json(state, error=CheckpointError).get("model")
+            return model.get("objective") if isinstance(model, dict) else None
+    return None
+
+
 def one_way(folder: Path) -> str | None:
     """What a folder holds when its model translates A -> B only (a CUT run, export or checkpoint,
     or the official CUT files with their patch head `latest_net_F.pth`); None otherwise."""
     if not folder.is_dir():
         return None
-    for state in (folder / "state.json", folder / "export" / "state.json"):
-        if state.is_file():
-            model = read_json(state, error=CheckpointError).get("model")
-            objective = model.get("objective") if isinstance(model, dict) else None
-            if objective in ("cut", "fastcut"):
-                return f"a {objective} model (model.objective={objective})"
-    return "official CUT files" if (folder / "latest_net_F.pth").is_file() else None
+    objective = recorded_objective(folder)
+    if objective in ONE_WAY:
+        return f"a {objective} model (model.objective={objective})"
+    return f"an official CUT model (with its {OFFICIAL_CUT_HEAD})" if (folder / OFFICIAL_CUT_HEAD).is_file() else None
 
 
 def resolve_generator_path(path: str | Path, direction: str | None = None) -> Path:
@@ -211,7 +223,8 @@ def _export_spec(path: Path) -> GeneratorSpec | None:
     if path.suffix != ".safetensors" or not sidecar.is_file():
         return None
     fields = read_json(sidecar, error=CheckpointError)
-    fields.pop("direction", None)  # a Hugging Face config also says which way the generator translates
+    for key in ("direction", "objective"):  # a Hugging Face config also says which way the generator
+        fields.pop(key, None)              # translates, and what trained it
     return generator_spec(fields, f"architecture file {sidecar}")
 
 

@@ -36,7 +36,10 @@ from cyclegan.translate.onnx import OnnxGenerator
 from cyclegan.translate.tiles import translate_tiled
 
 DEFAULT_TILE = 512  # pixels; a tile of the paper's generator then needs about 0.5 GB
-BYTES_PER_PIXEL_PER_NGF = 16  # untiled forward: peak memory / (pixels x ngf), measured on the CPU
+# untiled forward: peak memory / (pixels x ngf), measured on the CPU (14, with a margin), by
+# GeneratorSpec.antialias: the anti-aliased layout convolves to 2 ngf channels at full size before
+# each blur (28 measured)
+BYTES_PER_PIXEL_PER_NGF = {False: 16, True: 32}
 PRECISIONS = ("auto", "fp32", "bf16")
 MIN_SIDE = 8  # the innermost layers reflect-pad a quarter of the image by one pixel: two are needed
 TENSOR_SLACK = 1e-3  # how far outside [-1, 1] a tensor's values may stray (rounding of a caller's normalisation)
@@ -185,9 +188,10 @@ class Translator:
                         normalize_output: str | None = None, full_range: bool = False,
                         names: dict[str, str] = API_NAMES) -> Translator:
         """From a run, export, checkpoint or official folder (`direction` picks the generator, AtoB
-        by default), a Hugging Face folder or Hub id, an official `.pth`, a `.safetensors` export,
-        or an `.onnx` model (run by onnxruntime on the CPU). A file or folder that says it
-        translates the other way than `direction` is refused. `normalize` and `normalize_output`
+        by default; a CUT model's, official CUT files too, translates A -> B only and refuses BtoA), a
+        Hugging Face folder or Hub id, an official `.pth`, a `.safetensors` export, or an `.onnx`
+        model (run by onnxruntime on the CPU). A file or folder that says it translates the other
+        way than `direction` is refused. `normalize` and `normalize_output`
         (as `data.normalize`, for the input's and the output's domain; None: the run's settings
         when `source` is in a run folder, else "dtype") and `full_range` say how deep inputs are
         read and their translations written; `names`, how the caller spells them in messages (the
@@ -266,7 +270,7 @@ class Translator:
         return self.net.spec.out_channels
 
     def untiled_bytes(self, height: int, width: int) -> int:
-        return height * width * self.net.spec.ngf * BYTES_PER_PIXEL_PER_NGF
+        return height * width * self.net.spec.ngf * BYTES_PER_PIXEL_PER_NGF[self.net.spec.antialias]
 
     def per_pass(self, height: int, width: int) -> int:
         """How many images of this size one untiled forward pass takes: what half the free memory holds."""

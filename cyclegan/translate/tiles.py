@@ -6,12 +6,14 @@ the generator runs layer by layer over the whole image instead. Each convolution
 tile by tile, reading from the previous layer's output exactly the margin its kernel needs
 (reflected or zero-padded at the image's border, as the untiled network pads), and writes its
 output to a scratch file while accumulating per-channel statistics of it; the instance norm and
-ReLU that follow are applied as the next layer reads. Every layer so sees what it would see
-untiled: the result equals the untiled translation up to float rounding, with no overlap to
-blend. Memory holds the input and output images (8-bit, or float32 for deeper data: four times
-the bytes) and a few tiles; the activations live in scratch files in the temporary directory
-(TMPDIR), unlinked at once so that the system frees them however the process ends (at their
-peak 6 bytes x ngf per pixel: 384 for the paper's).
+ReLU that follow are applied as the next layer reads. The anti-aliased layers of the official
+CUT layout (`cyclegan.models.antialias`) are depthwise convolutions with fixed filters, computed the
+same way. Every layer so sees what it would see untiled: the result equals the untiled translation
+up to float rounding, with no overlap to blend. Memory holds the input and output images (8-bit, or
+float32 for deeper data: four times the bytes) and a few tiles; the activations live in scratch
+files in the temporary directory (TMPDIR), unlinked at once so that the system frees them however
+the process ends (at their peak 6 bytes x ngf per pixel: 384 for the paper's; twice that for the
+anti-aliased layout, see `scratch_bytes`).
 """
 
 from __future__ import annotations
@@ -26,11 +28,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import skip_init
 
 from cyclegan.errors import DataError
 from cyclegan.images import to_uint8
 from cyclegan.io.samples import as_unit
+from cyclegan.models.antialias import Downsample, Upsample
 from cyclegan.models.generator import ResnetBlock, ResnetGenerator
+
+NUMPY_PADDING = {"reflect": "reflect", "replicate": "edge", "zeros": "constant"}  # torch's names -> numpy's
 
 
 class Moments:
@@ -88,7 +94,8 @@ class Plane:
 
     def read(self, top: int, bottom: int, left: int, right: int, padding: str) -> np.ndarray:
         """Rows [top, bottom) and columns [left, right), which may reach past the border by less than
-        the image's size: those are `reflect`ed or `zeros`, after the pending affine and ReLU."""
+        the image's size: those are `padding` (reflect, replicate or zeros, as torch names them),
+        after the pending affine and ReLU."""
         inside = (max(top, 0), min(bottom, self.height), max(left, 0), min(right, self.width))
         block = self.region(*inside).astype(np.float32)
         if self.scale is not None:
@@ -97,7 +104,7 @@ class Plane:
             block = np.maximum(block, 0)
         margins = ((inside[0] - top, bottom - inside[1]), (inside[2] - left, right - inside[3]), (0, 0))
         if any(any(m) for m in margins):
-            block = np.pad(block, margins, mode="reflect" if padding == "reflect" else "constant")
+            block = np.pad(block, margins, mode=NUMPY_PADDING[padding])
         return block
 
 
@@ -166,7 +173,8 @@ class TiledRun:
 
     def convolve(self, conv: nn.Conv2d | nn.ConvTranspose2d, source: Plane, pad: tuple[int, str]) -> DiskPlane:
         """`conv` over `source`, after `pad` = (pixels, mode) from a ReflectionPad2d before it, or
-        with the convolution's own zero padding."""
+        with the convolution's own zero padding. A transposed convolution reads past the border
+        in `pad`'s mode (its own padding crops the output)."""
         k, s = conv.kernel_size[0], conv.stride[0]
         transposed = isinstance(conv, nn.ConvTranspose2d)
         if transposed:  # out[o] takes in[i] where o + p = i * s + j, j < k
@@ -179,7 +187,7 @@ class TiledRun:
         for top, bottom, left, right in self.tiles(height, width):
             if transposed:
                 (r0, r1), (c0, c1) = (_transposed_inputs(a, b, k, s, p) for a, b in ((top, bottom), (left, right)))
-                result = self.compute(conv, source.read(r0, r1, c0, c1, "zeros"))
+                result = self.compute(conv, source.read(r0, r1, c0, c1, pad[1]))
                 dy, dx = top + p - r0 * s, left + p - c0 * s
                 result = result[dy:dy + bottom - top, dx:dx + right - left]
             else:
@@ -211,6 +219,9 @@ class TiledRun:
                 pad = (module.padding[0], "reflect")
             elif isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
                 plane, pad = replace(self.convolve(module, plane, pad)), (0, "zeros")
+            elif isinstance(module, (Downsample, Upsample)):
+                blur, blur_pad = blur_convolution(module)
+                plane, pad = replace(self.convolve(blur, plane, blur_pad)), (0, "zeros")
             elif isinstance(module, nn.InstanceNorm2d):
                 if module.affine or module.track_running_stats:
                     raise TypeError("tiled translation takes instance norm without affine parameters or statistics")
@@ -231,15 +242,35 @@ class TiledRun:
         return plane
 
 
+def blur_convolution(module: Downsample | Upsample) -> tuple[nn.Module, tuple[int, str]]:
+    """An anti-aliased resampling as the depthwise convolution it computes, and the padding it reads
+    with. Downsample: reflection pad 1, blur with stride 2. Upsample: replicate pad 1, transposed
+    blur with stride 2 and padding 2, crop a pixel each side; the crop is padding 1 instead, which
+    reads one replicated pixel past each border, as the pad gives."""
+    channels, _, k, _ = module.filt.shape
+    device = module.filt.device
+    if isinstance(module, Downsample):
+        conv, pad = skip_init(nn.Conv2d, channels, channels, k, stride=2, groups=channels, bias=False,
+                              device=device), (1, "reflect")
+    else:
+        conv, pad = skip_init(nn.ConvTranspose2d, channels, channels, k, stride=2, padding=1, groups=channels,
+                              bias=False, device=device), (0, "replicate")
+    with torch.no_grad():
+        conv.weight.copy_(module.filt)
+    return conv, pad
+
+
 def _transposed_inputs(first: int, stop: int, k: int, s: int, p: int) -> tuple[int, int]:
     """The input rows a transposed convolution needs for output rows [first, stop)."""
     return -(-(first + p - k + 1) // s), (stop - 1 + p) // s + 1
 
 
 def scratch_bytes(net: ResnetGenerator, height: int, width: int) -> int:
-    """Peak scratch space: the first layer's ngf channels, beside the next one's 2 ngf at a quarter
-    of the pixels, in float32."""
-    return height * width * net.spec.ngf * 4 * 3 // 2
+    """Peak scratch space, in float32: the first layer's ngf channels beside the next convolution's
+    2 ngf, at a quarter of the pixels where it strides, at all of them where it is anti-aliased (it
+    convolves at full size; the blur after it subsamples). The upsampling mirrors it."""
+    next_pixels = 1 if net.spec.antialias else 1 / 4
+    return int(height * width * net.spec.ngf * 4 * (1 + 2 * next_pixels))
 
 
 def translate_tiled(net: ResnetGenerator, pixels: np.ndarray, tile: int, device: torch.device,
