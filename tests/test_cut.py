@@ -186,3 +186,18 @@ def test_a_cut_run_logs_its_losses_health_and_grids(cut_run):
                                                                      "step_0000003_identity.png"]
     config = (cut_run / "config.yaml").read_text()  # the objective's values, resolved, as the run used them
     assert "objective: cut" in config and "antialias: true" in config and "nce_layers:" in config
+
+
+@pytest.mark.parametrize("overrides, init", [([], "xavier"), (["model.init=normal"], "normal")])
+def test_cut_networks_start_from_the_official_cut_init_unless_told_otherwise(overrides, init):
+    # Xavier-normal with gain 0.02: std = 0.02 * sqrt(2 / (fan_in + fan_out)); normal: std = 0.02
+    torch.manual_seed(0)
+    cfg = load_config(None, ["model.objective=cut", "model.ngf=16", "model.n_blocks=5", *overrides])
+    nets = objective_for(cfg).build_networks(cfg)
+    for name, net in nets.named().items():
+        for module in net.modules():
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)) and module.weight.numel() > 10_000:
+                fan_in, fan_out = torch.nn.init._calculate_fan_in_and_fan_out(module.weight)
+                expected = 0.02 * (2 / (fan_in + fan_out)) ** 0.5 if init == "xavier" else 0.02
+                assert module.weight.std().item() == pytest.approx(expected, rel=0.05), name
+                assert module.bias is None or not module.bias.any()
