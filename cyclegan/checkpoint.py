@@ -40,7 +40,8 @@ from cyclegan.step import Networks, Optimizers, Pools
 
 STEP_PATTERN = re.compile(r"step_(\d{7})")
 # what the architecture record of checkpoints written before a key existed means
-MODEL_KEYS_BEFORE = {"objective": "cyclegan", "antialias": False, "init": "normal", "nce_layers": None, "head_nc": 256}
+MODEL_KEYS_BEFORE = {"objective": "cyclegan", "antialias": False, "init": "normal", "nce_layers": None, "head_nc": None}
+INIT_ONLY = ("init", "init_gain")  # how weights start: nothing to a resume, which loads them
 
 
 @dataclass
@@ -252,8 +253,8 @@ def load_checkpoint(accelerator: Accelerator, path: Path, expected: TrainState, 
                      f"{expected.world_size} x {expected.num_workers}: the data stream is split anew, image pools "
                      "of ranks that are gone are dropped and new ranks start with empty ones; from here the run "
                      "is no longer bitwise reproducible")
-    if saved_model != expected.model:
-        changed = sorted(k for k in expected.model if saved_model.get(k) != expected.model[k])
+    changed = sorted(k for k in expected.model if saved_model.get(k) != expected.model[k] and k not in INIT_ONLY)
+    if changed:
         raise CheckpointError(
             f"checkpoint {path} holds another architecture: "
             + ", ".join(f"model.{k} is {saved_model.get(k)} there, {expected.model[k]} here" for k in changed)

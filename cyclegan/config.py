@@ -31,7 +31,8 @@ ADAM_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for_loop")
 DIFFAUG_POLICIES = ("color", "translation", "cutout")
 OBJECTIVES = ("cyclegan", "cut", "fastcut")
 INITS = ("normal", "xavier")
-CUT_ONLY = ("model.nce_layers", "train.lambda_nce", "train.nce_idt", "train.flip_equivariance")
+CUT_ONLY = ("model.nce_layers", "model.head_nc", "train.lambda_gan", "train.lambda_nce", "train.nce_idt",
+            "train.flip_equivariance", "train.num_patches", "train.nce_temperature")
 
 
 @dataclass
@@ -63,7 +64,7 @@ class ModelConfig:
     # input, both downsampling convolutions and residual blocks 1 and 5 (0,4,8,12,16 anti-aliased,
     # 0,4,7,10,14 otherwise), as the official CUT; the last block where there are fewer than 5
     nce_layers: Optional[list[int]] = None
-    head_nc: int = 256  # cut/fastcut: width of the patch head's MLPs (official netF_nc)
+    head_nc: Optional[int] = None  # cut/fastcut: width of the patch head's MLPs (null: 256, the official netF_nc)
 
 
 @dataclass
@@ -122,15 +123,15 @@ class TrainConfig:
     # history of generated images shown to D: 50 for cyclegan (paper), 0 turns it off; null: the
     # objective's (cut and fastcut have none)
     pool_size: Optional[int] = None
-    # cut/fastcut: the adversarial weight; PatchNCE's weight (null: 1 for cut, 10 for fastcut); the
-    # identity PatchNCE on B (null: on for cut); mirrored inputs (null: on for fastcut); patches
-    # sampled per layer; the contrastive temperature. Official CUT values
-    lambda_gan: float = 1.0
+    # cut/fastcut only, null meaning the official CUT value: the adversarial weight (1); PatchNCE's
+    # weight (1 for cut, 10 for fastcut); the identity PatchNCE on B (on for cut); mirrored inputs
+    # (on for fastcut); patches sampled per layer (256); the contrastive temperature (0.07)
+    lambda_gan: Optional[float] = None
     lambda_nce: Optional[float] = None
     nce_idt: Optional[bool] = None
     flip_equivariance: Optional[bool] = None
-    num_patches: int = 256
-    nce_temperature: float = 0.07
+    num_patches: Optional[int] = None
+    nce_temperature: Optional[float] = None
     mixed_precision: str = "no"  # no, bf16 or fp16
     grad_clip: float = 0.0  # max gradient norm per optimizer; 0 turns clipping off
     # steps with a NaN or inf loss are skipped and counted; this many in a row stop the run (0: never)
@@ -276,9 +277,12 @@ def resolve_objective(config: RunConfig) -> None:
     t.pool_size = (0 if cut else 50) if t.pool_size is None else t.pool_size
     if cut:
         m.nce_layers = list(generator_spec(m).feature_layers) if m.nce_layers is None else list(m.nce_layers)
-        t.lambda_nce = (10.0 if fast else 1.0) if t.lambda_nce is None else t.lambda_nce
-        t.nce_idt = (not fast) if t.nce_idt is None else t.nce_idt
-        t.flip_equivariance = fast if t.flip_equivariance is None else t.flip_equivariance
+        official = [(m, "head_nc", 256), (t, "lambda_gan", 1.0), (t, "lambda_nce", 10.0 if fast else 1.0),
+                    (t, "nce_idt", not fast), (t, "flip_equivariance", fast), (t, "num_patches", 256),
+                    (t, "nce_temperature", 0.07)]
+        for section, key, value in official:
+            if getattr(section, key) is None:
+                setattr(section, key, value)
 
 
 def _get(config: RunConfig, key: str) -> Any:
@@ -321,22 +325,23 @@ def validate(config: RunConfig) -> None:
         ("model.norm", m.norm in NORMS, f"must be one of {', '.join(NORMS)}"),
         ("model.input_nc", m.input_nc >= 1, "must be at least 1"),
         ("model.output_nc", m.output_nc >= 1, "must be at least 1"),
-        ("train.lambda_identity", m.input_nc == m.output_nc or t.lambda_identity == 0,
+        ("train.lambda_identity", m.objective != "cyclegan" or m.input_nc == m.output_nc or t.lambda_identity == 0,
          f"must be 0 when model.input_nc ({m.input_nc}) and model.output_nc ({m.output_nc}) differ: the identity "
          "loss feeds domain B images to G_AB, which takes domain A's channels"),
         ("model.init_gain", m.init_gain > 0, "must be positive"),
         ("model.init", m.init in INITS, f"must be one of {', '.join(INITS)}"),
-        ("model.head_nc", m.head_nc >= 1, "must be at least 1"),
+        ("model.head_nc", m.head_nc is None or m.head_nc >= 1, "must be at least 1"),
         ("model.objective", m.objective == "cyclegan" or m.input_nc == m.output_nc,
          f"{m.objective} needs model.input_nc ({m.input_nc}) equal to model.output_nc ({m.output_nc}): PatchNCE "
          "passes the translation back through the generator's encoder"),
         ("model.nce_layers", m.nce_layers is None or nce_layers_ok(m),
          f"{m.nce_layers} must be distinct, ascending generator layers from 0 to {generator_spec(m).depth - 1} "
          f"(model.n_blocks={m.n_blocks})"),
-        ("train.lambda_gan", t.lambda_gan >= 0, "must not be negative"),
+        ("train.lambda_gan", t.lambda_gan is None or t.lambda_gan >= 0, "must not be negative"),
         ("train.lambda_nce", t.lambda_nce is None or t.lambda_nce >= 0, "must not be negative"),
-        ("train.num_patches", t.num_patches >= 2, "must be at least 2 (each patch needs a negative)"),
-        ("train.nce_temperature", t.nce_temperature > 0, "must be positive"),
+        ("train.num_patches", t.num_patches is None or t.num_patches >= 2,
+         "must be at least 2 (each patch needs a negative)"),
+        ("train.nce_temperature", t.nce_temperature is None or t.nce_temperature > 0, "must be positive"),
         ("train.nce_idt", not (m.objective != "cyclegan" and t.nce_idt and t.lambda_nce == 0),
          "needs train.lambda_nce above 0"),
         ("data.crop_size", d.crop_size >= 16, "must be at least 16"),

@@ -145,7 +145,8 @@ def card_body(spec: GeneratorSpec, direction: str, weights: Path, run: Path | No
     name, paper = MODELS[objective]
     official, one_way_note = "official implementation's", ""
     if objective in ONE_WAY:
-        official, one_way_note = "official CUT implementation's", " It translates A to B only: CUT trains one generator."
+        official = "official CUT implementation's"
+        one_way_note = " It translates A to B only: CUT trains one generator."
     lines = [f"A {name} ({paper}) generator translating domain {direction[0]} to domain {direction[-1]}: "
              f"{describe(spec)}. The weights use the {official} state_dict keys, so its code loads them too."
              + one_way_note, "", "## How to use", "",
@@ -183,9 +184,9 @@ def run_facts(run: Path, weights: Path, direction: str, objective: str = "cycleg
 
         precision = {"no": "fp32"}.get(get("mixed_precision"), get("mixed_precision"))
         if objective in ONE_WAY:
-            weighting = (f"model.objective {objective}: lambda_GAN {get('lambda_gan')}, lambda_NCE {get('lambda_nce')}, "
-                         f"identity NCE {get('nce_idt')}, {get('num_patches')} patches per layer, temperature "
-                         f"{get('nce_temperature')}")
+            weighting = (f"model.objective {objective}: lambda_GAN {get('lambda_gan')}, lambda_NCE "
+                         f"{get('lambda_nce')}, identity NCE {get('nce_idt')}, {get('num_patches')} patches per "
+                         f"layer, temperature {get('nce_temperature')}")
         else:
             weighting = f"lambda_cycle {get('lambda_cycle')}, lambda_identity {get('lambda_identity')}"
         facts.append(f"global batch {get('global_batch', record)} ({get('batch_size')} per device x "

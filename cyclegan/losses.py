@@ -6,14 +6,14 @@ import torch
 import torch.nn.functional as F
 
 
-def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
     """bf16/fp16 network outputs are compared in fp32; fp32 and fp64 stay as they are."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def adversarial_loss(scores: torch.Tensor, target_is_real: bool, mode: str = "lsgan") -> torch.Tensor:
     """LSGAN (mean squared distance to 1 or 0, the paper's choice) or vanilla GAN (BCE on logits)."""
-    scores = _at_least_fp32(scores)
+    scores = at_least_fp32(scores)
     target = torch.full_like(scores, 1.0 if target_is_real else 0.0)
     if mode == "lsgan":
         return F.mse_loss(scores, target)
@@ -24,12 +24,12 @@ def adversarial_loss(scores: torch.Tensor, target_is_real: bool, mode: str = "ls
 
 def cycle_loss(reconstructed: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """L1 between an image and its round trip through both generators."""
-    return F.l1_loss(_at_least_fp32(reconstructed), _at_least_fp32(real))
+    return F.l1_loss(at_least_fp32(reconstructed), at_least_fp32(real))
 
 
 def identity_loss(same: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """L1 between a target-domain image and the generator's output for it (colour preservation)."""
-    return F.l1_loss(_at_least_fp32(same), _at_least_fp32(real))
+    return F.l1_loss(at_least_fp32(same), at_least_fp32(real))
 
 
 def patch_nce_loss(query: torch.Tensor, key: torch.Tensor, images: int, temperature: float = 0.07) -> torch.Tensor:
@@ -40,7 +40,7 @@ def patch_nce_loss(query: torch.Tensor, key: torch.Tensor, images: int, temperat
     Negatives come from the query's own image only, so the loss of an image does not depend on
     what else is in the batch: the same on one rank or many, with or without accumulation.
     """
-    query, key = _at_least_fp32(query), _at_least_fp32(key).detach()
+    query, key = at_least_fp32(query), at_least_fp32(key).detach()
     positive = (query * key).sum(1, keepdim=True)
     q, k = query.view(images, -1, query.shape[1]), key.view(images, -1, key.shape[1])
     patches = q.shape[1]

@@ -61,10 +61,12 @@ def warm_start(accelerator: Accelerator, source: Path, nets: Networks, norm: str
     folder = weights_folder(source)
     files = next((f for f in (OFFICIAL_FILES, OFFICIAL_CUT_FILES) if (folder / f["g_ab"]).is_file()), OUR_FILES)
     ours = nets.named()
-    generators = [files.get(name, name) for name in nets.generators()]
-    if not all((folder / file).is_file() for file in generators):
-        raise CheckpointError(f"init_from={source}: {folder} holds no {' and '.join(generators)}, which this run's "
-                              f"generators start from")
+    missing = {name: files.get(name, f"{name}.safetensors") for name in nets.generators()}
+    missing = {name: file for name, file in missing.items() if not (folder / file).is_file()}
+    if missing:
+        raise CheckpointError(f"init_from={source}: {folder} holds no weights for this run's generator "
+                              f"{' and '.join(missing)} (no {' or '.join(missing.values())}); a CycleGAN run starts "
+                              "both of its generators (A -> B and B -> A) from them, and a CUT folder holds A -> B alone")
     loaded = []
     for name, net in ours.items():
         path = folder / files.get(name, f"{name}.safetensors")

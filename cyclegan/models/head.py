@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cyclegan.losses import at_least_fp32
 from cyclegan.models.common import init_weights
 from cyclegan.models.generator import ResnetGenerator
 
@@ -42,10 +43,15 @@ class PatchHead(nn.Module):
 
     def forward(self, features: list[torch.Tensor], ids: list[torch.Tensor]) -> list[torch.Tensor]:
         """Each layer's feature vectors at the positions `ids` (flat indices into H x W, the same for
-        every image), through that layer's MLP: (batch x positions) x width, unit length."""
+        every image), through that layer's MLP: (batch x positions) x width, unit length, in fp32 at
+        least (the logits divide by a temperature of 0.07, which would magnify bf16's rounding).
+
+        The positions are gathered from the channels-first layout and only the gathered vectors
+        are transposed: a gradient handed back to the generator in a channels-last layout made the
+        CPU instance norm's backward wrong at one image per pass (torch 2.14)."""
         out = []
         for index, (feature, where) in enumerate(zip(features, ids)):
-            vectors = feature.permute(0, 2, 3, 1).flatten(1, 2)[:, where].flatten(0, 1)
-            projected = getattr(self, f"mlp_{index}")(vectors)
+            vectors = feature.flatten(2)[:, :, where].transpose(1, 2).flatten(0, 1)
+            projected = at_least_fp32(getattr(self, f"mlp_{index}")(vectors))
             out.append(projected / (projected.pow(2).sum(1, keepdim=True).sqrt() + L2_EPS))
         return out

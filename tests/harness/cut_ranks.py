@@ -1,6 +1,6 @@
 """Two CUT (or FastCUT) optimizer steps on four fixed images, split across however many ranks it
-is launched on, in float64; rank 0 saves the weights. For comparing one rank, two ranks and
-gradient accumulation on the same images.
+is launched on and GRAD_ACCUM micro-batches, in float64; rank 0 saves the weights. For comparing
+one rank, two ranks and gradient accumulation on the same images.
 
     [accelerate launch] python tests/harness/cut_ranks.py OUT.pt OBJECTIVE GRAD_ACCUM [CONTROL]
 
