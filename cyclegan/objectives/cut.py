@@ -13,8 +13,9 @@ translation, then step G and F on G's loss against the stepped D. Under gradient
 that order needs every micro-batch's translation before D steps and D's step before any of
 G's losses: each micro-step translates without a graph for D's loss and keeps its images, and
 the window's last micro-step, after D's step, runs G's pass over all of them. So accumulation
-equals the larger batch exactly, for one extra forward of G per micro-batch; without
-accumulation G runs once. The places of the sampled patches and FastCUT's mirror are drawn from
+equals the larger batch exactly (instance norm, no dropout, no DiffAugment: a second pass draws
+other dropout masks and augmentations, and batch norm's statistics see it), for one extra forward
+of G per micro-batch; without accumulation G runs once. The places of the sampled patches and FastCUT's mirror are drawn from
 (seed, step) alone: every rank and micro-batch of a step draws the same, as one large batch
 would, and a resumed run draws what the uninterrupted one drew.
 """
