@@ -14,6 +14,7 @@ from cyclegan.models.antialias import binomial_filter
 from cyclegan.models.generator import GeneratorSpec, ResnetGenerator
 from cyclegan.objectives import objective_for
 from tests.conftest import ROOT, final_weights, launch, max_difference, script, tiny
+from tests.harness.cut_ranks import controlled, two_steps
 from tests.test_step import fresh_accelerator, uniform
 
 # Recorded by running the official CUT code (taesungp/contrastive-unpaired-translation at b3ac297,
@@ -132,26 +133,31 @@ def test_networks_have_the_official_cut_layout_and_features():
     ("cut", [(2, 1), (1, 4), (2, 2)]),
     ("fastcut", [(2, 2)]),
 ])
-def test_two_ranks_and_accumulation_equal_one_large_batch(tmp_path, objective, layouts):
+def test_two_ranks_and_accumulation_equal_one_large_batch(float64, monkeypatch, tmp_path, objective, layouts):
     """Four images: on one rank at once against (ranks, micro-batches) of the rest; float64, and
     Adam's eps at 1 makes its first steps nearly linear in the gradient. (1, 4) passes one image at
-    a time, where a channels-last gradient once broke instance norm's backward on the CPU."""
-    harness = str(ROOT / "tests/harness/cut_ranks.py")
-
-    def weights(name, nproc, accum, *control):
-        launch(nproc, harness, tmp_path / f"{name}.pt", objective, accum, *control)
-        return torch.load(tmp_path / f"{name}.pt", weights_only=True)
+    a time, where a channels-last gradient once broke instance norm's backward on the CPU. One
+    rank runs in this process, two are launched."""
+    def weights(nproc, accum, control=None):
+        if nproc > 1:
+            out = tmp_path / f"{nproc}x{accum}-{control}.pt"
+            launch(nproc, str(ROOT / "tests/harness/cut_ranks.py"), out, objective, accum, *[control] * bool(control))
+            return torch.load(out, weights_only=True)
+        with monkeypatch.context() as patched:
+            for name, replacement in controlled(control, 1).items():
+                patched.setattr(cut, name, replacement)
+            return two_steps(fresh_accelerator(gradient_accumulation_steps=accum), objective, accum)
 
     def difference(a, b):
         return max((a[n][k] - b[n][k]).abs().max().item() for n in a for k in a[n])
 
-    one = weights("one", 1, 1)
+    one = weights(1, 1)
     for nproc, accum in layouts:
-        assert difference(weights(f"{nproc}x{accum}", nproc, accum), one) < 1e-12, (nproc, accum)
+        assert difference(weights(nproc, accum), one) < 1e-12, (nproc, accum)
     if objective == "cut":  # negative controls: patches grouped by the global batch (CUT issue #67),
         # and new patch places for each micro-batch
-        assert difference(weights("reshape", 2, 1, "global-reshape"), one) > 1e-7
-        assert difference(weights("ids", 1, 2, "ids-per-micro-batch"), one) > 1e-7
+        assert difference(weights(2, 1, "global-reshape"), one) > 1e-7
+        assert difference(weights(1, 2, "ids-per-micro-batch"), one) > 1e-7
 
 
 def test_a_run_warm_starts_from_official_cut_files_and_from_a_cyclegan_run(demo_shards, trained_run, tmp_path):
