@@ -222,8 +222,9 @@ def load_checkpoint(accelerator: Accelerator, path: Path, expected: TrainState, 
         raise CheckpointError(
             f"checkpoint {path} was trained with model.objective={saved_model['objective']}; this run asks for "
             f"{expected.model['objective']}. A run keeps its objective: resume with model.objective="
-            f"{saved_model['objective']}, or start a new output_dir (init_from=<this run's output_dir> takes the "
-            "weights both objectives share)"
+            f"{saved_model['objective']}, or start a new output_dir"
+            + (" (init_from=<this run's output_dir> takes its g_ab and d_b, with model.antialias=false)"
+               if saved_model["objective"] == "cyclegan" else "")
         )
     if saved.global_batch is not None and saved.global_batch != expected.global_batch:
         raise CheckpointError(

@@ -8,8 +8,9 @@ Takes an official CycleGAN checkpoint folder (`latest_net_G_A.pth`, `latest_net_
 becomes our `d_b`), an official CUT one (`latest_net_G.pth`, `latest_net_D.pth`, `latest_net_F.pth`),
 one of our export folders (generators only: the discriminators start fresh), one of our
 checkpoint folders, or a run folder (its newest checkpoint). Each network this run trains takes
-the file of its role where the source has one (a CUT run can start from a CycleGAN run's g_ab and
-d_b, and the other way round its g_ab and d_b), and starts fresh otherwise; the generators must be there.
+the file of its role where the source has one, and starts fresh otherwise; the generators must be
+there. So a CUT run can start from a CycleGAN run's g_ab and d_b (its patch head fresh); a CycleGAN
+run cannot start from a CUT run, which has no g_ba.
 """
 
 from __future__ import annotations
