@@ -19,6 +19,7 @@ KID, are the same on any number of ranks.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ from cyclegan.pairing import describe, is_paired, local_pairs, match, whole_spli
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
 INCEPTION_ENV = "CYCLEGAN_INCEPTION_WEIGHTS"
+log = logging.getLogger(__name__)
 LOWER_IS_BETTER = {"fid": True, "kid": True, "l1": True, "psnr": False, "ssim": False}
 
 
@@ -268,22 +270,32 @@ def format_table(results: dict[str, float]) -> str:
 
 def load_generator_pair(path: Path) -> tuple[nn.Module, nn.Module | None]:
     """(g_ab, g_ba) from a run folder, an export or checkpoint folder, or a folder of official
-    `latest_net_G_A.pth` and `latest_net_G_B.pth`; (g_ab, None) from a CUT model's."""
+    `latest_net_G_A.pth` and `latest_net_G_B.pth`; (g_ab, None) from a CUT model (its folder, or its
+    one file), which translates A -> B alone, and from a folder whose one generator is the CycleGAN
+    pretrained downloads' `latest_net_G.pth`, which holds one direction: it is not scored as both."""
     from cyclegan.models import load_generator
-    from cyclegan.models.loading import HF_WEIGHTS, one_way
+    from cyclegan.models.loading import HF_WEIGHTS, one_way, resolve_generator_path
 
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if one_way(path):
         return load_generator(path, direction="AtoB"), None
     if not path.is_dir() or (path / HF_WEIGHTS).is_file():
-        raise UserError(f"{path} holds one generator; evaluation needs both directions: give a run folder, an export "
-                        "or checkpoint folder, or a folder with the official latest_net_G_A.pth and latest_net_G_B.pth")
+        raise UserError(f"{path} holds one generator; evaluation needs both directions (a CUT model's one is scored "
+                        "A -> B): give a run folder, an export or checkpoint folder, or a folder with the official "
+                        "latest_net_G_A.pth and latest_net_G_B.pth")
     try:
-        g_ab, g_ba = load_generator(path, direction="AtoB"), load_generator(path, direction="BtoA")
+        a_to_b = resolve_generator_path(path, "AtoB")
+        if one_way(a_to_b):  # the official CUT generator without its head
+            return load_generator(a_to_b), None
+        b_to_a = resolve_generator_path(path, "BtoA")
     except CheckpointError as err:
         raise UserError(f"{path} holds no pair of generators: give a run folder, an export or checkpoint folder, "
                         f"or a folder with the official latest_net_G_A.pth and latest_net_G_B.pth ({err})") from None
+    if b_to_a == a_to_b:
+        log.warning("%s holds one generator, %s: it is scored A -> B alone", path, a_to_b.name)
+        return load_generator(a_to_b), None
+    g_ab, g_ba = load_generator(a_to_b), load_generator(b_to_a)
     a, b = g_ab.spec, g_ba.spec
     if (a.in_channels, a.out_channels) != (b.out_channels, b.in_channels):
         raise UserError(f"{path}: its generators do not make a pair: AtoB maps {a.in_channels} -> {a.out_channels} "

@@ -37,8 +37,9 @@ MODELS = {"cyclegan": ("CycleGAN", "Zhu et al. 2017, arXiv 1703.10593"),  # obje
 
 class HubGenerator(ResnetGenerator, PyTorchModelHubMixin, library_name="cyclegan", tags=TAGS):
     """The generator with Hugging Face's save/load/push: its init arguments (the architecture, the
-    direction it translates and the objective that trained it) become config.json, its weights
-    model.safetensors under the official state_dict keys."""
+    direction it translates and the objective that trained it) are config.json (`hub_config`), its
+    weights model.safetensors under the official state_dict keys. Keys a config leaves out take the
+    defaults here."""
 
     def __init__(self, in_channels: int = 3, out_channels: int = 3, ngf: int = 64, n_blocks: int = 9,
                  norm: str = "instance", dropout: bool = False, antialias: bool = False, direction: str = "AtoB",
@@ -100,10 +101,11 @@ def export_hf(net: ResnetGenerator, folder: Path, direction: str, weights: Path,
     A CUT model's folder also holds its run's identity grid as identity.png. Written beside
     `folder` and swapped in whole, so an existing export is replaced only by a complete one."""
     objective = objective_of(weights, run)
-    hub = HubGenerator(**net.spec.to_dict(), direction=direction, objective=objective)
+    config = hub_config(net.spec, direction, objective)
+    hub = HubGenerator(**config)
     hub.load_state_dict(net.state_dict())
     with atomic_folder(folder) as staging:
-        hub.save_pretrained(staging)
+        hub.save_pretrained(staging, config=config)
         grids = {"sample.png": direction, **({"identity.png": "identity"} if objective in ONE_WAY else {})}
         samples = {name: found for name, grid in grids.items() if run and (found := newest_sample(run, grid))}
         for name, found in samples.items():
@@ -114,6 +116,16 @@ def export_hf(net: ResnetGenerator, folder: Path, direction: str, weights: Path,
             body=card_body(net.spec, direction, weights, run, list(samples), objective))
         card.save(staging / "README.md")
     return folder
+
+
+def hub_config(spec: GeneratorSpec, direction: str, objective: str) -> dict:
+    """config.json: the architecture and the direction, and `antialias` and `objective` only where
+    they are not HubGenerator's defaults (anti-aliased, CUT or FastCUT): a CycleGAN export keeps the
+    keys of releases before CUT, which build the generator from every key but `direction`."""
+    config = {**spec.to_dict(), "direction": direction}
+    if not spec.antialias:
+        del config["antialias"]
+    return config | ({"objective": objective} if objective != "cyclegan" else {})
 
 
 CARD = """---
@@ -133,7 +145,7 @@ def objective_of(weights: Path, run: Path | None) -> str:
     if objective is None and run is not None:
         model = (_json(run / "run.json") or {}).get("model")
         objective = model.get("objective") if isinstance(model, dict) else None
-    if objective is None and one_way(weights.parent):
+    if objective is None and one_way(weights):  # the official CUT files: by their head, or by their blur filters
         objective = "cut"
     return objective if objective in MODELS else "cyclegan"
 
@@ -143,13 +155,9 @@ def card_body(spec: GeneratorSpec, direction: str, weights: Path, run: Path | No
     """What a reader of the card wants: the architecture, the data, the training and the scores.
     `samples`: the grids the folder holds (sample.png, identity.png)."""
     name, paper = MODELS[objective]
-    official, one_way_note = "official implementation's", ""
-    if objective in ONE_WAY:
-        official = "official CUT implementation's"
-        one_way_note = " It translates A to B only: CUT trains one generator."
+    one_way_note = " It translates A to B only: CUT trains one generator." if objective in ONE_WAY else ""
     lines = [f"A {name} ({paper}) generator translating domain {direction[0]} to domain {direction[-1]}: "
-             f"{describe(spec)}. The weights use the {official} state_dict keys, so its code loads them too."
-             + one_way_note, "", "## How to use", "",
+             f"{describe(spec)}. {official_code(spec, objective)}" + one_way_note, "", "## How to use", "",
              "With the `cyclegan` package (this model's training code):", "", "```python", "from PIL import Image",
              "from cyclegan import Translator", "",
              'translator = Translator.from_pretrained("this/repo-or-folder")',
@@ -171,6 +179,18 @@ def card_body(spec: GeneratorSpec, direction: str, weights: Path, run: Path | No
     return "\n".join(lines)
 
 
+def official_code(spec: GeneratorSpec, objective: str) -> str:
+    """Which official code loads the weights: their layout follows the anti-aliasing, whatever the
+    objective (the official CycleGAN code builds no blur layers; the official CUT code builds them
+    unless told not to)."""
+    if spec.antialias:
+        as_g = "" if objective in ONE_WAY else " as a generator (G_A or G_B) of its `--model cycle_gan`"
+        return (f"The weights use the official CUT implementation's state_dict keys, so its code loads them{as_g}; "
+                "the official CycleGAN code cannot, as it builds no blur layers.")
+    return ("The weights use the official implementations' state_dict keys: the official CycleGAN code loads them, "
+            "and so does the official CUT code with `--no_antialias --no_antialias_up`.")
+
+
 def run_facts(run: Path, weights: Path, direction: str, objective: str = "cyclegan") -> list[str]:
     """Lines about the exported weights and their run: settings, data, step, losses (with the
     objective's loss weights), scores."""
@@ -185,8 +205,9 @@ def run_facts(run: Path, weights: Path, direction: str, objective: str = "cycleg
         precision = {"no": "fp32"}.get(get("mixed_precision"), get("mixed_precision"))
         if objective in ONE_WAY:
             weighting = (f"model.objective {objective}: lambda_GAN {get('lambda_gan')}, lambda_NCE "
-                         f"{get('lambda_nce')}, identity NCE {get('nce_idt')}, {get('num_patches')} patches per "
-                         f"layer, temperature {get('nce_temperature')}")
+                         f"{get('lambda_nce')}, identity NCE {get('nce_idt')}, flip equivariance "
+                         f"{get('flip_equivariance')}, {get('num_patches')} patches per layer, temperature "
+                         f"{get('nce_temperature')}")
         else:
             weighting = f"lambda_cycle {get('lambda_cycle')}, lambda_identity {get('lambda_identity')}"
         facts.append(f"global batch {get('global_batch', record)} ({get('batch_size')} per device x "

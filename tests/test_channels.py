@@ -129,7 +129,7 @@ def test_official_checkpoints_of_other_channels_load_and_warm_start(demo_shards,
     started = script("train.py", "--config", "configs/demo.yaml",
                      *tiny(grey_to_colour / "shards", tmp_path / "run", "model.input_nc=1", "train.max_steps=1",
                            "train.lr=1e-12", "tracking.mode=disabled", f"init_from={official}"))
-    assert "initialised g_ab, g_ba, d_b, d_a from" in started.stdout
+    assert "initialised g_ab, g_ba, d_a, d_b from" in started.stdout
     refused = script("train.py", "--config", "configs/demo.yaml",
                      *tiny(demo_shards, tmp_path / "rgb", "train.max_steps=1", "tracking.mode=disabled",
                            f"init_from={official}"), check=False)

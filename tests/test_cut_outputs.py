@@ -18,8 +18,9 @@ from safetensors.torch import load_file
 
 from cyclegan import Translator, cli, evaluation
 from cyclegan.errors import UserError
-from cyclegan.export import HubGenerator, export_hf
-from cyclegan.models import load_generator
+from cyclegan.export import HubGenerator, card_body, export_hf, run_facts
+from cyclegan.models import GeneratorSpec, ResnetGenerator, load_generator
+from cyclegan.models.loading import recorded_objective
 from cyclegan.translate.onnx import OnnxGenerator
 from tests.test_evaluation import SmallFeatures
 from tests.test_translate import make_clip, psnr, read_clip
@@ -57,6 +58,21 @@ def official_cut(cut_run, tmp_path_factory) -> Path:
     for ours, theirs in (("g_ab", "G"), ("d_b", "D"), ("f", "F")):
         torch.save(load_file(str(checkpoint / f"{ours}.safetensors")), folder / f"latest_net_{theirs}.pth")
     return folder
+
+
+@pytest.fixture(scope="module")
+def official_cut_alone(official_cut, tmp_path_factory) -> Path:
+    """The official CUT generator without its head, as CUT's pretrained models come: `latest_net_G.pth` alone."""
+    folder = tmp_path_factory.mktemp("official-cut-alone")
+    (folder / "latest_net_G.pth").write_bytes((official_cut / "latest_net_G.pth").read_bytes())
+    return folder
+
+
+@pytest.fixture
+def cut_hf(cut_run, tmp_path) -> Path:
+    """The CUT run's Hugging Face export, without its run."""
+    export_hf(load_generator(cut_run), tmp_path / "hf", "AtoB", cut_run / "export" / "g_ab.safetensors", None)
+    return tmp_path / "hf"
 
 
 def random_image(path: Path, size: tuple[int, int], seed: int = 0) -> Path:
@@ -119,12 +135,22 @@ def test_onnx_and_hugging_face_exports_of_a_cut_run(cut_run, tmp_path, call):
     assert np.array_equal(from_hf, from_run)
 
 
-@pytest.mark.parametrize("source", ["run", "export", "checkpoint", "official", "hugging face"])
-def test_b_to_a_is_refused_at_every_entry_point(source, cut_run, official_cut, tmp_path, call):
-    folder = {"run": cut_run, "export": cut_run / "export", "official": official_cut,
-              "checkpoint": next((cut_run / "checkpoints").iterdir()), "hugging face": tmp_path / "hf"}[source]
-    if source == "hugging face":
-        export_hf(load_generator(cut_run), folder, "AtoB", cut_run / "export" / "g_ab.safetensors", None)
+SOURCES = {"run": lambda run, official, alone, hf: run,
+           "export": lambda run, official, alone, hf: run / "export",
+           "export file": lambda run, official, alone, hf: run / "export" / "g_ab.safetensors",
+           "checkpoint": lambda run, official, alone, hf: next((run / "checkpoints").iterdir()),
+           "official": lambda run, official, alone, hf: official,
+           "official file": lambda run, official, alone, hf: official / "latest_net_G.pth",
+           "official without F": lambda run, official, alone, hf: alone,
+           "official file without F": lambda run, official, alone, hf: alone / "latest_net_G.pth",
+           "hugging face": lambda run, official, alone, hf: hf,
+           "hugging face file": lambda run, official, alone, hf: hf / "model.safetensors"}
+
+
+@pytest.mark.parametrize("source", list(SOURCES))
+def test_b_to_a_is_refused_at_every_entry_point(source, cut_run, official_cut, official_cut_alone, cut_hf, tmp_path,
+                                                call):
+    folder = SOURCES[source](cut_run, official_cut, official_cut_alone, cut_hf)
     image = random_image(tmp_path / "x.png", (32, 32))
     with pytest.raises(UserError, match=ONE_WAY):
         Translator.from_pretrained(folder, direction="BtoA")
@@ -149,6 +175,93 @@ def test_evaluation_of_a_cut_run_scores_a_to_b_alone(cut_run, demo_shards, tmp_p
     table = out.splitlines()
     assert table[0].split() == ["direction", "fid", "kid", "kid_std", "l1", "psnr", "ssim"]
     assert table[1].startswith("AtoB") and not any(line.startswith("BtoA") for line in table)
+
+
+@pytest.mark.parametrize("source", ["export file", "official file", "official without F", "hugging face file"])
+def test_evaluation_of_one_cut_file_or_a_lone_generator_scores_a_to_b(source, cut_run, official_cut,
+                                                                      official_cut_alone, cut_hf, demo_shards,
+                                                                      tmp_path, call):
+    scores = {}
+    for name, checkpoint in (("run", cut_run), ("one", SOURCES[source](cut_run, official_cut, official_cut_alone,
+                                                                         cut_hf))):
+        code, out, err = call(cli.evaluate, "--checkpoint", checkpoint, "--data", demo_shards, "--paired-only",
+                              "--size", "32", "--max-images", "8", "--json", tmp_path / f"{name}.json")
+        assert code == 0, err
+        scores[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert scores["one"] == scores["run"] and set(scores["one"]) == {"AtoB/l1", "AtoB/psnr", "AtoB/ssim"}
+
+
+def test_an_unreadable_record_says_nothing_of_the_objective(tmp_path):
+    (tmp_path / "state.json").write_text("{not json")
+    assert recorded_objective(tmp_path) is None  # the weights load without it; the reader of the spec reports it
+    (tmp_path / "state.json").write_text(json.dumps({"model": {"objective": "cut"}}))
+    assert recorded_objective(tmp_path) == "cut"
+    hf = tmp_path / "hf"
+    HubGenerator(ngf=4, n_blocks=1).save_pretrained(hf)
+    assert recorded_objective(hf) == "cyclegan", "a Hugging Face config without `objective` is a CycleGAN export's"
+    (hf / "config.json").write_text("{not json")
+    assert recorded_objective(hf) is None
+
+
+def test_anti_aliased_cyclegan_generators_keep_both_directions(tmp_path, call):
+    """The official CUT code's `--model cycle_gan` writes anti-aliased latest_net_G_A/B.pth: a pair, not CUT."""
+    official = tmp_path / "official"
+    official.mkdir()
+    spec = GeneratorSpec(ngf=4, n_blocks=1, antialias=True)
+    for name in ("latest_net_G_A.pth", "latest_net_G_B.pth"):
+        torch.save(ResnetGenerator(spec).state_dict(), official / name)
+    image = random_image(tmp_path / "x.png", (32, 32))
+    for checkpoint in (official, official / "latest_net_G_B.pth"):
+        assert Translator.from_pretrained(checkpoint, direction="BtoA").direction == "BtoA"
+    g_ab, g_ba = evaluation.load_generator_pair(official)
+    assert g_ab.spec == g_ba.spec == spec
+    code, _, err = call(cli.export, "--checkpoint", official / "latest_net_G_B.pth", "--format", "hf", "--output",
+                        tmp_path / "hf")
+    assert code == 0, err
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["direction"] == "BtoA" and "objective" not in config and config["antialias"] is True
+    assert Translator.from_pretrained(tmp_path / "hf")(Image.open(image)).size == (32, 32)
+    # control: the same weights named for no direction are taken for CUT's G, one way
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "latest_net_G.pth").write_bytes((official / "latest_net_G_B.pth").read_bytes())
+    with pytest.raises(UserError, match=ONE_WAY):
+        Translator.from_pretrained(tmp_path / "cut", direction="BtoA")
+
+
+def test_the_pretrained_cyclegan_layout_is_scored_one_way_and_still_translates_b_to_a(tmp_path, caplog):
+    folder = tmp_path / "horse2zebra"
+    folder.mkdir()
+    torch.save(ResnetGenerator(GeneratorSpec(ngf=4, n_blocks=1)).state_dict(), folder / "latest_net_G.pth")
+    g_ab, g_ba = evaluation.load_generator_pair(folder)
+    assert g_ba is None and "holds one generator, latest_net_G.pth: it is scored A -> B alone" in caplog.text
+    # control: no blur filters, so not taken for CUT: a user may still run this one network as B -> A
+    assert Translator.from_pretrained(folder, direction="BtoA").direction == "BtoA"
+
+
+def test_a_head_less_official_cut_file_exports_as_cut(official_cut_alone, tmp_path):
+    weights = official_cut_alone / "latest_net_G.pth"
+    export_hf(load_generator(weights), tmp_path / "hf", "AtoB", weights, None)
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["objective"] == "cut"
+    assert "# CUT generator AtoB" in ModelCard.load(tmp_path / "hf" / "README.md").text
+
+
+@pytest.mark.parametrize("antialias, objective, says, not_says", [
+    (True, "cut", "official CUT implementation's state_dict keys, so its code loads them;", "cycle_gan"),
+    (True, "cyclegan", "so its code loads them as a generator (G_A or G_B) of its `--model cycle_gan`; the official "
+     "CycleGAN code cannot", "--no_antialias"),
+    (False, "cut", "the official CycleGAN code loads them, and so does the official CUT code with `--no_antialias "
+     "--no_antialias_up`", "cannot"),
+    (False, "cyclegan", "the official CycleGAN code loads them", "cannot")])
+def test_the_card_names_the_official_code_that_loads_each_layout(antialias, objective, says, not_says, tmp_path):
+    text = card_body(GeneratorSpec(ngf=4, n_blocks=1, antialias=antialias), "AtoB", tmp_path / "g.safetensors",
+                     None, [], objective)
+    assert says in text and not_says not in text
+
+
+def test_the_fastcut_card_tells_its_flip_equivariance(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"train": {"flip_equivariance": True, "nce_idt": False}}))
+    weighting = run_facts(tmp_path, tmp_path / "export" / "g_ab.safetensors", "AtoB", "fastcut")[0]
+    assert "identity NCE False, flip equivariance True" in weighting
 
 
 def test_the_official_cut_files_load_and_translate_as_our_export(cut_run, official_cut, demo_shards, tmp_path, call):

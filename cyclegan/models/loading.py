@@ -27,6 +27,7 @@ OFFICIAL_FILE_NAMES = {"AtoB": "latest_net_G_A.pth", "BtoA": "latest_net_G_B.pth
 HF_WEIGHTS, HF_CONFIG = "model.safetensors", "config.json"  # the Hugging Face folder format
 ONE_WAY = ("cut", "fastcut")  # the objectives that train G (A -> B) alone
 OFFICIAL_CUT_HEAD = "latest_net_F.pth"  # beside latest_net_G.pth, it marks the official CUT files
+BLUR_FILTER = ".filt"  # the key suffix of the anti-aliased layers' filters: CUT's layout, never CycleGAN's
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -110,7 +111,7 @@ def infer_generator_spec(state: dict[str, torch.Tensor], path: str | Path) -> Ge
         n_blocks=len(blocks),
         norm=norm,
         dropout=dropout,
-        antialias=any(key.endswith(".filt") for key in state),  # the blur filters of the official CUT layout
+        antialias=any(key.endswith(BLUR_FILTER) for key in state),
     )
 
 
@@ -138,26 +139,50 @@ def generator_direction(path: Path) -> str | None:
 
 def recorded_objective(folder: Path) -> str | None:
     """`model.objective` as a checkpoint or export folder's state.json records it (a run folder's:
-    its export's), or a Hugging Face folder's config.json `objective`; None where no record says (no
-    such file, or one written before objectives)."""
-    if (folder / HF_WEIGHTS).is_file() and (folder / HF_CONFIG).is_file():
-        return read_json(folder / HF_CONFIG, error=CheckpointError).get("objective")
-    for state in (folder / "state.json", folder / "export" / "state.json"):
-        if state.is_file():
-            model = read_json(state, error=CheckpointError).get("model")
-            return model.get("objective") if isinstance(model, dict) else None
+    its export's), or a Hugging Face folder's config.json (whose `objective` is left out for
+    cyclegan); None where no record says: no such file, one written before objectives, or one that
+    cannot be read (reported, naming it, where the architecture is read from it; a state.json only
+    describes the weights, which load without it)."""
+    try:
+        if (folder / HF_WEIGHTS).is_file() and (folder / HF_CONFIG).is_file():
+            return read_json(folder / HF_CONFIG, error=CheckpointError).get("objective", "cyclegan")
+        for state in (folder / "state.json", folder / "export" / "state.json"):
+            if state.is_file():
+                model = read_json(state, error=CheckpointError).get("model")
+                return model.get("objective") if isinstance(model, dict) else None
+    except CheckpointError:
+        return None
     return None
 
 
-def one_way(folder: Path) -> str | None:
-    """What a folder holds when its model translates A -> B only (a CUT run, export or checkpoint,
-    or the official CUT files with their patch head `latest_net_F.pth`); None otherwise."""
-    if not folder.is_dir():
-        return None
+def one_way(path: Path) -> str | None:
+    """What a generator file or folder holds when its model translates A -> B only; None otherwise.
+    Told by the record of the folder (a file's: the folder it lies in): a CUT run, export,
+    checkpoint or Hugging Face folder; else by the official CUT patch head `latest_net_F.pth`
+    beside the generator; else, for a file whose name says no direction (`latest_net_G.pth`, as
+    CUT's pretrained releases ship it alone) and whose architecture is read off its tensors, by
+    blur filters in it: the official CUT layout, which the official CycleGAN code never writes.
+    Files named for a direction (`g_ba`, `latest_net_G_B`) are a pair's, even with blur filters
+    (the CUT code's own `--model cycle_gan` writes those)."""
+    folder = path if path.is_dir() else path.parent
     objective = recorded_objective(folder)
     if objective in ONE_WAY:
         return f"a {objective} model (model.objective={objective})"
-    return f"an official CUT model (with its {OFFICIAL_CUT_HEAD})" if (folder / OFFICIAL_CUT_HEAD).is_file() else None
+    if objective is not None:
+        return None
+    if (folder / OFFICIAL_CUT_HEAD).is_file():
+        return f"an official CUT model (with its {OFFICIAL_CUT_HEAD})"
+    if (path.is_file() and generator_direction(path) is None and _sidecar(path) is None
+            and any(key.endswith(BLUR_FILTER) for key in read_state_dict(path))):
+        return "an anti-aliased generator in the official layout named for no direction: CUT's G"
+    return None
+
+
+def refuse_b_to_a(path: Path, asked: Path) -> None:
+    """An error where `path` translates A -> B only (`one_way`); `asked`: what the caller named."""
+    if why := one_way(path):
+        raise CheckpointError(f"{asked} holds {why}, which translates A -> B only: use direction AtoB (the default); "
+                              "for B -> A, train another CUT run with the domains swapped")
 
 
 def resolve_generator_path(path: str | Path, direction: str | None = None) -> Path:
@@ -167,13 +192,13 @@ def resolve_generator_path(path: str | Path, direction: str | None = None) -> Pa
     the trained one; an export holds what `train.export_ema` chose); a folder of official files for
     `latest_net_G_A.pth`, `latest_net_G_B.pth` or the pretrained downloads' `latest_net_G.pth`; a
     Hugging Face folder for its `model.safetensors`. A file or folder whose name or config says
-    another direction than the one asked for is refused."""
+    another direction than the one asked for is refused, and so is BtoA where the path, or the file
+    it stands for, holds a model that translates A -> B only (`one_way`)."""
     path = Path(path)
     if direction not in (None, *GENERATOR_FILE_NAMES):
         raise CheckpointError(f"direction must be AtoB or BtoA, not {direction!r}")
-    if direction == "BtoA" and (why := one_way(path)):
-        raise CheckpointError(f"{path} holds {why}, which translates A -> B only: use direction AtoB (the default); "
-                              "for B -> A, train another CUT run with the domains swapped")
+    if direction == "BtoA":  # before looking for its file: a CUT folder has none for B -> A
+        refuse_b_to_a(path, path)
     if path.is_dir() and (path / "export").is_dir():
         path = path / "export"
     if path.is_dir() and (path / HF_WEIGHTS).is_file():
@@ -188,6 +213,8 @@ def resolve_generator_path(path: str | Path, direction: str | None = None) -> Pa
                                   "generator file, or a run, export, checkpoint, official or Hugging Face folder")
     else:
         resolved = path
+    if direction == "BtoA" and resolved != path:  # a folder's file: official CUT weights without their head
+        refuse_b_to_a(resolved, path)
     named = generator_direction(path if path.is_dir() and (path / HF_WEIGHTS).is_file() else resolved)
     if direction and named and named != direction:
         raise CheckpointError(f"{path} holds the {named} generator, but {direction} was asked for")
@@ -219,13 +246,20 @@ def without_legacy_norm_stats(state: dict[str, torch.Tensor]) -> dict[str, torch
 
 def _export_spec(path: Path) -> GeneratorSpec | None:
     """The architecture saved beside exported weights: NAME.json, or a Hugging Face config.json."""
-    sidecar = path.parent / HF_CONFIG if path.name == HF_WEIGHTS else path.with_suffix(".json")
-    if path.suffix != ".safetensors" or not sidecar.is_file():
+    sidecar = _sidecar(path)
+    if sidecar is None:
         return None
     fields = read_json(sidecar, error=CheckpointError)
     for key in ("direction", "objective"):  # a Hugging Face config also says which way the generator
         fields.pop(key, None)              # translates, and what trained it
     return generator_spec(fields, f"architecture file {sidecar}")
+
+
+def _sidecar(path: Path) -> Path | None:
+    """The file that describes an export's architecture (NAME.json, or a Hugging Face config.json);
+    None where the architecture is read off the tensors."""
+    sidecar = path.parent / HF_CONFIG if path.name == HF_WEIGHTS else path.with_suffix(".json")
+    return sidecar if path.suffix == ".safetensors" and sidecar.is_file() else None
 
 
 def generator_spec(fields: dict, where: str) -> GeneratorSpec:

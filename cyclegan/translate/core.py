@@ -36,10 +36,12 @@ from cyclegan.translate.onnx import OnnxGenerator
 from cyclegan.translate.tiles import translate_tiled
 
 DEFAULT_TILE = 512  # pixels; a tile of the paper's generator then needs about 0.5 GB
-# untiled forward: peak memory / (pixels x ngf), measured on the CPU (14, with a margin), by
-# GeneratorSpec.antialias: the anti-aliased layout convolves to 2 ngf channels at full size before
-# each blur (28 measured)
-BYTES_PER_PIXEL_PER_NGF = {False: 16, True: 32}
+# untiled forward: peak memory / (pixels x ngf), by GeneratorSpec.antialias (the anti-aliased layout
+# convolves to 2 ngf channels at full size before each blur). Measured as the growth of peak RSS over
+# the first `translate` of one 8-bit image in a fresh process (fp32, CPU, 1 thread, ngf 64, 9 blocks),
+# the largest at 256, 384 and 512 px: 21.4 and 34.6 (docs/translation.md); set above. The wider
+# margin is the caller's: an untiled translation must fit in half the free memory (GPUs unmeasured)
+BYTES_PER_PIXEL_PER_NGF = {False: 24, True: 36}
 PRECISIONS = ("auto", "fp32", "bf16")
 MIN_SIDE = 8  # the innermost layers reflect-pad a quarter of the image by one pixel: two are needed
 TENSOR_SLACK = 1e-3  # how far outside [-1, 1] a tensor's values may stray (rounding of a caller's normalisation)

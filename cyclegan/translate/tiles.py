@@ -28,7 +28,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import skip_init
 
 from cyclegan.errors import DataError
 from cyclegan.images import to_uint8
@@ -220,7 +219,7 @@ class TiledRun:
             elif isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
                 plane, pad = replace(self.convolve(module, plane, pad)), (0, "zeros")
             elif isinstance(module, (Downsample, Upsample)):
-                blur, blur_pad = blur_convolution(module)
+                blur, blur_pad = module.as_convolution()  # the fixed filter as a depthwise convolution
                 plane, pad = replace(self.convolve(blur, plane, blur_pad)), (0, "zeros")
             elif isinstance(module, nn.InstanceNorm2d):
                 if module.affine or module.track_running_stats:
@@ -240,24 +239,6 @@ class TiledRun:
             elif not isinstance(module, (nn.Identity, nn.Dropout, nn.Tanh)):
                 raise TypeError(f"tiled translation does not know {type(module).__name__}")
         return plane
-
-
-def blur_convolution(module: Downsample | Upsample) -> tuple[nn.Module, tuple[int, str]]:
-    """An anti-aliased resampling as the depthwise convolution it computes, and the padding it reads
-    with. Downsample: reflection pad 1, blur with stride 2. Upsample: replicate pad 1, transposed
-    blur with stride 2 and padding 2, crop a pixel each side; the crop is padding 1 instead, which
-    reads one replicated pixel past each border, as the pad gives."""
-    channels, _, k, _ = module.filt.shape
-    device = module.filt.device
-    if isinstance(module, Downsample):
-        conv, pad = skip_init(nn.Conv2d, channels, channels, k, stride=2, groups=channels, bias=False,
-                              device=device), (1, "reflect")
-    else:
-        conv, pad = skip_init(nn.ConvTranspose2d, channels, channels, k, stride=2, padding=1, groups=channels,
-                              bias=False, device=device), (0, "replicate")
-    with torch.no_grad():
-        conv.weight.copy_(module.filt)
-    return conv, pad
 
 
 def _transposed_inputs(first: int, stop: int, k: int, s: int, p: int) -> tuple[int, int]:
