@@ -130,6 +130,7 @@ def mean_and_spread(mean: float, stdev: float | None) -> str:
 
 
 def markdown(table: list[dict]) -> list[str]:
+    """The table's rows as docs/quality.md shows them."""
     return [f"| {r['task']} | {r['variant']} | {mean_and_spread(r['l1_mean'], r['l1_stdev'])} | "
             f"{mean_and_spread(r['psnr_mean'], r['psnr_stdev'])} |" for r in table]
 
@@ -151,17 +152,18 @@ def task_rows(task: str, runs: list[Run], steps: int) -> tuple[list[dict], list[
 
 
 def quality_experiment(workdir: Path, seeds: list[int], steps: int, jobs: int = 1,
-                       variants: list[str] | None = None) -> dict:
-    """Train every task x variant (all of RUNS, or `variants`) x seed, `jobs` at a time, then score
-    trained and averaged weights."""
+                       variants: list[str] | None = None, tasks: list[str] | None = None) -> dict:
+    """Train every task x variant x seed (all of TASKS and RUNS, or those named), `jobs` at a time,
+    then score trained and averaged weights."""
     variants = list(RUNS) if variants is None else variants
+    tasks = list(TASKS) if tasks is None else tasks
     threads = max(1, (os.cpu_count() or 1) // jobs)
     planned = []
-    for task, write in TASKS.items():
+    for task in tasks:
         folder = workdir / task.replace(" ", "-").replace(",", "")
         shards = folder / "shards"
         if not (shards / "manifest.json").is_file():
-            write(folder / "folders")
+            TASKS[task](folder / "folders")
             write_shards(find_domains(folder / "folders", None, None), shards, shard_size=40, workers=1,
                          overwrite=True)
         planned += [Run(task, variant, seed, folder / f"{variant}-{steps}steps-seed{seed}", shards)
@@ -169,7 +171,7 @@ def quality_experiment(workdir: Path, seeds: list[int], steps: int, jobs: int = 
     with ThreadPoolExecutor(jobs) as pool:
         list(pool.map(lambda run: train(run, steps, threads), planned))
     table, atob_table = [], []
-    for task in TASKS:
+    for task in tasks:
         both, atob = task_rows(task, [run for run in planned if run.task == task], steps)
         table += both
         atob_table += atob

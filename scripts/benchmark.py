@@ -30,7 +30,7 @@ from cyclegan.config import load_config
 from cyclegan.errors import exit_on_user_error
 from cyclegan.io.files import atomic_write
 from cyclegan.objectives import OBJECTIVES
-from cyclegan.quality import RUNS, quality_experiment
+from cyclegan.quality import RUNS, TASKS, quality_experiment
 
 
 @exit_on_user_error
@@ -95,6 +95,8 @@ def main() -> None:
     quality.add_argument("--jobs", type=int, default=1, help="training runs at a time (the cores are shared out)")
     quality.add_argument("--variants", nargs="+", choices=list(RUNS), default=list(RUNS),
                          help="which runs to train and score on every task (default: all)")
+    quality.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS),
+                         help="which tasks (default: all)")
     resume = sub.add_parser("resume", help="a resumed training stream's time to its first batch, by epoch position")
     resume.add_argument("--workdir", type=Path, required=True, help="where the small-image shards are made")
     resume.add_argument("--images", type=int, default=60000, help="images per domain")
@@ -107,7 +109,7 @@ def main() -> None:
         print("\n".join(results_table(args.folder)))
         return
     if args.mode == "quality":
-        result = quality_experiment(args.workdir, args.seeds, args.steps, args.jobs, args.variants)
+        result = quality_experiment(args.workdir, args.seeds, args.steps, args.jobs, args.variants, args.tasks)
     elif args.mode == "translate":
         result = translate_benchmark(args.workdir, args.sizes, args.images, args.large, args.frames, args.precision,
                                      args.tile)
