@@ -8,6 +8,7 @@
 #   H200 SXM);
 # - the official update in the same runs at batch 1 (fp32 and against bf16), when a checkout of
 #   junyanz/pytorch-CycleGAN-and-pix2pix is given;
+# - CycleGAN, CUT and FastCUT side by side at batch 1, fp32 and bf16 (time and peak memory);
 # - scaling over every GPU of the node (DDP, bf16 batch 8 per GPU) against one GPU;
 # - the loader: one rank's images/s with its share of the node's cores as workers, against the
 #   images/s the fastest step asks of it.
@@ -49,6 +50,9 @@ for batch in 1 8 16; do
     step "fp32-b$batch" --batch "$batch" ${compare[@]+"${compare[@]}"}
     step "bf16-b$batch" --batch "$batch" --precision bf16 --channels-last --compile --peak-tflops "$peak" \
         ${compare[@]+"${compare[@]}"}
+done
+for precision in no bf16; do  # CUT and FastCUT against CycleGAN, batch 1 (the CUT paper's setting)
+    step "objectives-$precision" --batch 1 --precision "$precision" --objectives cyclegan,cut,fastcut
 done
 if [ "$gpus" -gt 1 ]; then
     echo "== bf16-b8 on $gpus GPUs"

@@ -227,7 +227,8 @@ def test_a_longer_schedule_goes_on_without_a_jump(noise_shards, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("before, after, objective", [(2, 1, "cut"), (1, 2, "cyclegan")])
+@pytest.mark.parametrize("before, after, objective", [(2, 1, "cut"),
+                                                     pytest.param(1, 2, "cyclegan", marks=pytest.mark.heavy)])
 def test_elastic_resume_on_another_world_size(demo_shards, tmp_path, before, after, objective):
     # the global batch (batch x accumulation x processes) stays 2: the unit steps count in. Going down
     # to one process, the loader workers change too (1 -> 2); the averaged generators ride along.

@@ -80,7 +80,7 @@ def test_signal_to_one_rank_checkpoints_and_exits_cleanly(demo_shards, tmp_path,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.heavy)])
 def test_signal_to_two_ranks_stops_both_at_the_same_step(demo_shards, tmp_path, signum):
     out = tmp_path / "run"
     accelerate = str(ROOT / ".venv/bin/accelerate") if (ROOT / ".venv/bin/accelerate").exists() else "accelerate"
@@ -185,7 +185,8 @@ def test_a_nan_loss_skips_the_step_and_is_counted(demo_shards, tmp_path, adam):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("where, ranks, objective", [("batch", "1", "cyclegan"), ("batch", "0,1", "cyclegan"),
+@pytest.mark.parametrize("where, ranks, objective", [pytest.param("batch", "1", "cyclegan", marks=pytest.mark.heavy),
+                                                     ("batch", "0,1", "cyclegan"),
                                                      ("grad", "1", "cyclegan"), ("batch", "1", "cut")])
 def test_a_nan_on_some_ranks_is_skipped_on_every_rank(demo_shards, tmp_path, where, ranks, objective):
     # DDP averages gradients: a NaN on rank 1 reaches rank 0's gradients too (and a NaN gradient

@@ -42,6 +42,7 @@ def train(shards, output, *extra, env=None):
     script("train.py", "--config", "configs/demo.yaml", *tiny(shards, output, "train.max_steps=3", *extra), env=env)
 
 
+@pytest.mark.heavy  # about 20 s of training runs; make test stays within its budget without it
 def test_channels_last_and_adam_variants_give_the_same_weights(noise_shards, tmp_path):
     # In float64, so that no CPU's kernels matter. A real bug moves weights by about lr (5e-4 here):
     # the controls, batches with height and width swapped (a layout bug) and an Adam built with its
@@ -143,6 +144,7 @@ def test_a_benchmark_of_an_impossible_setting_is_a_clear_error():
     assert result.returncode == 2 and "official CycleGAN update: it has no cut" in result.stderr
 
 
+@pytest.mark.heavy  # about 20 s: three fresh processes beside the timed one
 def test_the_objectives_are_compared_in_one_run(tmp_path):
     # each objective's memory and FLOPs come from a fresh process of its own: three start-ups
     result = run([sys.executable, str(ROOT / "scripts/benchmark.py"), "--json", str(tmp_path / "o.json"), "step",
@@ -165,6 +167,8 @@ def test_the_objectives_are_compared_in_one_run(tmp_path):
     # FastCUT drops CUT's identity pass on B: its generator runs on half the images
     assert rows["fastcut"]["flops_per_step"] < 0.75 * rows["cut"]["flops_per_step"]
     assert result.stdout.rstrip().splitlines()[-1].startswith("| fastcut | yes |")
+    summary = script("benchmark.py", "summary", tmp_path).stdout  # as scripts/gpu_benchmark.sh ends
+    assert "Objectives, o (" in summary and summary.rstrip().endswith(result.stdout.rstrip().splitlines()[-1])
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the CPU measure reads and resets Linux's RSS high-water mark")

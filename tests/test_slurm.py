@@ -41,7 +41,7 @@ def steps_logged(output):
     return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.exists() else []
 
 
-@pytest.mark.parametrize("objective", ["cyclegan", "cut", "fastcut"])
+@pytest.mark.parametrize("objective", ["cyclegan", "cut", pytest.param("fastcut", marks=pytest.mark.heavy)])
 def test_job_trains_on_two_processes(slurm, demo_shards, tmp_path, objective):
     out = tmp_path / "run"
     job = submit(slurm, tmp_path / "job.log", *tiny(demo_shards, out, "train.max_steps=6", "tracking.mode=offline",

@@ -39,7 +39,7 @@ def test_two_ranks_keep_identical_weights_and_see_different_samples(demo_shards,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("nproc", [1, 2])
+@pytest.mark.parametrize("nproc", [pytest.param(1, marks=pytest.mark.heavy), 2])  # 2: accumulation within DDP
 def test_accumulation_equals_a_larger_batch(noise_shards, tmp_path, nproc):
     # In float64, so that any CPU's kernels round far below the tolerance. With eps=1, Adam's first
     # steps are lr * g / (|g| + 1), nearly linear in the gradient (the paper's eps would make them
@@ -57,10 +57,10 @@ def test_accumulation_equals_a_larger_batch(noise_shards, tmp_path, nproc):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("nproc, extra", [
-    (1, []), (2, []), (1, ["train.ema_decay=0.9", "train.diffaug=color,translation,cutout"]),
+@pytest.mark.parametrize("nproc, extra", [  # heavy: beyond make test's budget; 1-ema-diffaug resumes what 1 does
+    pytest.param(1, [], marks=pytest.mark.heavy), (2, []), (1, ["train.ema_decay=0.9", "train.diffaug=color,translation,cutout"]),
     (1, ["model.objective=cut", "train.ema_decay=0.9", "train.diffaug=color,translation,cutout"]),
-    (2, ["model.objective=fastcut"]),
+    pytest.param(2, ["model.objective=fastcut"], marks=pytest.mark.heavy),
 ], ids=["1", "2", "1-ema-diffaug", "1-cut-ema-diffaug", "2-fastcut"])
 def test_resume_is_exact(demo_shards, tmp_path, nproc, extra):
     n = 3
