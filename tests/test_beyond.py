@@ -16,6 +16,7 @@ from cyclegan.ema import GeneratorEMA
 from cyclegan.metrics import HEALTH_LOGS, HealthMonitor
 from cyclegan.models import NLayerDiscriminator, ResnetGenerator
 from cyclegan.models.generator import GeneratorSpec
+from cyclegan.objectives import objective_for
 from cyclegan.objectives.cyclegan import train_step
 from tests.conftest import ROOT, final_weights, launch, max_difference, script, tiny
 from tests.test_schedule import closed_form
@@ -103,9 +104,14 @@ def test_diffaug_is_differentiable_seeded_resumable_and_nothing_at_p0():
     assert 0.2 < changed < 0.8, "each image transformed with probability p"
 
 
-def test_diffaug_sees_everything_the_discriminators_see():
+@pytest.mark.parametrize("objective, expected", [
+    # the generators' two adversarial terms (fakes carrying gradients), then real and pooled fake for each D
+    ("cyclegan", [True, True, False, False, False, False]),
+    # D's step first (real B, then the detached translation), then G's adversarial term
+    ("cut", [False, False, True]), ("fastcut", [False, False, True])])
+def test_diffaug_sees_everything_the_discriminators_see(objective, expected):
     cfg = load_config(None, ["model.ngf=4", "model.n_blocks=1", "model.ndf=4", "model.n_layers_d=1",
-                             "train.diffaug=color,translation,cutout"])
+                             "train.diffaug=color,translation,cutout", f"model.objective={objective}"])
     accelerator = fresh_accelerator()
     nets, opts, pools = build_training(accelerator, cfg)
     calls = []
@@ -117,9 +123,8 @@ def test_diffaug_sees_everything_the_discriminators_see():
 
     pools.augment.__class__ = Counting
     batch = {k: torch.rand(2, 3, 16, 16) * 2 - 1 for k in "AB"}
-    train_step(accelerator, nets, opts, pools, batch, cfg)
-    # the generators' two adversarial terms (fakes carrying gradients), then real and pooled fake for each D
-    assert calls == [True, True, False, False, False, False]
+    objective_for(cfg).train_step(accelerator, nets, opts, pools, batch, cfg)
+    assert calls == expected
 
 
 @pytest.mark.parametrize("gan_mode, score, real, fake", [("lsgan", 1.0, 1.0, 0.0), ("lsgan", 0.2, 0.0, 1.0),

@@ -4,10 +4,13 @@ guarantees that depend on how PatchNCE draws and groups its patches (ranks, accu
 import json
 import zlib
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import cyclegan.objectives.cut as cut
+from cyclegan import Translator
 from cyclegan.build import build_training
 from cyclegan.config import load_config
 from cyclegan.models.antialias import binomial_filter
@@ -51,7 +54,7 @@ OFFICIAL = {
 }
 NAMES = {"g_ab": "G", "d_b": "D", "f": "F"}
 OUR_LOSSES = {"D": "d_b", "G_GAN": "adv_ab", "NCE": "nce", "NCE_Y": "nce_idt"}
-LAYOUT = json.loads((ROOT / "tests/data/official_cut_layout.json").read_text())  # written from the same run
+LAYOUT = json.loads((ROOT / "tests/data/official_cut_layout.json").read_text())  # the official code's networks at full size (ngf 64, head 256)
 
 
 def recorded_patch_ids(seed, step, term, layer, positions, count, device):
@@ -196,13 +199,29 @@ def test_a_cut_run_logs_its_losses_health_and_grids(cut_run):
                                                                      "step_0000003_identity.png"]
     config = (cut_run / "config.yaml").read_text()  # the objective's values, resolved, as the run used them
     assert "objective: cut" in config and "antialias: true" in config and "nce_layers:" in config
+    # each grid's right column is the trained G applied to its left one: G(real A), and G(real B)
+    translator = Translator.from_pretrained(cut_run)
+    grids = {name: np.asarray(Image.open(cut_run / "samples" / f"step_0000003_{name}.png"), dtype=np.int16)
+             for name in ("AtoB", "identity")}
+    for name, grid in grids.items():
+        size = grid.shape[1] // 2
+        assert grid.shape[0] % size == 0 and grid.shape[1] == 2 * size, "two columns: real | G(real)"
+        for row in range(grid.shape[0] // size):
+            real, shown = (grid[row * size:(row + 1) * size, column * size:(column + 1) * size] for column in (0, 1))
+            translated = np.asarray(translator(Image.fromarray(real.astype(np.uint8))), dtype=np.int16)
+            assert np.abs(translated - shown).max() <= 2, (name, row)  # 8-bit rounding of the grid's panels
+    # negative control: G(real A) is not what the identity grid shows beside real B
+    assert np.abs(grids["AtoB"][:, size:] - grids["identity"][:, size:]).mean() > 5
+    changes = [row["health/g_ab_change"] for row in rows if "health/g_ab_change" in row]
+    assert changes and all(0 < c < 2 for c in changes), "mean |G(x) - x| of images in [-1, 1]"
 
 
-@pytest.mark.parametrize("overrides, init", [([], "xavier"), (["model.init=normal"], "normal")])
-def test_cut_networks_start_from_the_official_cut_init_unless_told_otherwise(overrides, init):
+@pytest.mark.parametrize("objective, overrides, init", [("cut", [], "xavier"), ("fastcut", [], "xavier"),
+                                                       ("cut", ["model.init=normal"], "normal")])
+def test_cut_networks_start_from_the_official_cut_init_unless_told_otherwise(objective, overrides, init):
     # Xavier-normal with gain 0.02: std = 0.02 * sqrt(2 / (fan_in + fan_out)); normal: std = 0.02
     torch.manual_seed(0)
-    cfg = load_config(None, ["model.objective=cut", "model.ngf=16", "model.n_blocks=5", *overrides])
+    cfg = load_config(None, [f"model.objective={objective}", "model.ngf=16", "model.n_blocks=5", *overrides])
     nets = objective_for(cfg).build_networks(cfg)
     for name, net in nets.named().items():
         for module in net.modules():
