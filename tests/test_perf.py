@@ -63,6 +63,7 @@ def test_channels_last_and_adam_variants_give_the_same_weights(noise_shards, tmp
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # about 15 s of compilation; perf.compile is opt-in, and make test stays within its budget
 def test_compiled_networks_train_and_keep_official_keys(noise_shards, tmp_path):
     train(noise_shards, tmp_path / "eager")
     train(noise_shards, tmp_path / "compiled", "perf.compile=true", env=inductor_cache())
