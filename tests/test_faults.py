@@ -40,6 +40,7 @@ def wait_for(condition, timeout=120):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # about 23 s; SIGTERM, SIGUSR1 (test_slurm) and the atomic-write checks stay in make test
 def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_weights(noise_shards, tmp_path):
     common = ["train.max_steps=16", "train.checkpoint_every=1", "tracking.mode=disabled", "data.num_workers=1"]
     script("train.py", "--config", "configs/demo.yaml", *tiny(noise_shards, tmp_path / "whole", *common))
