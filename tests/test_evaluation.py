@@ -112,7 +112,7 @@ def export_folder(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.heavy  # about 50 s; test_front_ends checks 1 against 2 ranks on an uneven split within make test
+@pytest.mark.heavy  # about 50 s; test_evaluation_pairs checks 1 against 2 ranks on an uneven split within make test
 def test_two_ranks_give_the_numbers_of_one(export_folder, demo_shards, inception_weights, tmp_path):
     # One image per forward pass, so that each image meets the same kernels however the ranks
     # share the set: what may differ is the order of the float64 sums that gather the statistics.

@@ -34,6 +34,7 @@ def paired_test_folders(demo_folders: Path, root: Path, count: int) -> list[str]
 # ---- evaluation
 
 
+@pytest.mark.heavy  # about 25 s; test_evaluation_pairs checks 1 against 2 ranks within make test
 def test_an_unreadable_test_image_is_left_out_whatever_the_ranks(generators, demo_folders, inception_weights,
                                                                  tmp_path):
     # Five scenes on two ranks: rank 0 holds positions 0, 2, 4 and rank 1 positions 1, 3. The image at
