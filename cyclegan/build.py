@@ -94,10 +94,13 @@ def build_optimizers(nets: Networks, cfg: RunConfig, accelerator: Accelerator) -
 
 
 def build_training(accelerator: Accelerator, cfg: RunConfig) -> tuple[Networks, Optimizers, Pools]:
-    """Networks (channels_last and compiled if asked) and optimizers, prepared; this rank's pools."""
+    """Networks (activation checkpointing, channels_last and compile as asked) and optimizers,
+    prepared; this rank's pools."""
     nets = build_networks(cfg)
     named = nets.named()
     for net in named.values():
+        if hasattr(net, "recompute"):  # the generators and discriminators; CUT's head is too small to matter
+            net.recompute = cfg.perf.activation_checkpointing
         if cfg.perf.channels_last:
             net.to(memory_format=torch.channels_last)
         if cfg.perf.compile:

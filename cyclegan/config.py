@@ -19,6 +19,8 @@ from cyclegan.data.normalize import NORMALIZE_FORMS, Normalize
 from cyclegan.errors import ConfigError, DataError
 from cyclegan.io.files import atomic_write
 from cyclegan.models.generator import GeneratorSpec
+from cyclegan.models.recompute import LEVELS as RECOMPUTE_LEVELS
+from cyclegan.memory import memory_budget_ok
 
 NORMS = ("instance", "batch", "none")
 GAN_MODES = ("lsgan", "vanilla")
@@ -160,6 +162,14 @@ class PerfConfig:
     compile: bool = False  # torch.compile each network: faster steps after minutes of compiling
     adam: str = "auto"  # auto (fused), fused, foreach or for_loop
     cudnn_benchmark: bool = True  # let cuDNN time its kernels once; shapes are fixed during training
+    # recompute activations in the backward pass instead of keeping them: none, blocks (the
+    # generators' residual blocks) or all (every stage of every network); docs/benchmarks.md says
+    # what each level saves and costs at 256, 512 and 1024 px
+    activation_checkpointing: str = "none"
+    # the memory one training step may take on each device, e.g. "24GiB" or "500MB": a run whose
+    # estimated peak is larger stops before any work, naming what would fit; null: the GPU's free
+    # memory (no check on a CPU), "off": no check
+    memory_budget: Optional[str] = None
 
 
 @dataclass
@@ -384,6 +394,12 @@ def validate(config: RunConfig) -> None:
          f"takes a comma-separated list of {', '.join(DIFFAUG_POLICIES)}, each at most once"),
         ("train.diffaug_p", 0 <= t.diffaug_p <= 1, "must lie in [0, 1]"),
         ("perf.adam", config.perf.adam in ADAM_IMPLEMENTATIONS, f"must be one of {', '.join(ADAM_IMPLEMENTATIONS)}"),
+        ("perf.activation_checkpointing", config.perf.activation_checkpointing in RECOMPUTE_LEVELS,
+         f"must be one of {', '.join(RECOMPUTE_LEVELS)}"),
+        ("perf.activation_checkpointing", config.perf.activation_checkpointing == "none" or m.norm != "batch",
+         "needs model.norm=instance or none: recomputing a batch norm would update its running statistics twice"),
+        ("perf.memory_budget", memory_budget_ok(config.perf.memory_budget),
+         "takes a size such as 24GiB, 500MB or 8e9 (bytes), or off"),
         ("tracking.backend", k.backend in BACKENDS, f"must be one of {', '.join(BACKENDS)}"),
         ("tracking.warn_identity_change", k.warn_identity_change >= 0, "must not be negative"),
         ("tracking.warn_d_accuracy", 0 <= k.warn_d_accuracy <= 1, "must lie in [0, 1]"),

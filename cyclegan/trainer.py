@@ -36,6 +36,7 @@ from cyclegan.ema import GeneratorEMA
 from cyclegan.grids import fixed_test_images, sample_grids
 from cyclegan.hardware import describe_bf16, native_bf16
 from cyclegan.io.records import write_json
+from cyclegan.memory import check_fits
 from cyclegan.metrics import HealthMonitor, MetricWindow
 from cyclegan.schedule import continue_schedule, make_scheduler
 from cyclegan.objectives import objective_for
@@ -61,6 +62,7 @@ class Trainer:
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
         self.acc = acc = make_accelerator(cfg, log_with=tracker_name(cfg.tracking))
+        check_fits(cfg, acc.device)  # before any work: a step that cannot fit stops here
         self.sources = find_sources(cfg.data)
         for warning in check_samples(self.sources, (cfg.model.input_nc, cfg.model.output_nc), cfg.data.normalizations):
             acc.print(f"warning: {warning}")

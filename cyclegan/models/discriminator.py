@@ -12,6 +12,7 @@ from torch import nn
 
 from cyclegan.models.antialias import Downsample
 from cyclegan.models.common import init_weights, make_norm, uses_bias
+from cyclegan.models.recompute import Stage, run_stages
 
 
 class NLayerDiscriminator(nn.Module):
@@ -52,7 +53,9 @@ class NLayerDiscriminator(nn.Module):
             ]
         layers.append(nn.Conv2d(ndf * mult, 1, kernel_size=4, stride=1, padding=1))
         self.model = nn.Sequential(*layers)
+        self.stages = [Stage(0, len(layers), False)]  # activation checkpointing `all` recomputes it whole
+        self.recompute = "none"  # activation checkpointing (cyclegan.models.recompute.LEVELS); training sets it
         init_weights(self, init_gain, init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        return run_stages(self.model, x, self.stages, self.recompute)

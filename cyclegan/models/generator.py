@@ -16,6 +16,7 @@ from torch import nn
 
 from cyclegan.models.antialias import Downsample, Upsample
 from cyclegan.models.common import init_weights, make_norm, uses_bias
+from cyclegan.models.recompute import Stage, run_stages
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,15 @@ class GeneratorSpec:
         upsamplings, the output convolution."""
         resample = 4 if self.antialias else 3
         return 4 + 2 * resample + self.n_blocks + 2 * resample + 3
+
+    @property
+    def stages(self) -> list[Stage]:
+        """`model` in the parts activation checkpointing recomputes as one: the encoder (the stem and
+        both downsamplings), each residual block, the decoder (both upsamplings and the output
+        convolution). Recomputing the encoder whole keeps only its input, not the full-size
+        activations between its layers."""
+        first, last = 4 + 2 * (4 if self.antialias else 3), 4 + 2 * (4 if self.antialias else 3) + self.n_blocks
+        return [Stage(0, first, False), *(Stage(i, i + 1, True) for i in range(first, last)), Stage(last, self.depth, False)]
 
     @property
     def feature_layers(self) -> tuple[int, ...]:
@@ -122,16 +132,11 @@ class ResnetGenerator(nn.Module):
             layers += [make_norm(norm, ngf * mult // 2), nn.ReLU(True)]
         layers += [ReflectionPad2d(3), nn.Conv2d(ngf, spec.out_channels, kernel_size=7), nn.Tanh()]
         self.model = nn.Sequential(*layers)
+        self.stages = spec.stages
+        self.recompute = "none"  # activation checkpointing (cyclegan.models.recompute.LEVELS); training sets it
         init_weights(self, init_gain, init)
 
     def forward(self, x: torch.Tensor, layers: tuple[int, ...] | None = None) -> torch.Tensor | list[torch.Tensor]:
         """The translation; or, given `layers` (positions in `model`, ascending), the outputs of
         those layers, running the network no further than the last of them (CUT's features)."""
-        if layers is None:
-            return self.model(x)
-        features = []
-        for index, module in enumerate(self.model[:layers[-1] + 1]):
-            x = module(x)
-            if index in layers:
-                features.append(x)
-        return features
+        return run_stages(self.model, x, self.stages, self.recompute, tuple(layers or ()))

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import psutil
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -29,6 +28,7 @@ from cyclegan.data.normalize import Normalize
 from cyclegan.errors import DataError, UserError
 from cyclegan.hardware import native_bf16
 from cyclegan.images import to_uint8
+from cyclegan.memory import free_bytes
 from cyclegan.io.samples import Decoding, Output, Sample, as_pil, as_unit, domain_decoding, read_sample, restore
 from cyclegan.models import load_generator
 from cyclegan.models.loading import generator_direction, resolve_generator_path
@@ -279,16 +279,7 @@ class Translator:
         return max(1, self.free_bytes() // 2 // self.untiled_bytes(height, width))
 
     def free_bytes(self) -> int:
-        """Memory this process can still take: on a GPU counting PyTorch's cached blocks, on the CPU
-        within the container's (cgroup's) limit too."""
-        if self.device.type == "cuda":
-            cached = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
-            return torch.cuda.mem_get_info(self.device)[0] + cached
-        free = psutil.virtual_memory().available
-        limit, used = Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory.current")
-        if limit.is_file() and used.is_file() and limit.read_text().strip() != "max":
-            free = min(free, int(limit.read_text()) - int(used.read_text()))
-        return free
+        return free_bytes(self.device)
 
     def tile_for(self, height: int, width: int) -> int:
         """The tile size for images of this size; 0: untiled."""

@@ -3,11 +3,12 @@ is launched on and GRAD_ACCUM micro-batches, in float64; rank 0 saves the weight
 one rank, two ranks and gradient accumulation on the same images (tests/test_cut.py runs the
 one-rank cases in its own process through `two_steps`).
 
-    [accelerate launch] python tests/harness/cut_ranks.py OUT.pt OBJECTIVE GRAD_ACCUM [CONTROL]
+    [accelerate launch] python tests/harness/cut_ranks.py OUT.pt OBJECTIVE GRAD_ACCUM [CONTROL|-] [key=value ...]
 
-CONTROL, for negative controls: `global-reshape` groups patches by the global batch size (CUT
+CONTROL (`-`: none), for negative controls: `global-reshape` groups patches by the global batch size (CUT
 issue #67: wrong negatives on every rank of a DDP run), `ids-per-micro-batch` draws new patch
-places for each micro-batch of an accumulation window.
+places for each micro-batch of an accumulation window. Config overrides after it, e.g.
+`perf.activation_checkpointing=all`, change the run but not its arithmetic.
 """
 
 import itertools
@@ -33,11 +34,11 @@ def controlled(control: str | None, world: int) -> dict:
     return {}
 
 
-def two_steps(accelerator: Accelerator, objective: str, accum: int) -> dict:
+def two_steps(accelerator: Accelerator, objective: str, accum: int, overrides: list[str] = ()) -> dict:
     """The networks' weights after two optimizer steps (float64 as the default dtype)."""
     cfg = load_config(None, [f"model.objective={objective}", "model.ngf=4", "model.n_blocks=5", "model.ndf=4",
                              "model.n_layers_d=2", "model.head_nc=16", "train.num_patches=16", "train.adam_eps=1.0",
-                             f"train.grad_accum={accum}"])
+                             f"train.grad_accum={accum}", *overrides])
     torch.manual_seed(cfg.seed)
     world, rank = accelerator.num_processes, accelerator.process_index
     per_micro = 4 // (world * accum)
@@ -56,9 +57,10 @@ if __name__ == "__main__":
     torch.set_default_dtype(torch.float64)
     out, objective, accum = sys.argv[1], sys.argv[2], int(sys.argv[3])
     accelerator = Accelerator(gradient_accumulation_steps=accum)
-    for name, replacement in controlled(sys.argv[4] if len(sys.argv) > 4 else None, accelerator.num_processes).items():
+    control = sys.argv[4] if len(sys.argv) > 4 and sys.argv[4] != "-" else None
+    for name, replacement in controlled(control, accelerator.num_processes).items():
         setattr(cut, name, replacement)
-    weights = two_steps(accelerator, objective, accum)
+    weights = two_steps(accelerator, objective, accum, sys.argv[5:])
     if accelerator.is_main_process:
         torch.save(weights, out)
     accelerator.end_training()

@@ -1,0 +1,244 @@
+"""What a training step needs in memory, estimated before the run, and the budget it must fit.
+
+The estimate is the memory before the networks exist (the process's resident set on a CPU;
+nothing on a GPU, whose count is PyTorch's allocated tensors), plus the networks' state (weights,
+gradients, Adam's two moments, the EMA copy), plus activations: bytes per pixel of the batch,
+measured for the paper's networks of each objective at each precision and checkpointing level
+(`scripts/benchmark.py memory`, docs/benchmarks.md) and scaled by how many activation values
+per pixel the run's networks have against those. Without running a step, a run that cannot fit
+stops at once, with what would make it fit.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import psutil
+import torch
+from torch import nn
+
+from cyclegan.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cyclegan.config import RunConfig
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?(?:e[0-9]+)?)\s*([a-z]*)\s*$")
+
+
+def parse_size(text: str) -> int:
+    """'24GiB', '500MB', '8e9' -> bytes."""
+    match = _SIZE.match(str(text).lower())
+    if not match or match.group(2) not in _UNITS:
+        raise ValueError(f"not a size: {text!r} (e.g. 24GiB, 500MB, 8e9)")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def memory_budget_ok(budget: str | None) -> bool:
+    if budget is None or str(budget).lower() == "off":
+        return True
+    try:
+        return parse_size(budget) > 0
+    except ValueError:
+        return False
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def free_bytes(device: torch.device) -> int:
+    """Memory this process can still take: on a GPU counting PyTorch's cached blocks, on the CPU
+    within the container's (cgroup's) limit too."""
+    if device.type == "cuda":
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + cached
+    free = psutil.virtual_memory().available
+    limit, used = Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory.current")
+    if limit.is_file() and used.is_file() and limit.read_text().strip() != "max":
+        free = min(free, int(limit.read_text()) - int(used.read_text()))
+    return free
+
+
+def resident_bytes() -> int:
+    """This process's resident set now."""
+    return psutil.Process().memory_info().rss
+
+
+# Activation bytes per pixel of the batch (batch x crop x crop) at a training step's peak, for
+# the paper's networks of each objective (9 blocks, ngf = ndf = 64, RGB): by objective, precision
+# (train.mixed_precision) and perf.activation_checkpointing. Fitted to the peaks measured on a CPU
+# (docs/benchmarks.md, "Large images"); fp16 taken as bf16.
+BYTES_PER_PIXEL: dict[tuple[str, str, str], float] = {
+    (o, p, lv): 37000.0 for o in ("cyclegan", "cut", "fastcut") for p in ("no", "bf16") for lv in ("none", "blocks", "all")}
+
+
+def state_bytes(cfg: RunConfig) -> int:
+    """The networks' weights, gradients and Adam's two moments (fp32 whatever the precision: autocast
+    keeps fp32 weights), and the EMA's copy of the generators."""
+    total, generators, _ = _network_figures(_model_key(cfg))
+    return 4 * (4 * total + (generators if cfg.train.ema_decay else 0))
+
+
+def activation_values_per_pixel(cfg: RunConfig) -> float:
+    """Values that the modules of one pass through each generator and discriminator output per
+    input pixel: what the activations scale with from one network layout to another."""
+    return _network_figures(_model_key(cfg))[2]
+
+
+def _model_key(cfg: RunConfig) -> str:
+    return json.dumps(asdict(cfg.model), sort_keys=True)
+
+
+@functools.lru_cache(maxsize=64)
+def _network_figures(model: str) -> tuple[int, int, float]:
+    """Parameters of all networks and of the generators, and activation values per pixel, of the
+    networks `model` (a ModelConfig as JSON) describes; built on the meta device, so instantly."""
+    from cyclegan.config import RunConfig as Fresh
+    from cyclegan.objectives import objective_for
+
+    cfg = Fresh()
+    cfg = replace(cfg, model=replace(cfg.model, **json.loads(model)))
+    with torch.device("meta"):
+        nets = objective_for(cfg).build_networks(cfg)
+    total = sum(p.numel() for net in nets.named().values() for p in net.parameters())
+    generators = sum(p.numel() for net in nets.generators().values() for p in net.parameters())
+    values, size = 0, 64
+
+    def count(module: nn.Module, inputs: tuple, output: torch.Tensor | list) -> None:
+        nonlocal values
+        if not list(module.children()):
+            values += sum(t.numel() for t in (output if isinstance(output, list) else [output]))
+
+    for name, net in nets.named().items():
+        if name == "f":  # CUT's head sees a few hundred patches, not the image
+            continue
+        handles = [m.register_forward_hook(count) for m in net.modules()]
+        channels = cfg.model.input_nc if name in ("g_ab", "d_a") else cfg.model.output_nc
+        with torch.no_grad():
+            net(torch.zeros(1, channels, size, size, device="meta"))
+        for handle in handles:
+            handle.remove()
+    return total, generators, values / size**2
+
+
+def paper_networks(cfg: RunConfig) -> RunConfig:
+    """`cfg` with the networks the per-pixel figures were measured on."""
+    paper = {"input_nc": 3, "output_nc": 3, "ngf": 64, "ndf": 64, "n_blocks": 9, "n_layers_d": 3}
+    return replace(cfg, model=replace(cfg.model, **paper))
+
+
+def precision_key(cfg: RunConfig) -> str:
+    return "no" if cfg.train.mixed_precision == "no" else "bf16"
+
+
+def estimate_step_bytes(cfg: RunConfig, baseline: int) -> int:
+    """The peak memory of a training step of `cfg` on one device, before running it: `baseline` (what
+    the process holds before the networks exist), their state and the activations of
+    `train.batch_size` crops."""
+    key = (cfg.model.objective, precision_key(cfg), cfg.perf.activation_checkpointing)
+    scale = activation_values_per_pixel(cfg) / activation_values_per_pixel(paper_networks(cfg))
+    pixels = cfg.train.batch_size * cfg.data.crop_size**2
+    return int(baseline + state_bytes(cfg) + pixels * BYTES_PER_PIXEL[key] * scale)
+
+
+def budget_bytes(budget: str | None, device: torch.device) -> int | None:
+    """`perf.memory_budget` in bytes; None where nothing is to be checked (off, or unset on a CPU)."""
+    if budget is not None:
+        return None if str(budget).lower() == "off" else parse_size(budget)
+    return free_bytes(device) if device.type == "cuda" else None
+
+
+def baseline_bytes(device: torch.device) -> int:
+    """What the estimate starts from: the process's resident set on a CPU, PyTorch's allocated
+    tensors on a GPU."""
+    return resident_bytes() if device.type == "cpu" else torch.cuda.memory_allocated(device)
+
+
+def _with(cfg: RunConfig, **changes: object) -> RunConfig:
+    """`cfg` with some keys changed; another objective comes with its own defaults (as
+    `model.objective=...` alone would give), on networks of the same size."""
+    from cyclegan.config import load_config
+
+    if "objective" in changes:
+        m, shape = cfg.model, ("input_nc", "output_nc", "ngf", "ndf", "n_blocks", "n_layers_d", "norm", "dropout")
+        fresh = load_config(None, [f"model.objective={changes.pop('objective')}",
+                                   *(f"model.{key}={getattr(m, key)}" for key in shape)])
+        cfg = replace(cfg, model=fresh.model)
+    sections = {"mixed_precision": "train", "batch_size": "train", "activation_checkpointing": "perf",
+                "crop_size": "data"}
+    for key, value in changes.items():
+        section = sections[key]
+        cfg = replace(cfg, **{section: replace(getattr(cfg, section), **{key: value})})
+    return cfg
+
+
+def largest_crop(cfg: RunConfig, baseline: int, budget: int, step: int = 32, limit: int = 16384) -> int:
+    """The largest crop (a multiple of `step`) whose step fits `budget`; 0 when none does."""
+    low, high = 0, limit // step  # in units of step: low fits (or is 0), high + 1 does not
+    while low < high:
+        middle = (low + high + 1) // 2
+        if estimate_step_bytes(_with(cfg, crop_size=middle * step), baseline) <= budget:
+            low = middle
+        else:
+            high = middle - 1
+    return low * step
+
+
+def largest_batch(cfg: RunConfig, baseline: int, budget: int, limit: int = 4096) -> int:
+    """The largest batch whose step fits `budget` (0: not even one image)."""
+    fixed = estimate_step_bytes(_with(cfg, batch_size=0), baseline)
+    per_image = estimate_step_bytes(_with(cfg, batch_size=1), baseline) - fixed
+    return max(0, min(limit, (budget - fixed) // max(per_image, 1)))
+
+
+def ways_to_fit(cfg: RunConfig, baseline: int, budget: int) -> list[str]:
+    """The single changes (and failing those, the combination of them) that bring the estimate
+    within `budget`, each with its estimate."""
+    m, t, p = cfg.model, cfg.train, cfg.perf
+    options: list[tuple[str, dict]] = []
+    if p.activation_checkpointing != "all":
+        for level in ("blocks", "all")[("none", "blocks").index(p.activation_checkpointing):]:
+            options.append((f"perf.activation_checkpointing={level}", {"activation_checkpointing": level}))
+    if t.mixed_precision == "no":
+        options.append(("train.mixed_precision=bf16", {"mixed_precision": "bf16"}))
+    if m.objective != "fastcut":
+        options.append(("model.objective=fastcut", {"objective": "fastcut"}))
+    ways = []
+    for text, change in options:
+        need = estimate_step_bytes(_with(cfg, **change), baseline)
+        if need <= budget:
+            ways.append(f"{text} ({gib(need)})")
+    if t.batch_size > 1 and (batch := largest_batch(cfg, baseline, budget)) >= 1:
+        ways.append(f"train.batch_size={batch}")
+    if (crop := largest_crop(cfg, baseline, budget)) >= 32:
+        ways.append(f"data.crop_size={crop}")
+    if not ways and options:  # the strongest of each kind at once
+        strongest = {next(iter(change)): (text, change) for text, change in options}
+        need = estimate_step_bytes(_with(cfg, **{k: v for _, change in strongest.values() for k, v in change.items()}),
+                                   baseline)
+        if need <= budget:
+            ways.append(" + ".join(text for text, _ in strongest.values()) + f" together ({gib(need)})")
+    return ways
+
+
+def check_fits(cfg: RunConfig, device: torch.device) -> None:
+    """Stop before any work when the estimated step exceeds `perf.memory_budget`, naming what fits."""
+    budget = budget_bytes(cfg.perf.memory_budget, device)
+    if budget is None:
+        return
+    baseline = baseline_bytes(device)
+    need = estimate_step_bytes(cfg, baseline)
+    if need <= budget:
+        return
+    ways = ways_to_fit(cfg, baseline, budget)
+    advice = f"it fits with {', or '.join(ways)}" if ways else "nothing here fits: give a larger budget or a smaller network"
+    raise ConfigError(f"a training step of {cfg.model.objective} at data.crop_size={cfg.data.crop_size}, "
+                      f"train.batch_size={cfg.train.batch_size} needs about {gib(need)}, over perf.memory_budget "
+                      f"({gib(budget)}): {advice}")
