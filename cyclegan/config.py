@@ -261,6 +261,8 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
         raise ConfigError(_describe(err, path)) from None
     if config.train.mixed_precision == "False":  # YAML reads an unquoted `no` as false
         config.train.mixed_precision = "no"
+    if config.perf.memory_budget == "False":  # ... and `off` too
+        config.perf.memory_budget = "off"
     resolve_objective(config)
     validate(config)
     return config

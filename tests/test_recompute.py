@@ -13,6 +13,7 @@ import cyclegan.models.recompute as recompute
 from cyclegan.build import build_training
 from cyclegan.config import load_config
 from cyclegan.errors import ConfigError
+from cyclegan.models.generator import GeneratorSpec, ResnetGenerator
 from cyclegan.objectives import objective_for
 from tests.conftest import ROOT, launch
 from tests.harness.cut_ranks import two_steps
@@ -85,6 +86,7 @@ def test_checkpointing_under_bf16_autocast_recomputes_in_bf16(monkeypatch):
     checkpointed = trained("cyclegan", "all", precision="bf16")
     control = difference(trained("cyclegan", "all", precision="bf16", control=True, monkeypatch=monkeypatch), plain)
     assert difference(checkpointed, plain) < 1e-3 * control
+    assert torch.equal(checkpointed["rng"], plain["rng"])
 
 
 @pytest.mark.slow
@@ -109,3 +111,31 @@ def test_checkpointing_under_compile(float64, monkeypatch):
 def test_batch_norm_is_refused_with_checkpointing():
     with pytest.raises(ConfigError, match="perf.activation_checkpointing.*norm=instance"):
         load_config(None, ["model.norm=batch", "perf.activation_checkpointing=blocks"])
+
+
+@pytest.mark.parametrize("norm, antialias", [("instance", False), ("none", True)])
+def test_features_and_their_gradients_are_those_of_the_plain_network_at_every_tap(float64, norm, antialias):
+    """CUT reads features inside the generator: each tap (a norm's output followed by an in-place
+    ReLU included) gives the same values and gradients at every level, and each level keeps less."""
+    spec = GeneratorSpec(ngf=4, n_blocks=3, norm=norm, antialias=antialias)
+    net = ResnetGenerator(spec)
+    image = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    outcomes, kept = {}, {}
+    for level in ("none", "blocks", "all"):
+        net.recompute = level
+        for taps in (spec.feature_layers, (0, 2, 5, 11), None):
+            net.zero_grad()
+            out = net(image, taps)
+            outs = out if taps else [out]
+            sum((o.square() * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs).backward()  # keeps o
+            outcomes[level, taps] = [o.detach() for o in outs] + [p.grad.clone() for p in net.parameters() if p.grad is not None]
+            saved = []  # counted apart: saved-tensor hooks turn autograd's in-place checks off
+            with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+                net(image, taps)
+            kept[level, taps] = sum(saved)
+        for taps in (spec.feature_layers, (0, 2, 5, 11), None):
+            for mine, plain in zip(outcomes[level, taps], outcomes["none", taps]):
+                torch.testing.assert_close(mine, plain, rtol=0, atol=1e-13)
+    for taps in (spec.feature_layers, (0, 2, 5, 11), None):  # what each level keeps outside its recomputed stages
+        assert kept["none", taps] >= kept["blocks", taps] > kept["all", taps], taps
+        assert kept["none", taps] > kept["blocks", taps] or taps[-1] < spec.stages[1].start  # no block reached

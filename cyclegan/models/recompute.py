@@ -30,29 +30,35 @@ def recomputed(stage: Stage, level: str) -> bool:
     return level == "all" or (level == "blocks" and stage.block)
 
 
-def _run(modules: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
-    for module in modules:
-        x = module(x)
-    return x
+def _run(model: nn.Sequential, positions: range, tapped: tuple[int, ...], x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The modules at `positions` on `x`: the outputs at `tapped` positions, then the last output.
+    A tapped output stays the tensor the next module receives, so an in-place ReLU after a tap
+    changes the feature as it did in the plain loop."""
+    found = []
+    for i in positions:
+        x = model[i](x)
+        if i in tapped:
+            found.append(x)
+    return (*found, x)
 
 
 def run_stages(model: nn.Sequential, x: torch.Tensor, stages: list[Stage], level: str,
                taps: tuple[int, ...] = ()) -> torch.Tensor | list[torch.Tensor]:
     """`model` on `x`, the stages that `level` names recomputed in the backward pass (none without
     gradients: evaluation and EMA pay nothing). Given `taps` (ascending positions), the outputs
-    of those positions instead, running no further than the last; a stage is cut after each tap,
-    so that the tapped tensor is a stage's output."""
+    of those positions instead, running no further than the last; a recomputed stage returns its
+    tapped outputs with its last, from one recomputation."""
     level = level if torch.is_grad_enabled() else "none"
     end = taps[-1] + 1 if taps else len(model)
-    features = []
+    features: list[torch.Tensor] = []
     for stage in stages:
-        cuts = [t + 1 for t in taps if stage.start <= t < stage.stop - 1]
-        for start, stop in zip([stage.start, *cuts], [*cuts, stage.stop]):
-            if start >= end:
-                return features
-            modules = [model[i] for i in range(start, min(stop, end))]
-            x = (checkpoint(_run, modules, x, use_reentrant=False) if recomputed(stage, level)
-                 else _run(modules, x))
-            if stop - 1 in taps:
-                features.append(x)
+        if stage.start >= end:
+            break
+        positions = range(stage.start, min(stage.stop, end))
+        tapped = tuple(i for i in positions if i in taps)
+        if recomputed(stage, level):
+            *found, x = checkpoint(_run, model, positions, tapped, x, use_reentrant=False)
+        else:
+            *found, x = _run(model, positions, tapped, x)
+        features += found
     return features if taps else x
