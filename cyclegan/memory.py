@@ -22,8 +22,6 @@ import psutil
 import torch
 from torch import nn
 
-from cyclegan.errors import ConfigError
-
 if TYPE_CHECKING:
     from cyclegan.config import RunConfig
 
@@ -75,8 +73,14 @@ def resident_bytes() -> int:
 # the paper's networks of each objective (9 blocks, ngf = ndf = 64, RGB): by objective, precision
 # (train.mixed_precision) and perf.activation_checkpointing. Fitted to the peaks measured on a CPU
 # (docs/benchmarks.md, "Large images"); fp16 taken as bf16.
-BYTES_PER_PIXEL: dict[tuple[str, str, str], float] = {
-    (o, p, lv): 37000.0 for o in ("cyclegan", "cut", "fastcut") for p in ("no", "bf16") for lv in ("none", "blocks", "all")}
+BYTES_PER_PIXEL: dict[tuple[str, str], dict[str, int]] = {  # (objective, precision) -> level -> bytes
+    ("cyclegan", "no"): {"none": 37320, "blocks": 21710, "all": 10760},
+    ("cyclegan", "bf16"): {"none": 20470, "blocks": 9070, "all": 3770},
+    ("cut", "no"): {"none": 31610, "blocks": 22110, "all": 9810},
+    ("cut", "bf16"): {"none": 22560, "blocks": 16980, "all": 7580},
+    ("fastcut", "no"): {"none": 18330, "blocks": 14000, "all": 6620},
+    ("fastcut", "bf16"): {"none": 14030, "blocks": 10900, "all": 4660},
+}
 
 
 def state_bytes(cfg: RunConfig) -> int:
@@ -142,10 +146,10 @@ def estimate_step_bytes(cfg: RunConfig, baseline: int) -> int:
     """The peak memory of a training step of `cfg` on one device, before running it: `baseline` (what
     the process holds before the networks exist), their state and the activations of
     `train.batch_size` crops."""
-    key = (cfg.model.objective, precision_key(cfg), cfg.perf.activation_checkpointing)
+    per_pixel = BYTES_PER_PIXEL[cfg.model.objective, precision_key(cfg)][cfg.perf.activation_checkpointing]
     scale = activation_values_per_pixel(cfg) / activation_values_per_pixel(paper_networks(cfg))
     pixels = cfg.train.batch_size * cfg.data.crop_size**2
-    return int(baseline + state_bytes(cfg) + pixels * BYTES_PER_PIXEL[key] * scale)
+    return int(baseline + state_bytes(cfg) + pixels * per_pixel * scale)
 
 
 def budget_bytes(budget: str | None, device: torch.device) -> int | None:
@@ -228,17 +232,18 @@ def ways_to_fit(cfg: RunConfig, baseline: int, budget: int) -> list[str]:
     return ways
 
 
-def check_fits(cfg: RunConfig, device: torch.device) -> None:
-    """Stop before any work when the estimated step exceeds `perf.memory_budget`, naming what fits."""
+def memory_refusal(cfg: RunConfig, device: torch.device) -> str | None:
+    """Why a step of `cfg` will not fit `perf.memory_budget` on `device`, with what would fit; None
+    when it fits or nothing is to be checked."""
     budget = budget_bytes(cfg.perf.memory_budget, device)
     if budget is None:
-        return
+        return None
     baseline = baseline_bytes(device)
     need = estimate_step_bytes(cfg, baseline)
     if need <= budget:
-        return
+        return None
     ways = ways_to_fit(cfg, baseline, budget)
     advice = f"it fits with {', or '.join(ways)}" if ways else "nothing here fits: give a larger budget or a smaller network"
-    raise ConfigError(f"a training step of {cfg.model.objective} at data.crop_size={cfg.data.crop_size}, "
-                      f"train.batch_size={cfg.train.batch_size} needs about {gib(need)}, over perf.memory_budget "
-                      f"({gib(budget)}): {advice}")
+    return (f"a training step of {cfg.model.objective} at data.crop_size={cfg.data.crop_size}, "
+            f"train.batch_size={cfg.train.batch_size} needs about {gib(need)}, over perf.memory_budget "
+            f"({gib(budget)}): {advice}")

@@ -30,13 +30,13 @@ from cyclegan.checkpoint import (
 from cyclegan.config import RunConfig, save_config
 from cyclegan.data.sources import check_samples, find_sources
 from cyclegan.data.stream import UnpairedStream, train_loader
-from cyclegan.errors import UserError
+from cyclegan.errors import ConfigError, UserError
 from cyclegan.evaluation import LOWER_IS_BETTER, headline
 from cyclegan.ema import GeneratorEMA
 from cyclegan.grids import fixed_test_images, sample_grids
 from cyclegan.hardware import describe_bf16, native_bf16
 from cyclegan.io.records import write_json
-from cyclegan.memory import check_fits
+from cyclegan.memory import memory_refusal
 from cyclegan.metrics import HealthMonitor, MetricWindow
 from cyclegan.schedule import continue_schedule, make_scheduler
 from cyclegan.objectives import objective_for
@@ -62,7 +62,10 @@ class Trainer:
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
         self.acc = acc = make_accelerator(cfg, log_with=tracker_name(cfg.tracking))
-        check_fits(cfg, acc.device)  # before any work: a step that cannot fit stops here
+        # before any work: a step that cannot fit stops here, on every rank if on one (GPUs' free memory differs)
+        refusals = [r for r in gather_object([memory_refusal(cfg, acc.device)]) if r]
+        if refusals:
+            raise ConfigError(refusals[0])
         self.sources = find_sources(cfg.data)
         for warning in check_samples(self.sources, (cfg.model.input_nc, cfg.model.output_nc), cfg.data.normalizations):
             acc.print(f"warning: {warning}")

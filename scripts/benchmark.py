@@ -7,6 +7,8 @@
     python scripts/benchmark.py step --size 256 --sweep          # the fastest setting for this machine
     python scripts/benchmark.py step --size 256 --convs          # each convolution in fp32 and bf16
     python scripts/benchmark.py step --size 256 --objectives cyclegan,cut,fastcut   # time and memory of each
+    python scripts/benchmark.py memory --size 256 512 1024 --batch 1   # large images: memory and time per step
+    python scripts/benchmark.py memory --plan --budget 24GiB     # the largest crop and batch that fit
     python scripts/benchmark.py translate --workdir /tmp/bench-translate --precision fp32
     python scripts/benchmark.py quality --workdir /tmp/quality --seeds 0 1 2 --jobs 2
     python scripts/benchmark.py resume --workdir /tmp/bench-resume --positions 0 50000
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from cyclegan.benchmarks.convs import conv_benchmark
 from cyclegan.benchmarks.loader import loader_benchmark
+from cyclegan.benchmarks.memory import memory_benchmark, memory_plan
 from cyclegan.benchmarks.objectives import objectives_benchmark
 from cyclegan.benchmarks.resume import resume_benchmark
 from cyclegan.benchmarks.step import step_benchmark
@@ -27,6 +30,7 @@ from cyclegan.benchmarks.summary import results_table
 from cyclegan.benchmarks.sweep import SWEEP_AXES, step_sweep
 from cyclegan.benchmarks.translate import translate_benchmark
 from cyclegan.config import load_config
+from cyclegan.models.recompute import LEVELS
 from cyclegan.errors import exit_on_user_error
 from cyclegan.io.files import atomic_write
 from cyclegan.objectives import OBJECTIVES
@@ -79,6 +83,21 @@ def main() -> None:
                            "seconds per step, their repetitions interleaved, and peak memory and FLOPs, each in a "
                            "fresh process; ratios against the first")
     step.add_argument("overrides", nargs="*", help="config overrides, e.g. model.n_blocks=6")
+    memory = sub.add_parser("memory", help="large images: peak memory and s/step by crop size, objective, precision "
+                                           "and activation checkpointing; or the plan of what fits a budget")
+    memory.add_argument("--config", default=None, help="YAML config (default: the paper's networks)")
+    memory.add_argument("--size", type=int, nargs="+", default=[256, 512, 1024], help="crop sizes in pixels")
+    memory.add_argument("--batch", type=int, default=1, help="per-device batch")
+    memory.add_argument("--objective", nargs="+", choices=list(OBJECTIVES), default=["cyclegan"])
+    memory.add_argument("--precision", nargs="+", choices=("no", "bf16", "fp16"), default=["no"])
+    memory.add_argument("--activation-checkpointing", nargs="+", choices=LEVELS, default=list(LEVELS))
+    memory.add_argument("--steps", type=int, default=1, help="timed steps after the first (each combination)")
+    memory.add_argument("--plan", action="store_true",
+                        help="measure nothing: for each objective, precision and level, the largest crop (at "
+                             "--batch) and the largest batch (at each --size) whose estimated peak fits --budget")
+    memory.add_argument("--budget", help="with --plan: memory per device, e.g. 24GiB (default: this machine's free "
+                                         "memory)")
+    memory.add_argument("overrides", nargs="*", help="config overrides, e.g. model.ngf=32")
     translate = sub.add_parser("translate", help="translation: folders, shards, large tiled images, video")
     translate.add_argument("--workdir", type=Path, required=True, help="where inputs and outputs are made")
     translate.add_argument("--sizes", type=int, nargs="*", default=[256, 1024], help="image sides for folders/shards")
@@ -113,6 +132,14 @@ def main() -> None:
     elif args.mode == "translate":
         result = translate_benchmark(args.workdir, args.sizes, args.images, args.large, args.frames, args.precision,
                                      args.tile)
+    elif args.mode == "memory" and args.plan:
+        result = memory_plan(args.config, args.overrides, args.size, args.batch, args.objective, args.precision,
+                             args.activation_checkpointing, args.budget)
+    elif args.mode == "memory":
+        if args.budget:
+            parser.error("--budget goes with --plan: the measurement runs what this machine holds")
+        result = memory_benchmark(args.config, args.overrides, args.size, args.batch, args.objective, args.precision,
+                                  args.activation_checkpointing, args.steps)
     elif args.mode == "resume":
         result = resume_benchmark(args.workdir, args.images, args.positions, args.repeats)
     elif args.mode == "loader":
@@ -163,7 +190,7 @@ def main() -> None:
     print(text)
     if args.json:
         atomic_write(args.json, text + "\n")
-    if args.mode == "step" and (args.sweep or args.convs or args.objectives):
+    if args.mode == "memory" or (args.mode == "step" and (args.sweep or args.convs or args.objectives)):
         print("\n".join(result["markdown"]))  # last, where the fastest setting stays in view
 
 

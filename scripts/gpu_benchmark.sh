@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU rows of docs/benchmarks.md in one run on one node (about ten minutes on an H200):
+# The GPU rows of docs/benchmarks.md in one run on one node (about fifteen minutes on an H200):
 #
 #   bash scripts/gpu_benchmark.sh OUT [OFFICIAL_CHECKOUT] [PEAK_TFLOPS]
 #
@@ -9,6 +9,8 @@
 # - the official update in the same runs at batch 1 (fp32 and against bf16), when a checkout of
 #   junyanz/pytorch-CycleGAN-and-pix2pix is given;
 # - CycleGAN, CUT and FastCUT side by side at batch 1, fp32 and bf16 (time and peak memory);
+# - large images: peak allocated memory and s/step at 256, 512 and 1024 px for each objective,
+#   fp32 and bf16, without and with activation checkpointing (and the estimate's error);
 # - scaling over every GPU of the node (DDP, bf16 batch 8 per GPU) against one GPU;
 # - the loader: one rank's images/s with its share of the node's cores as workers, against the
 #   images/s the fastest step asks of it.
@@ -54,6 +56,10 @@ done
 for precision in no bf16; do  # CUT and FastCUT against CycleGAN, batch 1 (the CUT paper's setting)
     step "objectives-$precision" --batch 1 --precision "$precision" --objectives cyclegan,cut,fastcut
 done
+echo "== memory by crop size"
+$py scripts/benchmark.py --json "$out/memory.json" memory --size "$size" $((size * 2)) $((size * 4)) --batch 1 \
+    --objective cyclegan cut fastcut --precision no bf16 ${overrides[@]+"${overrides[@]}"} \
+    > "$out/memory.log" 2>&1 || echo "   failed: see $out/memory.log"
 if [ "$gpus" -gt 1 ]; then
     echo "== bf16-b8 on $gpus GPUs"
     $py -m accelerate.commands.launch --multi_gpu --num_processes "$gpus" scripts/benchmark.py \

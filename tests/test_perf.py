@@ -232,3 +232,18 @@ def test_networks_compile_to_one_graph_without_breaks():
     for net in (ResnetGenerator(GeneratorSpec(ngf=8, n_blocks=2)), NLayerDiscriminator(3, 8, 2)):
         explanation = dynamo.explain(net)(torch.randn(1, 3, 32, 32))
         assert (explanation.graph_count, explanation.graph_break_count) == (1, 0), type(net).__name__
+
+
+def test_the_memory_benchmark_measures_each_combination_and_skips_what_cannot_fit(tmp_path):
+    # one fresh process for the 64 px step; the 16384 px one is estimated far beyond this machine: not run
+    result = run([sys.executable, str(ROOT / "scripts/benchmark.py"), "--json", str(tmp_path / "m.json"), "memory",
+                  "--size", "64", "16384", "--activation-checkpointing", "all", "model.ngf=8", "model.n_blocks=1",
+                  "model.ndf=8", "model.n_layers_d=1"], env={"ACCELERATE_USE_CPU": "true"})
+    small, huge = json.loads((tmp_path / "m.json").read_text())["rows"]
+    assert (small["size"], small["checkpointing"], small["precision"]) == (64, "all", "fp32")
+    assert small["peak_gib"] > small["baseline_gib"] > 0 and small["seconds_per_step"] > 0
+    assert small["estimate_gib"] > small["baseline_gib"]
+    assert "peak_gib" not in huge and huge["skipped"].startswith("estimated")
+    assert result.stdout.rstrip().splitlines()[-1].startswith("| cyclegan | fp32 | 16384 | all | not run: estimated")
+    summary = script("benchmark.py", "summary", tmp_path).stdout
+    assert "Large images, m (" in summary and "| cyclegan | fp32 | 64 | all |" in summary

@@ -12,7 +12,8 @@ def results_table(folder: Path) -> list[str]:
     """Markdown rows of the step and loader results in `folder` (scripts/gpu_benchmark.sh's
     files): each step with its speed-up against the official update where it was timed, the
     scaling over the node's GPUs (files named NAME-xN beside NAME), and the loader's headroom over
-    the fastest step's demand per GPU; then each comparison of the objectives (`step --objectives`).
+    the fastest step's demand per GPU; then each comparison of the objectives (`step --objectives`)
+    and each memory table (`memory`).
     Other JSON files are left out."""
     if not folder.is_dir():
         raise SystemExit(f"{folder} is no folder of results")
@@ -20,13 +21,15 @@ def results_table(folder: Path) -> list[str]:
     def order(name: str) -> tuple:
         return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
 
-    steps, objectives = {}, {}
+    steps, objectives, memories = {}, {}, {}
     for path in sorted(folder.glob("*.json"), key=lambda p: order(p.stem)):
         result = read_json(path)
         if result.get("seconds_per_step") and result.get("pairs_per_s"):
             steps[path.stem] = result
         elif result.get("reference") and result.get("markdown"):  # `step --objectives`
             objectives[path.stem] = result
+        elif result.get("rows") and "checkpointing" in result["rows"][0] and result.get("markdown"):  # `memory`
+            memories[path.stem] = result
     lines = ["| setting | device | s/step | pairs/s | TFLOP/s | MFU | vs official | peak memory |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in steps.items():
@@ -55,4 +58,7 @@ def results_table(folder: Path) -> list[str]:
     for name, r in objectives.items():
         lines += ["", f"Objectives, {name} ({r.get('device', '-')}; {r.get('size')} px, batch {r.get('batch')}):", "",
                   *r["markdown"]]
+    for name, r in memories.items():
+        device = next((row["device"] for row in r["rows"] if "device" in row), "-")
+        lines += ["", f"Large images, {name} ({device}):", "", *r["markdown"]]
     return lines
