@@ -12,6 +12,7 @@ stops at once, with what would make it fit.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import re
 from dataclasses import asdict, replace
@@ -20,14 +21,15 @@ from typing import TYPE_CHECKING
 
 import psutil
 import torch
-from torch import nn
+
+from cyclegan.models.recompute import LEVELS, recomputed
 
 if TYPE_CHECKING:
     from cyclegan.config import RunConfig
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?(?:e[0-9]+)?)\s*([a-z]*)\s*$")
+_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?(?:e[+]?[0-9]+)?)\s*([a-z]*)\s*$")
 
 
 def parse_size(text: str) -> int:
@@ -74,8 +76,8 @@ def resident_bytes() -> int:
 # (train.mixed_precision) and perf.activation_checkpointing. Fitted to the peaks measured on a CPU
 # (docs/benchmarks.md, "Large images"); fp16 taken as bf16.
 BYTES_PER_PIXEL: dict[tuple[str, str], dict[str, int]] = {  # (objective, precision) -> level -> bytes
-    ("cyclegan", "no"): {"none": 37320, "blocks": 21710, "all": 10760},
-    ("cyclegan", "bf16"): {"none": 20470, "blocks": 9070, "all": 3770},
+    ("cyclegan", "no"): {"none": 37270, "blocks": 21660, "all": 10720},
+    ("cyclegan", "bf16"): {"none": 20420, "blocks": 9020, "all": 3730},
     ("cut", "no"): {"none": 31610, "blocks": 22110, "all": 9810},
     ("cut", "bf16"): {"none": 22560, "blocks": 16980, "all": 7580},
     ("fastcut", "no"): {"none": 18330, "blocks": 14000, "all": 6620},
@@ -83,17 +85,24 @@ BYTES_PER_PIXEL: dict[tuple[str, str], dict[str, int]] = {  # (objective, precis
 }
 
 
-def state_bytes(cfg: RunConfig) -> int:
-    """The networks' weights, gradients and Adam's two moments (fp32 whatever the precision: autocast
-    keeps fp32 weights), and the EMA's copy of the generators."""
+def state_bytes(cfg: RunConfig, steps: int | None = None) -> int:
+    """What the step holds beside its activations: the networks' weights, gradients and Adam's two
+    moments (fp32 whatever the precision: autocast keeps fp32 weights), the EMA's copy of the
+    generators, and the image pools' translations (on the device, fp32 at most): full, or after
+    `steps` steps."""
     total, generators, _ = _network_figures(_model_key(cfg))
-    return 4 * (4 * total + (generators if cfg.train.ema_decay else 0))
+    m, t, side = cfg.model, cfg.train, cfg.data.crop_size
+    pooled = t.pool_size if steps is None else min(t.pool_size, steps * t.batch_size)
+    pools = pooled * (m.input_nc + m.output_nc) * side * side
+    return 4 * (4 * total + (generators if cfg.train.ema_decay else 0) + pools)
 
 
-def activation_values_per_pixel(cfg: RunConfig) -> float:
-    """Values that the modules of one pass through each generator and discriminator output per
-    input pixel: what the activations scale with from one network layout to another."""
-    return _network_figures(_model_key(cfg))[2]
+def kept_values_per_pixel(cfg: RunConfig) -> float:
+    """Activation values that one pass through each generator and discriminator keeps for the
+    backward pass at `cfg`'s checkpointing level, per input pixel: every module's output outside
+    the recomputed stages, and the input of each recomputed stage. What the activations scale
+    with from one network layout to another."""
+    return _network_figures(_model_key(cfg))[2][cfg.perf.activation_checkpointing]
 
 
 def _model_key(cfg: RunConfig) -> str:
@@ -101,9 +110,10 @@ def _model_key(cfg: RunConfig) -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def _network_figures(model: str) -> tuple[int, int, float]:
-    """Parameters of all networks and of the generators, and activation values per pixel, of the
-    networks `model` (a ModelConfig as JSON) describes; built on the meta device, so instantly."""
+def _network_figures(model: str) -> tuple[int, int, dict[str, float]]:
+    """Parameters of all networks and of the generators, and the values kept per pixel at each
+    checkpointing level, of the networks `model` (a ModelConfig as JSON) describes; built and run
+    on the meta device, so at once."""
     from cyclegan.config import RunConfig as Fresh
     from cyclegan.objectives import objective_for
 
@@ -113,28 +123,37 @@ def _network_figures(model: str) -> tuple[int, int, float]:
         nets = objective_for(cfg).build_networks(cfg)
     total = sum(p.numel() for net in nets.named().values() for p in net.parameters())
     generators = sum(p.numel() for net in nets.generators().values() for p in net.parameters())
-    values, size = 0, 64
-
-    def count(module: nn.Module, inputs: tuple, output: torch.Tensor | list) -> None:
-        nonlocal values
-        if not list(module.children()):
-            values += sum(t.numel() for t in (output if isinstance(output, list) else [output]))
-
+    size = max(64, 2 ** (cfg.model.n_layers_d + 4))  # a discriminator's last map keeps a few pixels
+    kept = dict.fromkeys(LEVELS, 0)
     for name, net in nets.named().items():
         if name == "f":  # CUT's head sees a few hundred patches, not the image
             continue
-        handles = [m.register_forward_hook(count) for m in net.modules()]
+        inputs, outputs = [0] * len(net.model), [0] * len(net.model)  # by position in `model`
+        handles = []
+        for position, module in enumerate(net.model):
+            handles.append(module.register_forward_pre_hook(
+                lambda module, args, position=position: inputs.__setitem__(position, args[0].numel())))
+            for leaf in module.modules():
+                if not list(leaf.children()):
+                    handles.append(leaf.register_forward_hook(
+                        lambda leaf, args, out, position=position: outputs.__setitem__(
+                            position, outputs[position] + out.numel())))
         channels = cfg.model.input_nc if name in ("g_ab", "d_a") else cfg.model.output_nc
         with torch.no_grad():
             net(torch.zeros(1, channels, size, size, device="meta"))
         for handle in handles:
             handle.remove()
-    return total, generators, values / size**2
+        for level in LEVELS:
+            kept[level] += sum(inputs[stage.start] if recomputed(stage, level) else sum(outputs[stage.start:stage.stop])
+                               for stage in net.stages)
+    return total, generators, {level: values / size**2 for level, values in kept.items()}
 
 
-def paper_networks(cfg: RunConfig) -> RunConfig:
-    """`cfg` with the networks the per-pixel figures were measured on."""
-    paper = {"input_nc": 3, "output_nc": 3, "ngf": 64, "ndf": 64, "n_blocks": 9, "n_layers_d": 3}
+def measured_networks(cfg: RunConfig) -> RunConfig:
+    """`cfg` with the networks the per-pixel figures were measured on: the paper's, in each
+    objective's default layout (CycleGAN plain, CUT and FastCUT anti-aliased)."""
+    paper = {"input_nc": 3, "output_nc": 3, "ngf": 64, "ndf": 64, "n_blocks": 9, "n_layers_d": 3,
+             "norm": "instance", "dropout": False, "antialias": cfg.model.objective != "cyclegan"}
     return replace(cfg, model=replace(cfg.model, **paper))
 
 
@@ -142,14 +161,14 @@ def precision_key(cfg: RunConfig) -> str:
     return "no" if cfg.train.mixed_precision == "no" else "bf16"
 
 
-def estimate_step_bytes(cfg: RunConfig, baseline: int) -> int:
+def estimate_step_bytes(cfg: RunConfig, baseline: int, steps: int | None = None) -> int:
     """The peak memory of a training step of `cfg` on one device, before running it: `baseline` (what
     the process holds before the networks exist), their state and the activations of
-    `train.batch_size` crops."""
+    `train.batch_size` crops; with full image pools, or as after `steps` steps (the benchmark's)."""
     per_pixel = BYTES_PER_PIXEL[cfg.model.objective, precision_key(cfg)][cfg.perf.activation_checkpointing]
-    scale = activation_values_per_pixel(cfg) / activation_values_per_pixel(paper_networks(cfg))
+    scale = kept_values_per_pixel(cfg) / kept_values_per_pixel(measured_networks(cfg))
     pixels = cfg.train.batch_size * cfg.data.crop_size**2
-    return int(baseline + state_bytes(cfg) + pixels * per_pixel * scale)
+    return int(baseline + state_bytes(cfg, steps) + pixels * per_pixel * scale)
 
 
 def budget_bytes(budget: str | None, device: torch.device) -> int | None:
@@ -203,32 +222,37 @@ def largest_batch(cfg: RunConfig, baseline: int, budget: int, limit: int = 4096)
 
 
 def ways_to_fit(cfg: RunConfig, baseline: int, budget: int) -> list[str]:
-    """The single changes (and failing those, the combination of them) that bring the estimate
-    within `budget`, each with its estimate."""
+    """What brings the estimate within `budget`, each with its estimate: each change of the network
+    pass that fits alone (checkpointing, bf16, FastCUT); failing all, the fewest of them that fit
+    together; then a smaller batch and a smaller crop."""
     m, t, p = cfg.model, cfg.train, cfg.perf
-    options: list[tuple[str, dict]] = []
-    if p.activation_checkpointing != "all":
-        for level in ("blocks", "all")[("none", "blocks").index(p.activation_checkpointing):]:
-            options.append((f"perf.activation_checkpointing={level}", {"activation_checkpointing": level}))
+    kinds: list[list[tuple[str, dict]]] = []  # each kind's changes, weakest first
+    if p.activation_checkpointing != "all" and m.norm != "batch":  # batch norm is refused with it
+        levels = ("blocks", "all")[("none", "blocks").index(p.activation_checkpointing):]
+        kinds.append([(f"perf.activation_checkpointing={level}", {"activation_checkpointing": level})
+                      for level in levels])
     if t.mixed_precision == "no":
-        options.append(("train.mixed_precision=bf16", {"mixed_precision": "bf16"}))
-    if m.objective != "fastcut":
-        options.append(("model.objective=fastcut", {"objective": "fastcut"}))
-    ways = []
-    for text, change in options:
+        kinds.append([("train.mixed_precision=bf16", {"mixed_precision": "bf16"})])
+    if m.objective != "fastcut" and m.input_nc == m.output_nc:  # FastCUT translates within one channel count
+        kinds.append([("model.objective=fastcut", {"objective": "fastcut"})])
+
+    def fitting(text: str, change: dict) -> str | None:
         need = estimate_step_bytes(_with(cfg, **change), baseline)
-        if need <= budget:
-            ways.append(f"{text} ({gib(need)})")
+        return f"{text} ({gib(need)})" if need <= budget else None
+
+    ways = [way for kind in kinds for text, change in kind if (way := fitting(text, change))]
+    if not ways:  # the strongest of each kind, two kinds at once, then all of them
+        strongest = [kind[-1] for kind in kinds]
+        for group in [*itertools.combinations(strongest, 2), *([tuple(strongest)] if len(strongest) > 2 else [])]:
+            text = " + ".join(text for text, _ in group)
+            if way := fitting(text, {k: v for _, change in group for k, v in change.items()}):
+                ways.append(way)
+                break
     if t.batch_size > 1 and (batch := largest_batch(cfg, baseline, budget)) >= 1:
-        ways.append(f"train.batch_size={batch}")
+        need = estimate_step_bytes(_with(cfg, batch_size=batch), baseline)
+        ways.append(f"train.batch_size={batch} ({gib(need)}; raise train.grad_accum to keep the batch)")
     if (crop := largest_crop(cfg, baseline, budget)) >= 32:
-        ways.append(f"data.crop_size={crop}")
-    if not ways and options:  # the strongest of each kind at once
-        strongest = {next(iter(change)): (text, change) for text, change in options}
-        need = estimate_step_bytes(_with(cfg, **{k: v for _, change in strongest.values() for k, v in change.items()}),
-                                   baseline)
-        if need <= budget:
-            ways.append(" + ".join(text for text, _ in strongest.values()) + f" together ({gib(need)})")
+        ways.append(f"data.crop_size={crop} ({gib(estimate_step_bytes(_with(cfg, crop_size=crop), baseline))})")
     return ways
 
 
@@ -246,4 +270,4 @@ def memory_refusal(cfg: RunConfig, device: torch.device) -> str | None:
     advice = f"it fits with {', or '.join(ways)}" if ways else "nothing here fits: give a larger budget or a smaller network"
     return (f"a training step of {cfg.model.objective} at data.crop_size={cfg.data.crop_size}, "
             f"train.batch_size={cfg.train.batch_size} needs about {gib(need)}, over perf.memory_budget "
-            f"({gib(budget)}): {advice}")
+            f"({gib(budget)}): {advice} (perf.memory_budget=off skips this check)")

@@ -33,6 +33,7 @@ from cyclegan.config import load_config
 from cyclegan.models.recompute import LEVELS
 from cyclegan.errors import exit_on_user_error
 from cyclegan.io.files import atomic_write
+from cyclegan.memory import memory_budget_ok
 from cyclegan.objectives import OBJECTIVES
 from cyclegan.quality import RUNS, TASKS, quality_experiment
 
@@ -133,6 +134,8 @@ def main() -> None:
         result = translate_benchmark(args.workdir, args.sizes, args.images, args.large, args.frames, args.precision,
                                      args.tile)
     elif args.mode == "memory" and args.plan:
+        if args.budget and not memory_budget_ok(args.budget):
+            parser.error(f"--budget {args.budget}: give a size such as 24GiB, 500MB or 8e9 (bytes)")
         result = memory_plan(args.config, args.overrides, args.size, args.batch, args.objective, args.precision,
                              args.activation_checkpointing, args.budget)
     elif args.mode == "memory":

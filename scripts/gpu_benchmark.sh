@@ -9,8 +9,8 @@
 # - the official update in the same runs at batch 1 (fp32 and against bf16), when a checkout of
 #   junyanz/pytorch-CycleGAN-and-pix2pix is given;
 # - CycleGAN, CUT and FastCUT side by side at batch 1, fp32 and bf16 (time and peak memory);
-# - large images: peak allocated memory and s/step at 256, 512 and 1024 px for each objective,
-#   fp32 and bf16, without and with activation checkpointing (and the estimate's error);
+# - large images: peak allocated memory and s/step at 256, 512 and 1024 px, fp32 CycleGAN and bf16
+#   for each objective, without and with activation checkpointing (and the estimate's error);
 # - scaling over every GPU of the node (DDP, bf16 batch 8 per GPU) against one GPU;
 # - the loader: one rank's images/s with its share of the node's cores as workers, against the
 #   images/s the fastest step asks of it.
@@ -56,10 +56,14 @@ done
 for precision in no bf16; do  # CUT and FastCUT against CycleGAN, batch 1 (the CUT paper's setting)
     step "objectives-$precision" --batch 1 --precision "$precision" --objectives cyclegan,cut,fastcut
 done
-echo "== memory by crop size"
-$py scripts/benchmark.py --json "$out/memory.json" memory --size "$size" $((size * 2)) $((size * 4)) --batch 1 \
-    --objective cyclegan cut fastcut --precision no bf16 ${overrides[@]+"${overrides[@]}"} \
-    > "$out/memory.log" 2>&1 || echo "   failed: see $out/memory.log"
+for precision in no bf16; do  # each combination a fresh process: fp32 for CycleGAN, bf16 for all three
+    objectives=(cyclegan)
+    if [ "$precision" = bf16 ]; then objectives=(cyclegan cut fastcut); fi
+    echo "== memory by crop size, $precision"
+    $py scripts/benchmark.py --json "$out/memory-$precision.json" memory --size "$size" $((size * 2)) $((size * 4)) \
+        --batch 1 --objective "${objectives[@]}" --precision "$precision" ${overrides[@]+"${overrides[@]}"} \
+        > "$out/memory-$precision.log" 2>&1 || echo "   failed: see $out/memory-$precision.log"
+done
 if [ "$gpus" -gt 1 ]; then
     echo "== bf16-b8 on $gpus GPUs"
     $py -m accelerate.commands.launch --multi_gpu --num_processes "$gpus" scripts/benchmark.py \

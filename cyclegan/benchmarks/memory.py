@@ -42,7 +42,7 @@ def step_footprint(cfg: RunConfig, steps: int) -> dict:
     accelerator = make_accelerator(cfg)
     device = accelerator.device
     baseline = baseline_bytes(device)
-    estimate = estimate_step_bytes(cfg, baseline)
+    estimate = estimate_step_bytes(cfg, baseline, steps=1 + steps)  # the pools as these steps fill them
     seconds = []
 
     def build_and_step() -> None:
@@ -77,7 +77,10 @@ def memory_benchmark(config: str | None, overrides: list[str], sizes: list[int],
         if need > 0.9 * free:
             row.update(skipped=f"estimated {need / 2**30:.1f} GiB, over the {free / 2**30:.1f} GiB free")
         else:
-            row.update(in_fresh_process(step_footprint, cfg, steps))
+            try:
+                row.update(in_fresh_process(step_footprint, cfg, steps))
+            except Exception as err:  # e.g. killed for memory: the other rows still count
+                row.update(skipped=f"failed: {type(err).__name__}: {' '.join(str(err).split())[:200]}")
         print(row, flush=True)
         rows.append(row)
     return {"rows": rows, "markdown": memory_table(rows)}
@@ -99,7 +102,7 @@ def memory_table(rows: list[dict]) -> list[str]:
         memory_ratio = f"{r['peak_gib'] / base['peak_gib']:.0%}" if base else "-"
         time_ratio = f"{r['seconds_per_step'] / base['seconds_per_step']:.2f}x" if base else "-"
         error = r["estimate_gib"] / r["peak_gib"] - 1
-        lines.append(f"{head} {r['peak_gib']:.2f} GiB | {memory_ratio} | {r['seconds_per_step']:.1f} | {time_ratio} | "
+        lines.append(f"{head} {r['peak_gib']:.2f} GiB | {memory_ratio} | {r['seconds_per_step']:.3g} | {time_ratio} | "
                      f"{r['estimate_gib']:.2f} GiB | {error:+.0%} |")
     return lines
 
