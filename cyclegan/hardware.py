@@ -24,6 +24,17 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def training_device() -> torch.device:
+    """The device Accelerate would train on here, without starting Accelerate (whose settings, the
+    precision among them, hold for the whole process once made): a GPU unless there is none or
+    ACCELERATE_USE_CPU is set."""
+    from accelerate.utils import parse_flag_from_env
+
+    if torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU"):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
 def native_bf16(device: torch.device) -> bool:
     """Whether the device computes in bf16 natively (False for devices this does not know)."""
     if device.type == "cuda":

@@ -35,12 +35,14 @@ _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?(?:e[+]?[0-9]+)?)\s*([a-z]*)\s*$")
 def parse_size(text: str) -> int:
     """'24GiB', '500MB', '8e9' -> bytes."""
     match = _SIZE.match(str(text).lower())
-    if not match or match.group(2) not in _UNITS:
+    value = float(match.group(1)) * _UNITS.get(match.group(2), 0) if match else 0.0
+    if not 0 < value < 2**80:  # no unit known, nothing, or beyond any machine (1e400 is infinite)
         raise ValueError(f"not a size: {text!r} (e.g. 24GiB, 500MB, 8e9)")
-    return int(float(match.group(1)) * _UNITS[match.group(2)])
+    return int(value)
 
 
 def memory_budget_ok(budget: str | None) -> bool:
+    """Whether `perf.memory_budget` reads: null, off, or a size."""
     if budget is None or str(budget).lower() == "off":
         return True
     try:
@@ -50,6 +52,7 @@ def memory_budget_ok(budget: str | None) -> bool:
 
 
 def gib(n: float) -> str:
+    """Bytes as the messages show them."""
     return f"{n / 2**30:.1f} GiB"
 
 
@@ -158,6 +161,7 @@ def measured_networks(cfg: RunConfig) -> RunConfig:
 
 
 def precision_key(cfg: RunConfig) -> str:
+    """The row of BYTES_PER_PIXEL a precision reads (fp16 takes bf16's: two bytes a value too)."""
     return "no" if cfg.train.mixed_precision == "no" else "bf16"
 
 

@@ -89,8 +89,10 @@ def main() -> None:
     memory.add_argument("--config", default=None, help="YAML config (default: the paper's networks)")
     memory.add_argument("--size", type=int, nargs="+", default=[256, 512, 1024], help="crop sizes in pixels")
     memory.add_argument("--batch", type=int, default=1, help="per-device batch")
-    memory.add_argument("--objective", nargs="+", choices=list(OBJECTIVES), default=["cyclegan"])
-    memory.add_argument("--precision", nargs="+", choices=("no", "bf16", "fp16"), default=["no"])
+    memory.add_argument("--objective", nargs="+", choices=list(OBJECTIVES),
+                        help="default: cyclegan when measuring, all three with --plan")
+    memory.add_argument("--precision", nargs="+", choices=("no", "bf16", "fp16"),
+                        help="default: no (fp32) when measuring, no and bf16 with --plan")
     memory.add_argument("--activation-checkpointing", nargs="+", choices=LEVELS, default=list(LEVELS))
     memory.add_argument("--steps", type=int, default=1, help="timed steps after the first (each combination)")
     memory.add_argument("--plan", action="store_true",
@@ -98,7 +100,8 @@ def main() -> None:
                              "--batch) and the largest batch (at each --size) whose estimated peak fits --budget")
     memory.add_argument("--budget", help="with --plan: memory per device, e.g. 24GiB (default: this machine's free "
                                          "memory)")
-    memory.add_argument("overrides", nargs="*", help="config overrides, e.g. model.ngf=32")
+    memory.add_argument("overrides", nargs="*", help="config overrides, e.g. model.ngf=32 (before the options that "
+                                                     "take several values)")
     translate = sub.add_parser("translate", help="translation: folders, shards, large tiled images, video")
     translate.add_argument("--workdir", type=Path, required=True, help="where inputs and outputs are made")
     translate.add_argument("--sizes", type=int, nargs="*", default=[256, 1024], help="image sides for folders/shards")
@@ -134,15 +137,15 @@ def main() -> None:
         result = translate_benchmark(args.workdir, args.sizes, args.images, args.large, args.frames, args.precision,
                                      args.tile)
     elif args.mode == "memory" and args.plan:
-        if args.budget and not memory_budget_ok(args.budget):
+        if args.budget and (not memory_budget_ok(args.budget) or args.budget.lower() == "off"):
             parser.error(f"--budget {args.budget}: give a size such as 24GiB, 500MB or 8e9 (bytes)")
-        result = memory_plan(args.config, args.overrides, args.size, args.batch, args.objective, args.precision,
-                             args.activation_checkpointing, args.budget)
+        result = memory_plan(args.config, args.overrides, args.size, args.batch, args.objective or list(OBJECTIVES),
+                             args.precision or ["no", "bf16"], args.activation_checkpointing, args.budget)
     elif args.mode == "memory":
         if args.budget:
             parser.error("--budget goes with --plan: the measurement runs what this machine holds")
-        result = memory_benchmark(args.config, args.overrides, args.size, args.batch, args.objective, args.precision,
-                                  args.activation_checkpointing, args.steps)
+        result = memory_benchmark(args.config, args.overrides, args.size, args.batch, args.objective or ["cyclegan"],
+                                  args.precision or ["no"], args.activation_checkpointing, args.steps)
     elif args.mode == "resume":
         result = resume_benchmark(args.workdir, args.images, args.positions, args.repeats)
     elif args.mode == "loader":

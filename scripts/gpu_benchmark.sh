@@ -60,8 +60,9 @@ for precision in no bf16; do  # each combination a fresh process: fp32 for Cycle
     objectives=(cyclegan)
     if [ "$precision" = bf16 ]; then objectives=(cyclegan cut fastcut); fi
     echo "== memory by crop size, $precision"
-    $py scripts/benchmark.py --json "$out/memory-$precision.json" memory --size "$size" $((size * 2)) $((size * 4)) \
-        --batch 1 --objective "${objectives[@]}" --precision "$precision" ${overrides[@]+"${overrides[@]}"} \
+    # the overrides first: the options after them take several values each
+    $py scripts/benchmark.py --json "$out/memory-$precision.json" memory ${overrides[@]+"${overrides[@]}"} \
+        --size "$size" $((size * 2)) $((size * 4)) --batch 1 --objective "${objectives[@]}" --precision "$precision" \
         > "$out/memory-$precision.log" 2>&1 || echo "   failed: see $out/memory-$precision.log"
 done
 if [ "$gpus" -gt 1 ]; then

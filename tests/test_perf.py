@@ -234,11 +234,13 @@ def test_networks_compile_to_one_graph_without_breaks():
         assert (explanation.graph_count, explanation.graph_break_count) == (1, 0), type(net).__name__
 
 
+@pytest.mark.heavy  # about 12 s for one fresh process; make test reads the recorded table (tests/test_large_images.py)
 def test_the_memory_benchmark_measures_each_combination_and_skips_what_cannot_fit(tmp_path):
     # one fresh process for the 64 px step; the 16384 px one is estimated far beyond this machine: not run
+    # config overrides first: the options after them take several values each
     result = run([sys.executable, str(ROOT / "scripts/benchmark.py"), "--json", str(tmp_path / "m.json"), "memory",
-                  "--size", "64", "16384", "--activation-checkpointing", "all", "model.ngf=8", "model.n_blocks=1",
-                  "model.ndf=8", "model.n_layers_d=1"], env={"ACCELERATE_USE_CPU": "true"})
+                  "model.ngf=8", "model.n_blocks=1", "model.ndf=8", "model.n_layers_d=1", "--size", "64", "16384",
+                  "--activation-checkpointing", "all"], env={"ACCELERATE_USE_CPU": "true"})
     small, huge = json.loads((tmp_path / "m.json").read_text())["rows"]
     assert (small["size"], small["checkpointing"], small["precision"]) == (64, "all", "fp32")
     assert small["peak_gib"] > small["baseline_gib"] > 0 and small["seconds_per_step"] > 0

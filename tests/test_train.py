@@ -58,7 +58,7 @@ def test_accumulation_equals_a_larger_batch(noise_shards, tmp_path, nproc):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("nproc, extra", [  # heavy: beyond make test's budget, each resuming what another does
-    pytest.param(1, [], marks=pytest.mark.heavy), (2, []),
+    pytest.param(1, [], marks=pytest.mark.heavy), pytest.param(2, [], marks=pytest.mark.heavy),  # 2-cut: two ranks
     pytest.param(1, ["train.ema_decay=0.9", "train.diffaug=color,translation,cutout"], marks=pytest.mark.heavy),
     (1, ["model.objective=fastcut", "train.ema_decay=0.9", "train.diffaug=color,translation,cutout"]),
     (2, ["model.objective=cut"]),

@@ -8,23 +8,15 @@ import itertools
 import time
 
 import torch
-from accelerate.utils import parse_flag_from_env
 
 from cyclegan.benchmarks.step import in_fresh_process, memory_growth_gib, synthetic_batches, training_stepper
 from cyclegan.build import make_accelerator
 from cyclegan.config import RunConfig, load_config
-from cyclegan.hardware import device_name
+from cyclegan.hardware import device_name, training_device
 from cyclegan.memory import (baseline_bytes, estimate_step_bytes, free_bytes, largest_batch, largest_crop,
                              parse_size)
 
 PRECISIONS = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}
-
-
-def training_device() -> torch.device:
-    """The device training would take here (Accelerate's choice), without starting Accelerate,
-    whose settings (the precision) hold for the whole process once made."""
-    cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
-    return torch.device("cpu") if cpu else torch.device("cuda", torch.cuda.current_device())
 
 
 def variant(config: str | None, overrides: list[str], objective: str, precision: str, level: str, size: int,
@@ -73,9 +65,9 @@ def memory_benchmark(config: str | None, overrides: list[str], sizes: list[int],
         row = {"objective": objective, "precision": PRECISIONS[precision], "size": size, "batch": batch,
                "checkpointing": level}
         device = training_device()
-        free, need = free_bytes(device), estimate_step_bytes(cfg, baseline_bytes(device))
+        free, need = free_bytes(device), estimate_step_bytes(cfg, baseline_bytes(device), steps=1 + steps)
         if need > 0.9 * free:
-            row.update(skipped=f"estimated {need / 2**30:.1f} GiB, over the {free / 2**30:.1f} GiB free")
+            row.update(skipped=f"estimated {need / 2**30:.1f} GiB, beyond 90 % of the {free / 2**30:.1f} GiB free")
         else:
             try:
                 row.update(in_fresh_process(step_footprint, cfg, steps))
@@ -126,7 +118,7 @@ def memory_plan(config: str | None, overrides: list[str], sizes: list[int], batc
     lines = [f"Budget {limit / 2**30:.1f} GiB per device ({device_name(device)}), from {baseline / 2**30:.2f} GiB "
              "before the networks:", "",
              f"| objective | precision | checkpointing | largest crop at batch {batch} | {head} |",
-             "| --- | --- | --- | --- | " + "--- | " * len(sizes)]
+             "|" + " --- |" * (4 + len(sizes))]
     for r in rows:
         batches = " | ".join(str(r["largest_batch"][size]) for size in sizes)
         lines.append(f"| {r['objective']} | {r['precision']} | {r['checkpointing']} | {r['largest_crop'] or '-'} | "

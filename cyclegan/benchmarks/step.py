@@ -18,13 +18,12 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import parse_flag_from_env
 
 from cyclegan.build import batch_to_device, build_training, make_accelerator
 from cyclegan.config import RunConfig
 from cyclegan.data.sources import find_sources
 from cyclegan.data.stream import UnpairedStream, train_loader
-from cyclegan.hardware import device_name
+from cyclegan.hardware import device_name, training_device
 from cyclegan.objectives import objective_for
 from cyclegan.step import Networks
 
@@ -226,7 +225,7 @@ def official_stepper(checkout: Path, cfg: RunConfig) -> Callable[[], None]:
     from models.cycle_gan_model import CycleGANModel
 
     m, t = cfg.model, cfg.train
-    cuda = torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
+    cuda = training_device().type == "cuda"
     opt = SimpleNamespace(
         input_nc=m.input_nc, output_nc=m.output_nc, ngf=m.ngf, ndf=m.ndf, netG=f"resnet_{m.n_blocks}blocks",
         netD="basic", n_layers_D=m.n_layers_d, norm=m.norm, no_dropout=not m.dropout, init_type="normal",

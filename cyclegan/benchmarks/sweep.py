@@ -6,11 +6,10 @@ import itertools
 from dataclasses import replace
 
 import torch
-from accelerate.utils import parse_flag_from_env
 
 from cyclegan.benchmarks.step import in_fresh_process, step_benchmark
 from cyclegan.config import RunConfig
-from cyclegan.hardware import device_name
+from cyclegan.hardware import device_name, training_device
 
 
 SWEEP_AXES = ("precision", "layout", "compile", "adam")
@@ -23,7 +22,7 @@ def step_sweep(cfg: RunConfig, steps: int, warmup: int, repeats: int, use_shards
     implementations on the fastest of those. Each setting is timed by `step_benchmark` in a fresh
     process, so that no compilation, thread pool or allocator state carries over; a setting that
     fails is reported and the sweep goes on."""
-    on_gpu = torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")  # as Accelerator decides
+    on_gpu = training_device().type == "cuda"
     precisions = ("no", "bf16", "fp16") if on_gpu else ("no", "bf16")  # fp16 needs a GPU's scaler
     grid = itertools.product(precisions if "precision" in axes else (cfg.train.mixed_precision,),
                              (False, True) if "layout" in axes else (cfg.perf.channels_last,),

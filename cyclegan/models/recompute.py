@@ -21,12 +21,15 @@ LEVELS = ("none", "blocks", "all")
 
 
 class Stage(NamedTuple):
+    """A range of positions in a network's `model` that is recomputed as one."""
+
     start: int  # first position in `model`
     stop: int  # one past the last
     block: bool  # a residual block (recomputed at level `blocks` too)
 
 
 def recomputed(stage: Stage, level: str) -> bool:
+    """Whether `level` recomputes `stage`: `all` every stage, `blocks` the residual blocks."""
     return level == "all" or (level == "blocks" and stage.block)
 
 

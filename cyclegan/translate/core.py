@@ -279,6 +279,7 @@ class Translator:
         return max(1, self.free_bytes() // 2 // self.untiled_bytes(height, width))
 
     def free_bytes(self) -> int:
+        """Memory this process can still take on the translator's device."""
         return free_bytes(self.device)
 
     def tile_for(self, height: int, width: int) -> int:
