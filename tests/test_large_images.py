@@ -18,8 +18,8 @@ from tests.conftest import ROOT, script
 
 MEASURED = json.loads((ROOT / "tests/data/memory_cpu.json").read_text())["rows"]  # scripts/benchmark.py memory
 # fp32 with every stage recomputed at 1024 px: the estimate, fitted at 512 px, is 66 % high.
-# Most likely the C allocator: up to 512 px it keeps freed blocks in its heap, where the resident
-# set counts them; at 1024 px the blocks are large enough to go back to the system at once.
+# The C allocator keeps freed blocks of up to 32 MiB in its heap, where the resident set counts
+# them; at 1024 px most blocks are larger and go back to the system at once (docs/benchmarks.md).
 OVERESTIMATED = {("fp32", 1024, "all")}
 
 
