@@ -2,10 +2,10 @@
 
 The estimate is the memory before the networks exist (the process's resident set on a CPU;
 nothing on a GPU, whose count is PyTorch's allocated tensors), plus the networks' state (weights,
-gradients, Adam's two moments, the EMA copy), plus activations: bytes per pixel of the batch,
-measured for the paper's networks of each objective at each precision and checkpointing level
-(`scripts/benchmark.py memory`, docs/benchmarks.md) and scaled by how many activation values
-per pixel the run's networks have against those. Without running a step, a run that cannot fit
+gradients, Adam's two moments, the EMA copy) and the image pools, plus activations: bytes per
+pixel of the batch, measured for the paper's networks of each objective at each precision and
+checkpointing level (`scripts/benchmark.py memory`, docs/benchmarks.md) and scaled by the
+activation values per pixel the run's networks keep at that level against those. Without running a step, a run that cannot fit
 stops at once, with what would make it fit.
 """
 

@@ -5,11 +5,9 @@ which reads the estimate (`cyclegan.memory`) for the largest crop and batch that
 from __future__ import annotations
 
 import itertools
-import time
 
-import torch
-
-from cyclegan.benchmarks.step import in_fresh_process, memory_growth_gib, synthetic_batches, training_stepper
+from cyclegan.benchmarks.step import (PhaseTimer, in_fresh_process, memory_growth_gib, synthetic_batches,
+                                      training_stepper)
 from cyclegan.build import make_accelerator
 from cyclegan.config import RunConfig, load_config
 from cyclegan.hardware import device_name, training_device
@@ -35,19 +33,12 @@ def step_footprint(cfg: RunConfig, steps: int) -> dict:
     device = accelerator.device
     baseline = baseline_bytes(device)
     estimate = estimate_step_bytes(cfg, baseline, steps=1 + steps)  # the pools as these steps fill them
-    seconds = []
+    timer, seconds = PhaseTimer(device), []
 
     def build_and_step() -> None:
         _, step = training_stepper(accelerator, cfg, synthetic_batches(cfg))
         step()
-        for _ in range(steps):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            seconds.append(time.perf_counter() - start)
+        seconds.extend(timer.seconds_per_step(step, 1) for _ in range(steps))
 
     growth = memory_growth_gib(device, build_and_step)
     return {"peak_gib": baseline / 2**30 + growth, "baseline_gib": baseline / 2**30,
@@ -55,16 +46,15 @@ def step_footprint(cfg: RunConfig, steps: int) -> dict:
             "seconds_per_step_runs": seconds, "device": device_name(device)}
 
 
-def memory_benchmark(config: str | None, overrides: list[str], sizes: list[int], batch: int, objectives: list[str], precisions: list[str],
-                     levels: list[str], steps: int) -> dict:
+def memory_benchmark(config: str | None, overrides: list[str], sizes: list[int], batch: int, objectives: list[str],
+                     precisions: list[str], levels: list[str], steps: int) -> dict:
     """Every combination, each in a fresh process; one whose estimate exceeds what the machine has
     free is not run (it would only be killed), and its row says so."""
-    rows = []
+    rows, device = [], training_device()
     for objective, precision, size, level in itertools.product(objectives, precisions, sizes, levels):
         cfg = variant(config, overrides, objective, precision, level, size, batch)
         row = {"objective": objective, "precision": PRECISIONS[precision], "size": size, "batch": batch,
                "checkpointing": level}
-        device = training_device()
         free, need = free_bytes(device), estimate_step_bytes(cfg, baseline_bytes(device), steps=1 + steps)
         if need > 0.9 * free:
             row.update(skipped=f"estimated {need / 2**30:.1f} GiB, beyond 90 % of the {free / 2**30:.1f} GiB free")
