@@ -1,5 +1,5 @@
 """The command lines: `cyclegan-train`, `cyclegan-make-shards`, `cyclegan-translate`,
-`cyclegan-evaluate` and `cyclegan-export` (installed as programs), also run as `scripts/*.py`.
+`cyclegan-evaluate`, `cyclegan-export` and `cyclegan-demo` (installed as programs), also run as `scripts/*.py`.
 Each parses its arguments first (its parser is a function of its own, so that tests can check
 the README's commands against it), then imports and calls the package; a user's mistake ends in
 a one-line message."""
@@ -289,6 +289,50 @@ def export() -> None:
         print(f"wrote {args.output} ({direction}); onnxruntime matches PyTorch within {worst:.1e}")
         return
     export_hf(net, args.output, direction, weights, run)
-    print(f"wrote {args.output} ({direction}: config.json, model.safetensors, README.md)")
+    print(f"wrote {args.output} ({direction}: config.json, model.safetensors, README.md; app.py runs it as a Space)")
     if args.push_to_hub:
         print(f"uploaded: {push_to_hub(args.output, args.push_to_hub)}")
+
+
+def demo_parser() -> argparse.ArgumentParser:
+    """Try a trained model in the browser: a Gradio page to upload images or a video, translate
+    them either way, compare and download (needs the demo extra: pip install -e '.[demo]').
+
+    cyclegan-demo --checkpoint runs/h2z
+    cyclegan-demo --checkpoint latest_net_G_A.pth --host 0.0.0.0 --port 8080 --concurrency 2
+    """
+    parser = _parser(demo_parser.__doc__)
+    parser.add_argument("--checkpoint", type=Path, required=True,
+                        help="run, export, checkpoint, Hugging Face or official folder, official .pth, or exported "
+                             ".safetensors")
+    parser.add_argument("--host", default=None,
+                        help="address to serve on (default: GRADIO_SERVER_NAME, else 127.0.0.1; 0.0.0.0 for every "
+                             "interface)")
+    parser.add_argument("--port", type=int, default=None, help="default: GRADIO_SERVER_PORT, else 7860")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
+                        help="as cyclegan-translate's --precision")
+    parser.add_argument("--tile", type=int, default=None,
+                        help="translate in N-pixel tiles, exactly; 0: never; default: only images that would not "
+                             "fit in memory whole")
+    parser.add_argument("--max-pixels", type=float, default=None,
+                        help="refuse images (and video frames) larger than this, e.g. 5e7 (the default: 50 "
+                             "megapixels)")
+    parser.add_argument("--concurrency", type=int, default=1, help="requests translated at once (the rest queue)")
+    return parser
+
+
+@exit_on_user_error
+def demo() -> None:
+    args = demo_parser().parse_args()
+
+    from cyclegan.errors import UserError
+
+    try:
+        from cyclegan.app.page import DEFAULT_MAX_PIXELS, serve
+    except ImportError as err:
+        if err.name and err.name.split(".")[0] in ("gradio", "gradio_client"):
+            raise UserError("the demo page needs Gradio: pip install -e '.[demo]'") from None
+        raise
+    max_pixels = DEFAULT_MAX_PIXELS if args.max_pixels is None else int(args.max_pixels)
+    serve(args.checkpoint, args.host, args.port, args.device, args.precision, args.tile, max_pixels, args.concurrency)

@@ -97,7 +97,8 @@ def check_onnx(net: ResnetGenerator, path: Path) -> float:
 
 def export_hf(net: ResnetGenerator, folder: Path, direction: str, weights: Path, run: Path | None) -> Path:
     """Write `folder` as a Hugging Face model: config.json, model.safetensors, and README.md, the
-    model card, with what the run folder tells of the weights (and a sample grid as sample.png).
+    model card, with what the run folder tells of the weights (and a sample grid as sample.png);
+    with the files that run it as a Space (`write_space`).
     A CUT model's folder also holds its run's identity grid as identity.png. Written beside
     `folder` and swapped in whole, so an existing export is replaced only by a complete one."""
     objective = objective_of(weights, run)
@@ -110,12 +111,47 @@ def export_hf(net: ResnetGenerator, folder: Path, direction: str, weights: Path,
         samples = {name: found for name, grid in grids.items() if run and (found := newest_sample(run, grid))}
         for name, found in samples.items():
             shutil.copy2(found, staging / name)
+        write_space(staging, run, direction)
         card = ModelCard.from_template(
-            ModelCardData(library_name="cyclegan", tags=TAGS, pipeline_tag="image-to-image"),
+            ModelCardData(library_name="cyclegan", tags=TAGS, pipeline_tag="image-to-image", sdk="gradio",
+                          sdk_version=gradio_version(), app_file=SPACE_APP),
             template_str=CARD, title=f"{MODELS[objective][0]} generator {direction}",
             body=card_body(net.spec, direction, weights, run, list(samples), objective))
         card.save(staging / "README.md")
     return folder
+
+
+def write_space(folder: Path, run: Path | None, direction: str) -> None:
+    """What makes a model folder run as a Hugging Face Space as it is (`python app.py` starts the
+    demo page): app.py, requirements.txt (the package's own requirements and its demo extra's),
+    a copy of this package (not on PyPI: the Space imports the copy) and, where the run's shard
+    folder is there to read, a few of its test images as the page's examples."""
+    from importlib import metadata
+
+    from cyclegan.app.model import EXAMPLES, test_images
+
+    (folder / SPACE_APP).write_text(APP)
+    try:
+        requires = metadata.requires("cyclegan") or []
+    except metadata.PackageNotFoundError:
+        raise UserError("the Space's requirements.txt is written from the installed package: pip install -e . "
+                        "first") from None
+    needed = [line.split(";")[0].strip() for line in requires if ";" not in line or 'extra == "demo"' in line]
+    (folder / "requirements.txt").write_text("\n".join(needed) + "\n")
+    shutil.copytree(Path(__file__).parent, folder / "cyclegan", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    if run is not None:
+        domain = direction[0]
+        test_images(run, domain, folder / "examples" / domain, EXAMPLES)
+
+
+def gradio_version() -> str:
+    """The Gradio the Space should run: the one installed here, else the demo extra's least."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("gradio")
+    except metadata.PackageNotFoundError:
+        return GRADIO_LEAST
 
 
 def hub_config(spec: GeneratorSpec, direction: str, objective: str) -> dict:
@@ -127,6 +163,20 @@ def hub_config(spec: GeneratorSpec, direction: str, objective: str) -> dict:
         del config["antialias"]
     return config | ({"objective": objective} if objective != "cyclegan" else {})
 
+
+SPACE_APP = "app.py"
+GRADIO_LEAST = "5.0"  # the demo extra's lower bound (pyproject.toml)
+APP = '''"""This model's demo page: upload images or a video and translate them (the cyclegan package's
+`cyclegan-demo`). A Hugging Face Space runs it as it is; locally: pip install -r requirements.txt,
+then python app.py."""
+
+from pathlib import Path
+
+from cyclegan.app.page import serve
+
+if __name__ == "__main__":
+    serve(Path(__file__).resolve().parent)
+'''
 
 CARD = """---
 {{ card_data }}
@@ -162,6 +212,9 @@ def card_body(spec: GeneratorSpec, direction: str, weights: Path, run: Path | No
              "from cyclegan import Translator", "",
              'translator = Translator.from_pretrained("this/repo-or-folder")',
              'translated = translator(Image.open("input.jpg"))', "```", ""]
+    lines += ["## Try it", "", f"This folder runs as a Gradio app: `{SPACE_APP}` (a Hugging Face Space runs it as it is; "
+              f"locally `pip install -r requirements.txt` and `python {SPACE_APP}`) serves a page to upload images or a "
+              "video and translate them. It holds a copy of the `cyclegan` package that wrote it.", ""]
     if run is None:
         return "\n".join(lines + ["Exported from a weights file without its training run."])
     lines += ["## Training", ""] + [f"- {fact}" for fact in run_facts(run, weights, direction, objective)]

@@ -68,6 +68,25 @@ def load(path: Path, load_size: int | None, translator: Translator, decoding: De
     return sample.resized((load_size, load_size)) if load_size else sample
 
 
+def plan_outputs(translator: Translator, files: list[Path], root: Path, report: TranslateReport | None = None,
+                 mine: set[Path] | None = None) -> tuple[dict[Path, Probe], Decoding, dict[Path, Path]]:
+    """Every readable file's header, the set's decoding (one domain: `Translator.domain`) and each
+    readable file's output, relative to `root` (`output_names`). Every rank reads every header, so
+    that all make one domain decision and a clash of outputs stops all; the files that cannot be
+    read go into `report`'s skipped ones where `mine` (this rank's share; None: all) holds them."""
+    headers: dict[Path, Probe] = {}
+    for path in files:
+        try:
+            headers[path] = probe(path)
+        except ImageDecodeError as err:
+            if report is not None and (mine is None or path in mine):
+                report.skipped.append(str(err))
+    decoding = translator.domain(probed.deep for probed in headers.values())
+    names = output_names({p.relative_to(root): f".{output_format(probed, decoding, translator)}"
+                          for p, probed in headers.items()}, root)
+    return headers, decoding, names
+
+
 def translate_files(translator: Translator, source: Path, output: Path, load_size: int | None = None,
                     batch_size: int = 4, rank: int = 0, world_size: int = 1,
                     checked: Callable[[bool], None] | None = None) -> TranslateReport:
@@ -84,17 +103,7 @@ def translate_files(translator: Translator, source: Path, output: Path, load_siz
     if not files:
         raise DataError(f"no images found under {source}")
     report = TranslateReport()
-    mine = set(files[rank::world_size])
-    headers: dict[Path, Probe] = {}
-    for path in files:  # every rank reads every header: one domain decision, and a clash of outputs stops all
-        try:
-            headers[path] = probe(path)
-        except ImageDecodeError as err:
-            if path in mine:
-                report.skipped.append(str(err))
-    decoding = translator.domain(probed.deep for probed in headers.values())
-    names = output_names({p.relative_to(root): f".{output_format(probed, decoding, translator)}"
-                          for p, probed in headers.items()}, root)
+    headers, decoding, names = plan_outputs(translator, files, root, report, set(files[rank::world_size]))
     groups: dict[tuple[int, int], list[tuple[Path, Path]]] = defaultdict(list)
     for path in files[rank::world_size]:
         if path not in headers:

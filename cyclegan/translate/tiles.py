@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from cyclegan.errors import DataError
 from cyclegan.images import to_uint8
@@ -154,9 +155,11 @@ class TiledRun:
     """The generator's layers applied to whole-image planes, tile by tile. Tiles are `tile` pixels
     at full resolution and proportionally smaller in the inner, downsampled layers."""
 
-    def __init__(self, scratch: Path, tile: int, full_height: int, compute: Callable[..., np.ndarray]) -> None:
+    def __init__(self, scratch: Path, tile: int, full_height: int, compute: Callable[..., np.ndarray],
+                 bar: tqdm | None = None) -> None:
         self.scratch, self.tile, self.full_height, self.compute = scratch, tile, full_height, compute
         self.planes: list[DiskPlane] = []
+        self.bar = bar  # advanced once per convolution: a large image takes minutes
 
     def new_plane(self, height: int, width: int, channels: int) -> DiskPlane:
         plane = DiskPlane(self.scratch, height, width, channels)
@@ -194,6 +197,8 @@ class TiledRun:
                 block = source.read(top * s - p, (bottom - 1) * s - p + k, left * s - p, (right - 1) * s - p + k, mode)
                 result = self.compute(conv, block)
             out.write(top, left, result)
+        if self.bar is not None:
+            self.bar.update()
         return out
 
     def add(self, first: Plane, second: Plane) -> DiskPlane:
@@ -279,8 +284,10 @@ def translate_tiled(net: ResnetGenerator, pixels: np.ndarray, tile: int, device:
                 y = F.conv2d(x, conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
         return y[0].float().permute(1, 2, 0).cpu().numpy()
 
-    run = TiledRun(scratch, tile, padded.shape[0], compute)
-    with torch.no_grad():
+    layers = sum(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, Downsample, Upsample)) for m in net.modules())
+    bar = tqdm(total=layers, desc=f"{width} x {height} px in {tile} px tiles", unit="layer", leave=False)
+    run = TiledRun(scratch, tile, padded.shape[0], compute, bar)
+    with torch.no_grad(), bar:
         try:
             out = run.layers(list(net.model), ImagePlane(padded))
             eight_bit = pixels.dtype == np.uint8
