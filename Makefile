@@ -29,6 +29,8 @@ demo: $(STAMP)
 	@echo "  translated/   the test scenes translated A->B and B->A"
 	@echo "  export/       the trained generators (safetensors + architecture JSON)"
 	@echo "  checkpoints/  resumable checkpoints;  metrics.jsonl  the logged losses"
+	@echo
+	@echo "Try the model in the browser: $(BIN)/cyclegan-demo --checkpoint runs/demo  (then open http://127.0.0.1:7860)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not heavy"

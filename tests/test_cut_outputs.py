@@ -117,8 +117,9 @@ def test_onnx_and_hugging_face_exports_of_a_cut_run(cut_run, tmp_path, call):
 
     code, out, err = call(cli.export, "--checkpoint", cut_run, "--format", "hf", "--output", tmp_path / "hf")
     assert code == 0, err
-    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["README.md", "config.json", "identity.png",
-                                                                    "model.safetensors", "sample.png"]
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["README.md", "app.py", "config.json", "cyclegan",
+                                                                    "examples", "identity.png", "model.safetensors",
+                                                                    "requirements.txt", "sample.png"]
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["antialias"] is True and config["objective"] == "cut" and config["direction"] == "AtoB"
     loaded = HubGenerator.from_pretrained(tmp_path / "hf")

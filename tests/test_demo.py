@@ -255,3 +255,31 @@ def test_an_exported_folder_runs_as_a_space(ema_run, inputs, tmp_path):
         stop(process)
     want = Translator.from_pretrained(tmp_path / "hf")(Image.open(inputs["A"] / "photo.jpg"))
     assert np.array_equal(np.asarray(Image.open(files[0])), np.asarray(want))
+
+
+def test_every_checkpoint_kind_offers_what_it_holds(ema_run, generators, tmp_path):
+    import torch
+
+    from cyclegan.app.model import Served
+    from cyclegan.models import load_generator
+
+    step = ema_run / "checkpoints" / "step_0000003"
+    both = {"AtoB": {"averaged (EMA)": "g_ab_ema", "trained": "g_ab"},
+            "BtoA": {"averaged (EMA)": "g_ba_ema", "trained": "g_ba"}}
+    names = lambda served: {d: {k: p.stem for k, p in kinds.items()} for d, kinds in served.files.items()}  # noqa: E731
+    assert names(Served(step)) == both, "a checkpoint folder: both kinds side by side"
+    export = Served(ema_run / "export")
+    assert export.files["AtoB"] == {"averaged (EMA)": ema_run / "export" / "g_ab.safetensors",
+                                    "trained": step / "g_ab.safetensors"}, \
+        "an export of averaged weights: the trained ones from the checkpoint of its step"
+    assert names(Served(generators)) == {"AtoB": {"trained": "g_ab"}, "BtoA": {"trained": "g_ba"}}
+    torch.save(load_generator(generators / "g_ab.safetensors").state_dict(), tmp_path / "latest_net_G_A.pth")
+    official = Served(tmp_path / "latest_net_G_A.pth")
+    assert list(official.files) == ["AtoB"] and "came without their training run" in official.about()
+    scenes = official.examples(tmp_path / "examples")
+    assert [e.path.name for e in scenes] == ["scene_0.png", "scene_1.png", "scene_2.png"], "the bundled demo scenes"
+    script("export.py", "--checkpoint", ema_run, "--format", "hf", "--output", tmp_path / "hf", "--direction", "BtoA")
+    hub = Served(tmp_path / "hf")
+    assert list(hub.files) == ["BtoA"] and list(hub.files["BtoA"]) == ["exported"]
+    assert "The model card of this folder" in hub.about() and "the averaged (EMA) generator" in hub.about()
+    assert [e.path.parent.name for e in hub.examples(tmp_path / "hub-examples")] == ["B"] * 3

@@ -25,7 +25,8 @@ from tests.conftest import ROOT, run
 from tests.test_models import official_generator_layout
 
 BIN = Path(sys.executable).parent
-PROGRAMS = ["cyclegan-train", "cyclegan-make-shards", "cyclegan-translate", "cyclegan-evaluate", "cyclegan-export"]
+PROGRAMS = ["cyclegan-train", "cyclegan-make-shards", "cyclegan-translate", "cyclegan-evaluate", "cyclegan-export",
+            "cyclegan-demo"]
 
 
 def program(name, *args, check=True, env=None):
@@ -73,7 +74,9 @@ def test_an_official_checkpoint_exports_to_onnx(tmp_path):
 def test_hugging_face_folder_with_a_model_card_from_the_run(trained_run, tmp_path):
     folder = tmp_path / "hf"
     program("cyclegan-export", "--checkpoint", trained_run, "--format", "hf", "--output", folder, "--direction", "BtoA")
-    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors", "sample.png"]
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "app.py", "config.json", "cyclegan", "examples",
+                                                        "model.safetensors", "requirements.txt", "sample.png"]
+    assert [p.parent.name for p in (folder / "examples").rglob("*.png")] == ["B"] * 3, "B's test images, as inputs"
     loaded, original = HubGenerator.from_pretrained(folder), load_generator(trained_run, direction="BtoA")
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), original.state_dict().values()))
     assert "model.1.weight" in loaded.state_dict(), "the official keys"
