@@ -315,11 +315,22 @@ def demo_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tile", type=int, default=None,
                         help="translate in N-pixel tiles, exactly; 0: never; default: only images that would not "
                              "fit in memory whole")
-    parser.add_argument("--max-pixels", type=float, default=None,
+    parser.add_argument("--max-pixels", type=_pixel_count, default=None,
                         help="refuse images (and video frames) larger than this, e.g. 5e7 (the default: 50 "
                              "megapixels)")
     parser.add_argument("--concurrency", type=int, default=1, help="requests translated at once (the rest queue)")
     return parser
+
+
+def _pixel_count(text: str) -> int:
+    """A count of pixels, written as an integer or as 5e7."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value.is_integer() or value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is no pixel count (a whole number such as 50000000 or 5e7)")
+    return int(value)
 
 
 @exit_on_user_error
@@ -334,5 +345,5 @@ def demo() -> None:
         if err.name and err.name.split(".")[0] in ("gradio", "gradio_client"):
             raise UserError("the demo page needs Gradio: pip install -e '.[demo]'") from None
         raise
-    max_pixels = DEFAULT_MAX_PIXELS if args.max_pixels is None else int(args.max_pixels)
+    max_pixels = DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels
     serve(args.checkpoint, args.host, args.port, args.device, args.precision, args.tile, max_pixels, args.concurrency)

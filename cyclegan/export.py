@@ -111,21 +111,22 @@ def export_hf(net: ResnetGenerator, folder: Path, direction: str, weights: Path,
         samples = {name: found for name, grid in grids.items() if run and (found := newest_sample(run, grid))}
         for name, found in samples.items():
             shutil.copy2(found, staging / name)
-        write_space(staging, run, direction)
+        gradio = write_space(staging, run, direction)
         card = ModelCard.from_template(
             ModelCardData(library_name="cyclegan", tags=TAGS, pipeline_tag="image-to-image", sdk="gradio",
-                          sdk_version=gradio_version(), app_file=SPACE_APP),
+                          sdk_version=gradio, app_file=SPACE_APP),
             template_str=CARD, title=f"{MODELS[objective][0]} generator {direction}",
             body=card_body(net.spec, direction, weights, run, list(samples), objective))
         card.save(staging / "README.md")
     return folder
 
 
-def write_space(folder: Path, run: Path | None, direction: str) -> None:
+def write_space(folder: Path, run: Path | None, direction: str) -> str:
     """What makes a model folder run as a Hugging Face Space as it is (`python app.py` starts the
     demo page): app.py, requirements.txt (the package's own requirements and its demo extra's),
     a copy of this package (not on PyPI: the Space imports the copy) and, where the run's shard
-    folder is there to read, a few of its test images as the page's examples."""
+    folder is there to read, a few of its test images as the page's examples. Returns the Gradio
+    version the Space should run: the one installed here, else the demo extra's least."""
     from importlib import metadata
 
     from cyclegan.app.model import EXAMPLES, test_images
@@ -140,18 +141,11 @@ def write_space(folder: Path, run: Path | None, direction: str) -> None:
     (folder / "requirements.txt").write_text("\n".join(needed) + "\n")
     shutil.copytree(Path(__file__).parent, folder / "cyclegan", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     if run is not None:
-        domain = direction[0]
-        test_images(run, domain, folder / "examples" / domain, EXAMPLES)
-
-
-def gradio_version() -> str:
-    """The Gradio the Space should run: the one installed here, else the demo extra's least."""
-    from importlib import metadata
-
+        test_images(run, direction[0], folder / "examples" / direction[0], EXAMPLES)
     try:
         return metadata.version("gradio")
     except metadata.PackageNotFoundError:
-        return GRADIO_LEAST
+        return next(line.split(">=")[1] for line in needed if line.startswith("gradio>="))
 
 
 def hub_config(spec: GeneratorSpec, direction: str, objective: str) -> dict:
@@ -165,7 +159,6 @@ def hub_config(spec: GeneratorSpec, direction: str, objective: str) -> dict:
 
 
 SPACE_APP = "app.py"
-GRADIO_LEAST = "5.0"  # the demo extra's lower bound (pyproject.toml)
 APP = '''"""This model's demo page: upload images or a video and translate them (the cyclegan package's
 `cyclegan-demo`). A Hugging Face Space runs it as it is; locally: pip install -r requirements.txt,
 then python app.py."""
@@ -272,7 +265,7 @@ def run_facts(run: Path, weights: Path, direction: str, objective: str = "cycleg
     step = state.get("step")
     rows = [row for row in _json_lines(run / "metrics.jsonl") if "loss/adv_ab" in row
             and (step is None or row["step"] <= step)]
-    averaged = state.get("averaged", weights.stem.endswith("_ema"))
+    averaged = is_averaged(weights)
     kind = "averaged (EMA)" if averaged else "trained"
     if step is not None:
         facts.append(f"these weights: optimizer step {step}, the {kind} generator")
@@ -289,6 +282,13 @@ def run_facts(run: Path, weights: Path, direction: str, objective: str = "cycleg
             whose = f"the {'averaged' if evaluated_averaged else 'trained'} generators of step {best.get('step', '?')}, in best/"
         facts.append(f"best evaluation ({whose}): " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(scores.items())))
     return facts
+
+
+def is_averaged(weights: Path) -> bool:
+    """Whether a generator file holds averaged (EMA) weights: as the state.json beside it says (an
+    export's), else by its name (a checkpoint's `g_ab_ema`)."""
+    state = _json(weights.parent / "state.json") or {}
+    return bool(state.get("averaged", weights.stem.endswith("_ema")))
 
 
 def _json(path: Path) -> dict | None:

@@ -186,20 +186,26 @@ def sound_only(path: Path) -> None:
 def test_bad_inputs_get_a_message_and_the_server_keeps_serving(server, inputs, tmp_path):
     client, _, log = server
     (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "fake.png").write_text("not an image either")
+    shutil.copyfile(inputs["A"] / "photo.jpg", tmp_path / "y.jpg")
+    shutil.copyfile(inputs["A"] / "colour.png", tmp_path / "y.jpg.png")
     np.save(tmp_path / "bands.npy", np.zeros((16, 16, 4), np.float32))
     Image.new("RGB", (200, 120)).save(tmp_path / "huge.png")
     sound_only(tmp_path / "empty.mp4")
-    cases = [([tmp_path / "notes.txt"], "notes.txt: cannot be decoded"),
+    cases = [([tmp_path / "notes.txt"], "notes.txt: not a file this page reads"),
+             ([tmp_path / "fake.png"], "fake.png: cannot be decoded"),
+             ([tmp_path / "y.jpg", tmp_path / "y.jpg.png"], "y.jpg and y.jpg.png would both be translated to y.jpg.png"),
              ([tmp_path / "bands.npy"], "bands.npy: has 4 band(s), but its domain has 3"),
              ([tmp_path / "huge.png"], "200 x 120 px = 24,000 pixels, more than this page takes (20,000, --max-pixels)")]
     for files, message in cases:
-        with pytest.raises(AppError, match=re.escape(message)):
+        with pytest.raises(AppError, match=re.escape(message)) as refused:
             translate(client, files)
+        assert "/tmp" not in str(refused.value), "no server path in a message"
     with pytest.raises(AppError, match="empty.mp4 holds no video stream"):
         client.predict(handle_file(str(tmp_path / "empty.mp4")), "AtoB", "trained",
                        api_name="/translate_video")
     _, files, notes = translate(client, [tmp_path / "notes.txt", inputs["A"] / "photo.jpg"])
-    assert [Path(f).name for f in files] == ["photo.png"] and "skipped notes.txt: cannot be decoded" in notes
+    assert [Path(f).name for f in files] == ["photo.png"] and "skipped notes.txt: not a file this page reads" in notes
     assert "Traceback" not in log.read_text()
 
 
@@ -282,4 +288,6 @@ def test_every_checkpoint_kind_offers_what_it_holds(ema_run, generators, tmp_pat
     hub = Served(tmp_path / "hf")
     assert list(hub.files) == ["BtoA"] and list(hub.files["BtoA"]) == ["exported"]
     assert "The model card of this folder" in hub.about() and "the averaged (EMA) generator" in hub.about()
-    assert [e.path.parent.name for e in hub.examples(tmp_path / "hub-examples")] == ["B"] * 3
+    carried = hub.examples(tmp_path / "hub-examples")
+    assert [e.path.parent for e in carried] == [tmp_path / "hub-examples" / "B"] * 3, \
+        "an exported folder's examples, copied where the page serves them from"

@@ -10,14 +10,17 @@ folder, a Hugging Face folder, official files or a generator file.
 from __future__ import annotations
 
 import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from cyclegan.checkpoint import step_dir
 from cyclegan.config import DataConfig
 from cyclegan.data.demo import draw, random_scene
 from cyclegan.data.sources import find_sources, is_local
 from cyclegan.errors import CheckpointError, DataError, UserError
-from cyclegan.export import MODELS, newest_sample, objective_of, run_facts, run_folder
+from cyclegan.export import MODELS, is_averaged, newest_sample, objective_of, run_facts, run_folder
+from cyclegan.images import ARRAY_EXTENSIONS, IMAGE_EXTENSIONS
 from cyclegan.io.files import atomic_write
 from cyclegan.io.records import read_json
 from cyclegan.io.samples import sample_field
@@ -39,17 +42,6 @@ class Example:
     direction: str  # the direction it is an input of
 
 
-def is_averaged(weights: Path) -> bool:
-    """Whether a generator file holds averaged (EMA) weights: by its name, or its folder's record."""
-    if weights.stem.endswith("_ema"):
-        return True
-    state = weights.parent / "state.json"
-    try:
-        return bool(state.is_file() and read_json(state, error=CheckpointError).get("averaged"))
-    except CheckpointError:
-        return False
-
-
 def other_weights(weights: Path) -> Path | None:
     """The other kind of the same generator, if kept: `g_ab` beside `g_ab_ema` (a checkpoint
     folder), or, for a run's export, the newest checkpoint's of the same step."""
@@ -62,15 +54,13 @@ def other_weights(weights: Path) -> Path | None:
     run = run_folder(weights.resolve())
     if run is None or weights.resolve().parent != (run / "export").resolve():
         return None
-    try:
-        step = read_json(weights.parent / "state.json", error=CheckpointError).get("step")
-        newest = sorted((run / "checkpoints").glob("step_*"))[-1] if (run / "checkpoints").is_dir() else None
-        if newest is None or read_json(newest / "state.json", error=CheckpointError).get("step") != step:
-            return None
-    except (CheckpointError, IndexError):
+    state = read_json(weights.parent / "state.json", error=CheckpointError) if (weights.parent / "state.json").is_file() \
+        else {}
+    if not isinstance(state.get("step"), int):
         return None
-    name = f"{stem}_ema{weights.suffix}" if not is_averaged(weights) else f"{stem}{weights.suffix}"
-    return newest / name if (newest / name).is_file() else None
+    name = f"{stem}{weights.suffix}" if is_averaged(weights) else f"{stem}_ema{weights.suffix}"
+    kept = step_dir(run / "checkpoints", state["step"]) / name
+    return kept if kept.is_file() else None
 
 
 def generator_files(checkpoint: Path) -> dict[str, dict[str, Path]]:
@@ -136,7 +126,7 @@ class Served:
     def about(self) -> str:
         """Markdown: what the model is, as its model card says it (read from the run's files)."""
         name, paper = MODELS[self.objective]
-        lines = [f"# {self.title}", "", f"{name} ({paper}), from `{self.checkpoint}`.", ""]
+        lines = [f"# {self.title}", "", f"{name} ({paper}), from `{self.checkpoint.resolve().name}`.", ""]
         card = self.checkpoint / "README.md"
         if self.run is None and (self.checkpoint / HF_WEIGHTS).is_file() and card.is_file():
             text = card.read_text(encoding="utf-8", errors="replace")
@@ -146,7 +136,7 @@ class Served:
             for kind, weights in kinds.items():
                 spec = self.translators[(direction, kind)].net.spec
                 lines += [f"## {WAYS[direction]}, {kind} weights", "", f"- {describe(spec)}",
-                          f"- weights: `{weights}`"]
+                          f"- weights: `{shown_path(weights, self.checkpoint)}`"]
                 if self.run is not None:
                     lines += [f"- {fact}" for fact in run_facts(self.run, weights, direction, self.objective)]
                 lines.append("")
@@ -165,13 +155,31 @@ class Served:
         found: list[Example] = []
         for direction in self.files:
             domain = direction[0]
-            kept = sorted((self.checkpoint / "examples" / domain).glob("*")) if self.checkpoint.is_dir() else []
-            paths = (test_images(self.run, domain, folder / domain, EXAMPLES) if self.run else []) or kept[:EXAMPLES]
+            paths = ((test_images(self.run, domain, folder / domain, EXAMPLES) if self.run else [])
+                     or carried(self.checkpoint / "examples" / domain, folder / domain))
             if not paths:
                 paths = demo_scenes(domain, self.translators[(direction, self.weight_kinds(direction)[0])].in_channels,
                                     folder / domain)
             found += [Example(path, direction) for path in paths]
         return found
+
+
+def carried(source: Path, folder: Path) -> list[Path]:
+    """The example images an exported folder carries (`examples/A`, `examples/B`), copied into
+    `folder`, which the page serves from wherever it was started."""
+    if not source.is_dir():
+        return []
+    folder.mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copyfile(path, folder / path.name)) for path in sorted(source.iterdir())
+            if path.suffix.lower() in IMAGE_EXTENSIONS | ARRAY_EXTENSIONS][:EXAMPLES]
+
+
+def shown_path(path: Path, checkpoint: Path) -> str:
+    """A file as the page names it: relative to the checkpoint (or its run), never the server's layout."""
+    for base in (checkpoint, checkpoint.parent, checkpoint.parent.parent):
+        if base.is_dir() and path.resolve().is_relative_to(base.resolve()):
+            return str(path.resolve().relative_to(base.resolve().parent))
+    return path.name
 
 
 def test_images(run: Path, domain: str, folder: Path, count: int) -> list[Path]:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import atexit
 import functools
 import shutil
+import signal
+import sys
 import tempfile
 import traceback
 from collections.abc import Callable
@@ -51,7 +53,14 @@ def on_page(handler: Callable) -> Callable:
 def build_page(served: Served, work: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> gr.Blocks:
     """The Gradio app for `served`, working under `work`."""
     kinds = list(dict.fromkeys(kind for direction in served.directions for kind in served.weight_kinds(direction)))
-    examples = served.examples(work / "examples")
+    thumbs, examples = [], []
+    for example in served.examples(work / "examples"):
+        try:
+            thumbs.append((thumbnail(served.translator(example.direction), example.path),
+                           f"{WAYS[example.direction]}: {example.path.name}"))
+            examples.append(example)
+        except UserError:  # one the generator cannot read (its bands) is left out
+            continue
 
     @on_page
     def images(files: list[str] | None, direction: str, kind: str, progress=gr.Progress(track_tqdm=True)):
@@ -87,8 +96,6 @@ def build_page(served: Served, work: Path, max_pixels: int = DEFAULT_MAX_PIXELS)
             notes = gr.Markdown(elem_id="images-notes")
             translate.click(images, [files, direction, kind], [shown, downloads, notes], api_name="translate_images")
             if examples:
-                thumbs = [(thumbnail(served.translator(e.direction), e.path), f"{WAYS[e.direction]}: {e.path.name}")
-                          for e in examples]
                 gallery = gr.Gallery(thumbs, label="Examples: click one to load it", columns=6, height=180,
                                      allow_preview=False, format="png", elem_id="examples")
                 gallery.select(pick, None, [files, direction], api_visibility="private")
@@ -119,9 +126,10 @@ def serve(checkpoint: str | Path, host: str | None = None, port: int | None = No
     Image.MAX_IMAGE_PIXELS = None  # headers are checked against --max-pixels before any pixel is decoded
     work = Path(tempfile.mkdtemp(prefix="cyclegan-demo-"))
     atexit.register(shutil.rmtree, work, True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a stopped server removes its uploads too
     page = build_page(served, work, max_pixels)
     page.queue(default_concurrency_limit=concurrency)
     try:
-        page.launch(server_name=host, server_port=port, allowed_paths=[str(work)], show_error=True)
+        page.launch(server_name=host, server_port=port, show_error=True)
     except OSError as err:
         raise UserError(f"cannot serve on {host or '127.0.0.1'}:{port or 7860} ({err}): pass another --port") from None

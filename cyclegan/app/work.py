@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from cyclegan.errors import DataError, UserError
-from cyclegan.images import ImageDecodeError
+from cyclegan.images import ARRAY_EXTENSIONS, IMAGE_EXTENSIONS, ImageDecodeError
 from cyclegan.io.formats import probe
 from cyclegan.io.samples import Decoding, Sample, read_sample, to_unit_tensor
 from cyclegan.tracking import image_grid
@@ -28,6 +28,7 @@ from cyclegan.translate.video import VIDEO_EXTENSIONS, translate_video
 
 PREVIEW_SIDE = 1024  # pixels: the longer side of a side-by-side preview; the download keeps full size
 KEEP_SECONDS = 3600  # a request's folder is removed by a later request once this old
+READ = IMAGE_EXTENSIONS | ARRAY_EXTENSIONS  # the suffixes translation lists in a folder
 
 
 @dataclass
@@ -44,8 +45,11 @@ def request_folder(work: Path) -> Path:
     """A new folder for one request under `work`; folders of requests older than an hour go."""
     now = time.time()
     for old in work.glob("request-*"):
-        if now - old.stat().st_mtime > KEEP_SECONDS:
-            shutil.rmtree(old, ignore_errors=True)
+        try:
+            if now - old.stat().st_mtime > KEEP_SECONDS:
+                shutil.rmtree(old, ignore_errors=True)
+        except FileNotFoundError:  # another request removed it first
+            pass
     return Path(tempfile.mkdtemp(prefix="request-", dir=work))
 
 
@@ -64,6 +68,9 @@ def accept(uploads: list[Path], folder: Path, max_pixels: int) -> tuple[list[Pat
         name = upload.name
         if upload.suffix.lower() in VIDEO_EXTENSIONS:
             refused.append(f"{name}: a video; translate it under Video")
+            continue
+        if upload.suffix.lower() not in READ:  # translation lists these alone (and none is served as a page)
+            refused.append(f"{name}: not a file this page reads ({', '.join(sorted(READ))})")
             continue
         try:
             header = probe(upload, name)
@@ -91,8 +98,11 @@ def translate_uploads(translator: Translator, uploads: list[Path], work: Path, m
     accepted, refused = accept(uploads, inputs, max_pixels)
     result = Translated(notes=refused)
     if accepted:
-        _, decoding, names = plan_outputs(translator, accepted, inputs)
-        report = translate_files(translator, inputs, outputs)
+        try:  # the same plan as translate_files makes: it lists exactly the accepted files
+            _, decoding, names = plan_outputs(translator, accepted, inputs)
+            report = translate_files(translator, inputs, outputs)
+        except UserError as err:  # e.g. two uploads that would share an output's name
+            raise DataError(str(err).replace(f"{inputs}/", "")) from None
         result.notes += [line.replace(f"{inputs}/", "") for line in report.skipped]
         shown = Decoding.of(translator.out_channels, translator.output_normalize, decoding.all_deep)
         for path in accepted:

@@ -285,7 +285,8 @@ def translate_tiled(net: ResnetGenerator, pixels: np.ndarray, tile: int, device:
         return y[0].float().permute(1, 2, 0).cpu().numpy()
 
     layers = sum(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, Downsample, Upsample)) for m in net.modules())
-    bar = tqdm(total=layers, desc=f"{width} x {height} px in {tile} px tiles", unit="layer", leave=False)
+    bar = tqdm(total=layers, desc=f"{width} x {height} px in {tile} px tiles", unit="layer", leave=False,
+               disable=int(os.environ.get("RANK", "0")) != 0)  # one bar, as translation's own
     run = TiledRun(scratch, tile, padded.shape[0], compute, bar)
     with torch.no_grad(), bar:
         try:
