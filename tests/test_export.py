@@ -211,7 +211,7 @@ def readme_commands():
 PARSERS = {"cyclegan-train": cli.train_parser, "train.py": cli.train_parser,
            "cyclegan-make-shards": cli.make_shards_parser, "cyclegan-translate": cli.translate_parser,
            "translate.py": cli.translate_parser, "cyclegan-evaluate": cli.evaluate_parser,
-           "evaluate.py": cli.evaluate_parser, "cyclegan-export": cli.export_parser}
+           "evaluate.py": cli.evaluate_parser, "cyclegan-export": cli.export_parser, "cyclegan-demo": cli.demo_parser}
 
 
 def test_readme_commands_parse_with_the_programs_they_name():
