@@ -134,7 +134,7 @@ def test_networks_have_the_official_cut_layout_and_features():
 @pytest.mark.slow
 @pytest.mark.parametrize("objective, layouts", [
     ("cut", [(2, 1), (1, 4), (2, 2)]),
-    ("fastcut", [(2, 2)]),
+    pytest.param("fastcut", [(2, 2)], marks=pytest.mark.heavy),  # heavy: make test's budget; CUT's layouts stay
 ])
 def test_two_ranks_and_accumulation_equal_one_large_batch(float64, monkeypatch, tmp_path, objective, layouts):
     """Four images: on one rank at once against (ranks, micro-batches) of the rest; float64, and

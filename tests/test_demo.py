@@ -189,12 +189,13 @@ def test_bad_inputs_get_a_message_and_the_server_keeps_serving(server, inputs, t
     (tmp_path / "fake.png").write_text("not an image either")
     shutil.copyfile(inputs["A"] / "photo.jpg", tmp_path / "y.jpg")
     shutil.copyfile(inputs["A"] / "colour.png", tmp_path / "y.jpg.png")
+    shutil.copyfile(inputs["A"] / "grey.png", tmp_path / "y.png")  # y.jpg's output is then y.jpg.png too
     np.save(tmp_path / "bands.npy", np.zeros((16, 16, 4), np.float32))
     Image.new("RGB", (200, 120)).save(tmp_path / "huge.png")
     sound_only(tmp_path / "empty.mp4")
     cases = [([tmp_path / "notes.txt"], "notes.txt: not a file this page reads"),
              ([tmp_path / "fake.png"], "fake.png: cannot be decoded"),
-             ([tmp_path / "y.jpg", tmp_path / "y.jpg.png"], "y.jpg and y.jpg.png would both be translated to y.jpg.png"),
+             ([tmp_path / n for n in ("y.png", "y.jpg", "y.jpg.png")], "would both be translated to y.jpg.png"),
              ([tmp_path / "bands.npy"], "bands.npy: has 4 band(s), but its domain has 3"),
              ([tmp_path / "huge.png"], "200 x 120 px = 24,000 pixels, more than this page takes (20,000, --max-pixels)")]
     for files, message in cases:
