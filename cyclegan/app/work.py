@@ -104,14 +104,14 @@ def translate_uploads(translator: Translator, uploads: list[Path], work: Path, m
         except UserError as err:  # e.g. two uploads that would share an output's name
             raise DataError(str(err).replace(f"{inputs}/", "")) from None
         result.notes += [line.replace(f"{inputs}/", "") for line in report.skipped]
-        shown = Decoding.of(translator.out_channels, translator.output_normalize, decoding.all_deep)
+        written = Decoding.of(translator.out_channels, translator.output_normalize, decoding.all_deep)
         for path in accepted:
             target = outputs / names[path.relative_to(inputs)]
             if target.is_file():
                 result.files.append(target)
                 tiled = translator.tile_for(*probe(path).size[::-1])
                 how = f", in {tiled} px tiles" if tiled else ""
-                result.previews.append((side_by_side(read_sample(path, decoding), read_sample(target, shown)),
+                result.previews.append((side_by_side(read_sample(path, decoding), read_sample(target, written)),
                                         f"{path.name} -> {target.name}{how}"))
     if not result.files:
         raise DataError("nothing to translate: " + "; ".join(result.notes or ["no file was given"]))
