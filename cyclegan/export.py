@@ -145,7 +145,8 @@ def write_space(folder: Path, run: Path | None, direction: str) -> str:
     try:
         return metadata.version("gradio")
     except metadata.PackageNotFoundError:
-        return next(line.split(">=")[1] for line in needed if line.startswith("gradio>="))
+        least = next(line.split(">=")[1] for line in needed if line.startswith("gradio>="))
+        return ".".join((least.split(".") + ["0", "0"])[:3])  # as a Space's sdk_version is written: 6.0.0
 
 
 def hub_config(spec: GeneratorSpec, direction: str, objective: str) -> dict:

@@ -217,6 +217,17 @@ def float64():
 
 
 @pytest.fixture(scope="session")
+def ema_run(demo_shards, tmp_path_factory) -> Path:
+    """The same with averaged generators (train.ema_decay=0.5): exported, and beside the trained ones
+    in its last checkpoint."""
+    out = tmp_path_factory.mktemp("ema-run") / "run"
+    script("train.py", "--config", "configs/demo.yaml",
+           *tiny(demo_shards, out, "train.max_steps=3", "train.ema_decay=0.5", "tracking.image_every=3",
+                 "tracking.mode=disabled"))
+    return out
+
+
+@pytest.fixture(scope="session")
 def cut_run(demo_shards, tmp_path_factory) -> Path:
     """The same for model.objective=cut: one generator (g_ab, anti-aliased), d_b and the patch head."""
     out = tmp_path_factory.mktemp("cut-run") / "run"

@@ -54,8 +54,10 @@ def other_weights(weights: Path) -> Path | None:
     run = run_folder(weights.resolve())
     if run is None or weights.resolve().parent != (run / "export").resolve():
         return None
-    state = read_json(weights.parent / "state.json", error=CheckpointError) if (weights.parent / "state.json").is_file() \
-        else {}
+    try:  # a damaged record only hides the other kind: the weights themselves load without it
+        state = read_json(weights.parent / "state.json", error=CheckpointError)
+    except CheckpointError:
+        return None
     if not isinstance(state.get("step"), int):
         return None
     name = f"{stem}{weights.suffix}" if is_averaged(weights) else f"{stem}_ema{weights.suffix}"
@@ -169,9 +171,10 @@ def carried(source: Path, folder: Path) -> list[Path]:
     `folder`, which the page serves from wherever it was started."""
     if not source.is_dir():
         return []
+    kept = [path for path in sorted(source.iterdir())
+            if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS | ARRAY_EXTENSIONS][:EXAMPLES]
     folder.mkdir(parents=True, exist_ok=True)
-    return [Path(shutil.copyfile(path, folder / path.name)) for path in sorted(source.iterdir())
-            if path.suffix.lower() in IMAGE_EXTENSIONS | ARRAY_EXTENSIONS][:EXAMPLES]
+    return [Path(shutil.copyfile(path, folder / path.name)) for path in kept]
 
 
 def shown_path(path: Path, checkpoint: Path) -> str:

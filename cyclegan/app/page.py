@@ -13,7 +13,6 @@ import atexit
 import functools
 import shutil
 import signal
-import sys
 import tempfile
 import traceback
 from collections.abc import Callable
@@ -44,7 +43,7 @@ def on_page(handler: Callable) -> Callable:
             raise gr.Error(user_message(err), print_exception=False) from None
         except Exception as err:
             traceback.print_exc()
-            raise gr.Error(f"the translation failed ({type(err).__name__}: {err}); the server's log has the details",
+            raise gr.Error(f"the translation failed ({type(err).__name__}); the server's log has the details",
                            print_exception=False) from None
 
     return wrapped
@@ -126,8 +125,10 @@ def serve(checkpoint: str | Path, host: str | None = None, port: int | None = No
     Image.MAX_IMAGE_PIXELS = None  # headers are checked against --max-pixels before any pixel is decoded
     work = Path(tempfile.mkdtemp(prefix="cyclegan-demo-"))
     atexit.register(shutil.rmtree, work, True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a stopped server removes its uploads too
+    # a stop as Ctrl-C: Gradio then shuts its server down (removing the files it cached) and atexit ours
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     page = build_page(served, work, max_pixels)
+    print(f"uploads and translations go to {work}, removed when the server stops", flush=True)
     page.queue(default_concurrency_limit=concurrency)
     try:
         page.launch(server_name=host, server_port=port, show_error=True)

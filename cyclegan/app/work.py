@@ -148,7 +148,7 @@ def translate_upload_video(translator: Translator, upload: Path, work: Path, max
             stream = container.streams.video[0]
             size = (stream.codec_context.width, stream.codec_context.height)
     except av.FFmpegError as err:
-        raise DataError(f"{upload.name} cannot be read as a video ({err})") from None
+        raise DataError(f"{upload.name} cannot be read as a video ({str(err).replace(str(upload), upload.name)})") from None
     if (reason := too_large(*size, max_pixels)) is not None:
         raise DataError(f"{upload.name}: frames of {reason}")
     suffix = ".webm" if upload.suffix.lower() == ".webm" else ".mp4"
