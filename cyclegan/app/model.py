@@ -28,7 +28,6 @@ from cyclegan.models.loading import GENERATOR_FILE_NAMES, HF_WEIGHTS, describe, 
 from cyclegan.translate.core import CLI_NAMES, Translator, pick_device
 from cyclegan.translate.shards import strict_samples
 
-DIRECTIONS = ("AtoB", "BtoA")
 WAYS = {"AtoB": "A → B", "BtoA": "B → A"}  # as the page names the directions
 AVERAGED, TRAINED = "averaged (EMA)", "trained"
 EXPORTED = "exported"  # a Hugging Face folder's: its model card says which
@@ -70,7 +69,7 @@ def generator_files(checkpoint: Path) -> dict[str, dict[str, Path]]:
     file that says no direction serves one way (A -> B, as translation takes it)."""
     found: dict[str, dict[str, Path]] = {}
     errors = []
-    for direction in DIRECTIONS:
+    for direction in GENERATOR_FILE_NAMES:
         try:
             weights = resolve_generator_path(checkpoint, direction)
         except CheckpointError as err:
@@ -189,7 +188,10 @@ def test_images(run: Path, domain: str, folder: Path, count: int) -> list[Path]:
     """The first `count` test samples of `domain` of the run's shard folder (`data.root` in its
     run.json, as given or beside the run), written into `folder` as they are stored; none where
     the shard folder or its test split is not there."""
-    record = read_json(run / "run.json") if (run / "run.json").is_file() else {}
+    try:  # a damaged record only costs the examples
+        record = read_json(run / "run.json") if (run / "run.json").is_file() else {}
+    except DataError:
+        return []
     root = (record.get("data") or {}).get("root") if isinstance(record.get("data"), dict) else None
     if not root:
         return []
@@ -225,10 +227,10 @@ def demo_scenes(domain: str, channels: int, folder: Path) -> list[Path]:
     if channels not in (1, 3):
         return []
     rng, paths = random.Random(0), []
+    folder.mkdir(parents=True, exist_ok=True)
     for i in range(EXAMPLES):
         image = draw(random_scene(rng, SCENE_SIZE), domain, SCENE_SIZE)
         path = folder / f"scene_{i}.png"
-        folder.mkdir(parents=True, exist_ok=True)
         (image.convert("L") if channels == 1 else image).save(path)
         paths.append(path)
     return paths

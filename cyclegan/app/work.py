@@ -99,7 +99,7 @@ def translate_uploads(translator: Translator, uploads: list[Path], work: Path, m
     result = Translated(notes=refused)
     if accepted:
         try:  # the same plan as translate_files makes: it lists exactly the accepted files
-            _, decoding, names = plan_outputs(translator, accepted, inputs)
+            headers, decoding, names = plan_outputs(translator, accepted, inputs)
             report = translate_files(translator, inputs, outputs)
         except UserError as err:  # e.g. two uploads that would share an output's name
             raise DataError(str(err).replace(f"{inputs}/", "")) from None
@@ -109,7 +109,7 @@ def translate_uploads(translator: Translator, uploads: list[Path], work: Path, m
             target = outputs / names[path.relative_to(inputs)]
             if target.is_file():
                 result.files.append(target)
-                tiled = translator.tile_for(*probe(path).size[::-1])
+                tiled = translator.tile_for(*headers[path].size[::-1])
                 how = f", in {tiled} px tiles" if tiled else ""
                 result.previews.append((side_by_side(read_sample(path, decoding), read_sample(target, written)),
                                         f"{path.name} -> {target.name}{how}"))
